@@ -1,0 +1,35 @@
+"""The aiohttp application served by ``tinbao run``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from storage.db import check_database
+
+if TYPE_CHECKING:
+    from bot.runtime import Service
+
+SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Database and channel state; 503 when the database cannot be reached."""
+    service = request.app[SERVICE_KEY]
+    database_ok = await check_database(service.engine)
+    body = {
+        "status": "ok" if database_ok else "degraded",
+        "database": "ok" if database_ok else "unreachable",
+        "channels": {"telegram": service.telegram_state},
+    }
+    return web.json_response(body, status=200 if database_ok else 503)
+
+
+def build_web_app(service: Service) -> web.Application:
+    app = web.Application(client_max_size=1024**2)
+    app[SERVICE_KEY] = service
+    app.router.add_get("/healthz", healthz)
+    if service.telegram is not None and service.settings.webhook_enabled:
+        app.router.add_post(service.telegram.webhook_path, service.telegram.handle_webhook)
+    return app

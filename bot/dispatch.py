@@ -1,0 +1,52 @@
+"""Runs one citizen event through the flow inside its own transaction.
+
+The dispatcher owns the sessions and the commits; the flow and its repositories never commit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from handlers.citizen import CitizenFlow, DuplicateUpdate, MediaFetcher
+from handlers.events import Event, Outcome, Reply
+from handlers.i18n import pick_locale, t
+
+log = logging.getLogger(__name__)
+
+RETRIES = 4
+
+
+class Dispatcher:
+    def __init__(
+        self, session_factory: async_sessionmaker[AsyncSession], flow: CitizenFlow
+    ) -> None:
+        self.session_factory = session_factory
+        self.flow = flow
+
+    async def process(self, event: Event, fetcher: MediaFetcher) -> Outcome | None:
+        """Handle ``event``; ``None`` when it is a duplicate delivery and nothing must be sent."""
+        try:
+            async with self.session_factory() as session:
+                prepared = await self.flow.prepare(session, event, fetcher)
+            for attempt in range(1, RETRIES + 1):
+                try:
+                    async with self.session_factory() as session, session.begin():
+                        return await self.flow.handle(session, event, prepared)
+                except DuplicateUpdate:
+                    log.info("duplicate update %s ignored", event.update_id)
+                    return None
+                except (StaleDataError, IntegrityError, OperationalError) as exc:
+                    # Another worker changed the same conversation, or SQLite was busy:
+                    # the transaction rolled back whole, so it is safe to run it again.
+                    if attempt == RETRIES:
+                        raise
+                    log.info("retrying update %s after %s", event.update_id, type(exc).__name__)
+        except Exception:
+            log.exception("update %s failed; the draft is unchanged", event.update_id)
+            locale = pick_locale(event.sender.language_code)
+            return Outcome(replies=[Reply(text=t(locale, "err.internal"))])
+        raise AssertionError("unreachable")

@@ -1,0 +1,346 @@
+"""The Telegram channel, on python-telegram-bot.
+
+Every update is turned into a plain domain event at the edge (:func:`to_event`) and every
+:class:`~handlers.events.Outcome` is rendered back into Bot API calls (:class:`Renderer`).
+Nothing past this module sees a ``telegram`` type.
+
+Updates arrive by long polling, or by webhook on the service's own aiohttp server when
+``TINBAO_WEBHOOK_URL`` is set. Updates of one chat are handled in order; different chats run
+concurrently (:class:`PerChatUpdateProcessor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    ReplyKeyboardMarkup,
+    ReplyKeyboardRemove,
+    Update,
+)
+from telegram import Message as TgMessage
+from telegram.constants import ChatType
+from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.ext import Application, BaseUpdateProcessor, ContextTypes, TypeHandler
+
+from bot.dispatch import Dispatcher
+from config.settings import Settings
+from handlers.events import (
+    Attachment,
+    ButtonPress,
+    Event,
+    GeoPoint,
+    Message,
+    Outcome,
+    Reply,
+    Sender,
+    SharedContact,
+)
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+ALLOWED_UPDATES = ["message", "callback_query"]
+UNSUPPORTED_KINDS = ("sticker", "poll", "dice", "game", "story", "invoice", "paid_media")
+
+
+class PerChatUpdateProcessor(BaseUpdateProcessor):
+    """Concurrent across chats, strictly ordered within a chat."""
+
+    def __init__(self, max_concurrent_updates: int) -> None:
+        super().__init__(max_concurrent_updates)
+        self._locks: dict[object, tuple[asyncio.Lock, int]] = {}
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        key: object = None
+        if isinstance(update, Update) and update.effective_chat is not None:
+            key = update.effective_chat.id
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                await coroutine
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def initialize(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+
+def _command(message: TgMessage) -> tuple[str, str] | None:
+    text = message.text or ""
+    entities = message.entities or ()
+    if not text.startswith("/") or not any(
+        e.type == "bot_command" and e.offset == 0 for e in entities
+    ):
+        return None
+    head, _, rest = text.partition(" ")
+    name = head[1:].split("@", 1)[0]
+    return name[:32], rest.strip()
+
+
+def _attachments(message: TgMessage) -> tuple[Attachment, ...]:
+    if message.photo:
+        largest = message.photo[-1]
+        return (Attachment("photo", largest.file_id, largest.file_size, "image/jpeg"),)
+    if message.document:
+        doc = message.document
+        return (Attachment("document", doc.file_id, doc.file_size, doc.mime_type, doc.file_name),)
+    for kind in ("video", "voice", "audio", "animation", "video_note"):
+        item = getattr(message, kind, None)
+        if item is not None:
+            mime = getattr(item, "mime_type", None)
+            return (Attachment(kind, item.file_id, item.file_size, mime),)
+    return ()
+
+
+def to_event(update: Update) -> Event | None:
+    """A private-chat update as a domain event; ``None`` for anything the citizen flow skips."""
+    if update.callback_query is not None:
+        query = update.callback_query
+        chat = query.message.chat if query.message is not None else None
+        if chat is None or chat.type != ChatType.PRIVATE:
+            return None
+        sender = Sender(
+            CHANNEL, str(query.from_user.id), str(chat.id), query.from_user.language_code
+        )
+        return ButtonPress(update.update_id, sender, query.data or "")
+    message = update.message
+    if message is None or message.chat.type != ChatType.PRIVATE or message.from_user is None:
+        return None
+    user = message.from_user
+    sender = Sender(CHANNEL, str(user.id), str(message.chat.id), user.language_code)
+    command = _command(message)
+    location = None
+    if message.location is not None:
+        location = GeoPoint(message.location.latitude, message.location.longitude)
+    contact = None
+    if message.contact is not None:
+        contact = SharedContact(
+            phone=message.contact.phone_number,
+            is_own=message.contact.user_id is not None and message.contact.user_id == user.id,
+        )
+    unsupported = next((k for k in UNSUPPORTED_KINDS if getattr(message, k, None)), None)
+    return Message(
+        update_id=update.update_id,
+        sender=sender,
+        text=message.text if message.text is not None else message.caption,
+        command=command[0] if command else None,
+        args=command[1] if command else "",
+        location=location,
+        attachments=_attachments(message),
+        contact=contact,
+        unsupported=unsupported,
+    )
+
+
+def _markup(
+    reply: Reply,
+) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None:
+    if reply.buttons:
+        return InlineKeyboardMarkup(
+            [
+                [InlineKeyboardButton(b.label, callback_data=b.data) for b in row]
+                for row in reply.buttons
+            ]
+        )
+    if reply.keyboard is not None:
+        rows: list[list[KeyboardButton]] = []
+        if reply.keyboard.request_location:
+            rows.append([KeyboardButton(reply.keyboard.request_location, request_location=True)])
+        if reply.keyboard.request_contact:
+            rows.append([KeyboardButton(reply.keyboard.request_contact, request_contact=True)])
+        rows += [[KeyboardButton(label)] for label in reply.keyboard.labels]
+        return ReplyKeyboardMarkup(rows, resize_keyboard=True, one_time_keyboard=False)
+    if reply.remove_keyboard:
+        return ReplyKeyboardRemove()
+    return None
+
+
+class TelegramFetcher:
+    """Downloads a file through the Bot API's ``getFile`` (at most 20 MB)."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    async def fetch(self, attachment: Attachment) -> bytes:
+        file = await self.bot.get_file(attachment.file_ref)
+        return bytes(await file.download_as_bytearray())
+
+
+class Renderer:
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    async def send(self, chat_id: str, outcome: Outcome) -> None:
+        for reply in outcome.replies:
+            try:
+                await self.bot.send_message(
+                    chat_id=int(chat_id), text=reply.text, reply_markup=_markup(reply)
+                )
+            except Forbidden:
+                log.info("a citizen has blocked the bot; reply dropped")
+                return
+
+    async def answer(self, update: Update, outcome: Outcome | None) -> None:
+        query = update.callback_query
+        if query is None:
+            return
+        with contextlib.suppress(BadRequest):
+            await query.answer(
+                text=outcome.notice if outcome else None,
+                show_alert=bool(outcome and outcome.alert),
+            )
+        if outcome is not None and outcome.clear_buttons and query.message is not None:
+            with contextlib.suppress(BadRequest):
+                await self.bot.edit_message_reply_markup(
+                    chat_id=query.message.chat.id,
+                    message_id=query.message.message_id,
+                    reply_markup=None,
+                )
+
+
+class TelegramChannel:
+    """Owns the python-telegram-bot Application and its lifecycle."""
+
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
+        if settings.telegram_token is None:
+            raise ValueError("TINBAO_TELEGRAM_TOKEN is not set")
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.state = "starting"
+        builder = (
+            Application.builder()
+            .token(settings.telegram_token.get_secret_value())
+            .base_url(settings.telegram_api_url)
+            .base_file_url(settings.telegram_file_url)
+            .concurrent_updates(PerChatUpdateProcessor(64))
+            .get_updates_read_timeout(settings.polling_timeout + 10)
+        )
+        if settings.webhook_enabled:
+            builder = builder.updater(None)
+        self.application = builder.build()
+        self.application.add_handler(TypeHandler(Update, self._on_update))
+        self.application.add_error_handler(self._on_error)
+        self.renderer = Renderer(self.application.bot)
+        self.fetcher = TelegramFetcher(self.application.bot)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def webhook_path(self) -> str:
+        path = urlsplit(self.settings.webhook_url or "").path
+        return path if path and path != "/" else "/telegram/webhook"
+
+    async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        event = to_event(update)
+        if event is None:
+            if update.callback_query is not None:
+                await self.renderer.answer(update, None)
+            return
+        outcome = await self.dispatcher.process(event, self.fetcher)
+        if isinstance(event, ButtonPress):
+            await self.renderer.answer(update, outcome)
+        if outcome is not None:
+            await self.renderer.send(event.sender.chat_id, outcome)
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        # Never log the update: it carries the citizen's ids.
+        error = context.error
+        log.error("telegram handler error: %s", type(error).__name__, exc_info=error)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_background(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="telegram-channel")
+
+    async def _run(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.start()
+                return
+            except (TelegramError, OSError) as exc:
+                self.state = f"error: {type(exc).__name__}, retrying"
+                log.warning(
+                    "Telegram is not reachable (%s); retrying in %.0fs", type(exc).__name__, delay
+                )
+                with contextlib.suppress(Exception):
+                    await self.application.shutdown()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    async def start(self) -> None:
+        app = self.application
+        await app.initialize()
+        if self.settings.webhook_enabled:
+            assert self.settings.webhook_secret is not None
+            await app.bot.set_webhook(
+                url=self.settings.webhook_url or "",
+                secret_token=self.settings.webhook_secret.get_secret_value(),
+                allowed_updates=ALLOWED_UPDATES,
+            )
+            await app.start()
+            self.state = "webhook"
+        else:
+            await app.bot.delete_webhook()
+            await app.start()
+            assert app.updater is not None
+            await app.updater.start_polling(
+                timeout=self.settings.polling_timeout, allowed_updates=ALLOWED_UPDATES
+            )
+            self.state = "polling"
+        log.info("Telegram channel running (%s)", self.state)
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        app = self.application
+        if app.updater is not None and app.updater.running:
+            await app.updater.stop()
+        if app.running:
+            await app.stop()
+        await app.shutdown()
+        self.state = "stopped"
+
+    # ------------------------------------------------------------------ webhook
+
+    async def handle_webhook(self, request: web.Request) -> web.Response:
+        """Check the secret header (constant time), reject bad JSON with 400, then hand off."""
+        expected = (
+            self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else ""
+        )
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+            return web.Response(status=403, text="forbidden")
+        if not self.application.running:
+            return web.Response(status=503, text="not ready")
+        try:
+            data = json.loads(await request.read())
+            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+                raise ValueError("not an update")
+            update = Update.de_json(data, self.application.bot)
+        except (ValueError, TypeError, KeyError):
+            return web.Response(status=400, text="bad update")
+        await self.application.update_queue.put(update)
+        return web.Response(text="ok")

@@ -1,0 +1,199 @@
+"""Service settings, read from ``TINBAO_*`` environment variables or a ``.env`` file.
+
+Every secret is a :class:`~pydantic.SecretStr`. A placeholder or malformed secret refuses to
+start with a message that names the variable to set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset(
+    {
+        "",
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "password",
+        "placeholder",
+        "xxx",
+        "todo",
+        "your-secret-key",
+        "your_secret_key",
+        "replace-me",
+        "test",
+        "default",
+    }
+)
+
+SECRET_KEY_FILE = "secret.key"  # noqa: S105 (a file name, not a secret)
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message names the variable to fix."""
+
+
+class Settings(BaseSettings):
+    """All settings of the service. See the README for the full table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TINBAO_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # --- Telegram -------------------------------------------------------------------------
+    telegram_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org/bot"
+    telegram_file_url: str = "https://api.telegram.org/file/bot"
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    polling_timeout: int = Field(default=30, ge=0, le=60)
+
+    # --- storage ----------------------------------------------------------------------------
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    secret_key: SecretStr | None = None
+
+    # --- web --------------------------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+
+    # --- citizens ---------------------------------------------------------------------------
+    default_locale: Literal["vi", "en"] = "vi"
+    draft_ttl_hours: float = Field(default=7 * 24, gt=0)
+    report_rate_limit: int = Field(default=5, ge=1)
+    report_rate_window_minutes: int = Field(default=60, ge=1)
+    pin_attempts_per_code: int = Field(default=5, ge=1)
+    pin_attempts_per_sender: int = Field(default=10, ge=1)
+    pin_attempt_window_minutes: int = Field(default=15, ge=1)
+    max_media_per_report: int = Field(default=10, ge=1, le=50)
+
+    # --- catalogue --------------------------------------------------------------------------
+    units_file: Path | None = None
+
+    # --- logging ----------------------------------------------------------------------------
+    log_level: str = "INFO"
+
+    @field_validator("telegram_token", "webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tinbao.db').as_posix()}"
+
+    @property
+    def is_embedded_db(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def webhook_enabled(self) -> bool:
+        return bool(self.webhook_url)
+
+    def check(self) -> None:
+        """Refuse an unusable combination of settings, naming the variable to fix."""
+        if self.webhook_url and self.webhook_secret is None:
+            raise ConfigError(
+                "TINBAO_WEBHOOK_URL is set but TINBAO_WEBHOOK_SECRET is not: set a random "
+                "secret of 1-256 characters from A-Z, a-z, 0-9, _ and -."
+            )
+        if self.webhook_secret is not None:
+            value = self.webhook_secret.get_secret_value()
+            if value.lower() in PLACEHOLDER_SECRETS or len(value) < 16:
+                raise ConfigError(
+                    "TINBAO_WEBHOOK_SECRET is a placeholder or shorter than 16 characters: "
+                    "set a random secret."
+                )
+            if not all(c.isascii() and (c.isalnum() or c in "_-") for c in value):
+                raise ConfigError(
+                    "TINBAO_WEBHOOK_SECRET may only hold A-Z, a-z, 0-9, _ and - (a Telegram rule)."
+                )
+        if self.telegram_token is not None:
+            token = self.telegram_token.get_secret_value()
+            if token.lower() in PLACEHOLDER_SECRETS or ":" not in token:
+                raise ConfigError(
+                    "TINBAO_TELEGRAM_TOKEN does not look like a bot token from @BotFather "
+                    "(expected '<digits>:<letters>')."
+                )
+        if not self.database_url_is_async:
+            raise ConfigError(
+                "TINBAO_DATABASE_URL must use an async driver: "
+                "'sqlite+aiosqlite:///path.db' or 'postgresql+asyncpg://user@host/db'."
+            )
+
+    @property
+    def database_url_is_async(self) -> bool:
+        url = self.effective_database_url
+        return url.startswith("sqlite+aiosqlite:") or url.startswith("postgresql+asyncpg:")
+
+
+def load_settings(**overrides: object) -> Settings:
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    settings.check()
+    return settings
+
+
+def _decode_key(raw: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(raw.encode("ascii"))
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise ConfigError(
+            "TINBAO_SECRET_KEY is malformed: it must be 32 random bytes in URL-safe base64 "
+            '(generate one with: python -c "import secrets,base64;'
+            'print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())").'
+        ) from exc
+    if len(key) != 32:
+        raise ConfigError(
+            f"TINBAO_SECRET_KEY is malformed: it decodes to {len(key)} bytes, 32 are needed."
+        )
+    return key
+
+
+def resolve_secret_key(settings: Settings) -> bytes:
+    """Return the 32-byte master key.
+
+    On the embedded SQLite default the key is generated once into ``<data_dir>/secret.key``
+    (mode 0600). Anywhere else it must be given as ``TINBAO_SECRET_KEY``.
+    """
+    if settings.secret_key is not None:
+        raw = settings.secret_key.get_secret_value().strip()
+        if raw.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(
+                "TINBAO_SECRET_KEY is a placeholder: set 32 random bytes in URL-safe base64."
+            )
+        return _decode_key(raw)
+    if not settings.is_embedded_db:
+        raise ConfigError(
+            "TINBAO_SECRET_KEY is not set: it is required with an external database "
+            "(TINBAO_DATABASE_URL). Set 32 random bytes in URL-safe base64."
+        )
+    path = settings.data_dir / SECRET_KEY_FILE
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(
+                f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+            )
+        return _decode_key(path.read_text(encoding="ascii").strip())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    encoded = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(encoded + "\n")
+    return _decode_key(encoded)

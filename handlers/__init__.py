@@ -1,0 +1,1 @@
+"""Handlers of the tinbao bot and their Telegram-independent helpers."""

@@ -1,0 +1,114 @@
+"""Engine and session factory for the two supported backends.
+
+* the embedded SQLite file (``sqlite+aiosqlite:///var/tinbao.db``), the default;
+* PostgreSQL through asyncpg (``postgresql+asyncpg://user@host/db``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+log = logging.getLogger(__name__)
+
+#: Seconds :func:`check_database` waits before calling the database unhealthy.
+HEALTH_CHECK_TIMEOUT = 5.0
+
+#: Applied to every new SQLite connection. ``journal_mode=WAL`` lets readers work while one
+#: writer commits; ``busy_timeout`` makes a writer wait for the lock instead of failing at once.
+SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
+    ("foreign_keys", "ON"),
+    ("journal_mode", "WAL"),
+    ("synchronous", "NORMAL"),
+    ("busy_timeout", "5000"),
+)
+
+
+def _json_dumps(value: Any) -> str:
+    # Keep Vietnamese text readable in the database (and shorter than \u escapes).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite URL, or ``None`` for an in-memory database."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    if database.startswith("file:"):  # URI filename (``?uri=true``)
+        database = database[len("file:") :].split("?", 1)[0]
+    return Path(database)
+
+
+def install_sqlite_pragmas(engine: AsyncEngine, pragmas: tuple[tuple[str, str], ...]) -> None:
+    """Run ``PRAGMA name=value`` for each pair on every new DBAPI connection of ``engine``."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            for name, value in pragmas:
+                cursor.execute(f"PRAGMA {name}={value}")
+        finally:
+            cursor.close()
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    """Create the async engine for ``url`` (``sqlite+aiosqlite`` or ``postgresql+asyncpg``)."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = sqlite_file(parsed)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(parsed, echo=echo, json_serializer=_json_dumps)
+        install_sqlite_pragmas(engine, SQLITE_PRAGMAS)
+        return engine
+    if backend == "postgresql":
+        return create_async_engine(
+            parsed,
+            echo=echo,
+            json_serializer=_json_dumps,
+            pool_size=5,
+            max_overflow=10,
+            pool_timeout=30,
+            pool_pre_ping=True,
+            # Drop connections before a server or proxy idle timeout closes them under us.
+            pool_recycle=1800,
+            connect_args={"server_settings": {"application_name": "tinbao"}},
+        )
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
+        "use 'sqlite+aiosqlite:///path.db' or 'postgresql+asyncpg://user@host/db'"
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions whose objects stay usable after commit (no lazy reload on attribute access)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def check_database(engine: AsyncEngine) -> bool:
+    """``True`` when the database answers ``SELECT 1`` within :data:`HEALTH_CHECK_TIMEOUT`."""
+    try:
+        async with asyncio.timeout(HEALTH_CHECK_TIMEOUT), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure means "not healthy", never a crash of /healthz
+        log.warning("database check failed: %s: %s", type(exc).__name__, exc)
+        return False
+    return True

@@ -1,0 +1,241 @@
+"""SQLAlchemy 2 typed models: the whole schema of tinbao.
+
+Anonymity rule: no table here holds a tipster's channel user id, username, name or phone number
+in clear. The route back to a tipster lives in :class:`ContactRoute`, encrypted, and is found
+through a keyed hash (HMAC) of channel and user id. Drafts and rate limits use the same HMAC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from storage.types import BigIntKey, JSONType, UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+    }
+
+
+class Unit(Base):
+    """A receiving police unit: one commune-level unit (xã, phường, đặc khu)."""
+
+    __tablename__ = "units"
+
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    division_type: Mapped[str] = mapped_column(String(32))
+    codename: Mapped[str] = mapped_column(String(200))
+    province_code: Mapped[int] = mapped_column(Integer, index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Report(Base):
+    """A crime tip-off (``kind='tip'``) or a traffic-accident emergency (``'emergency'``)."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        Index("ix_reports_status_created", "status", "created_at"),
+        Index("ix_reports_unit_created", "unit_code", "created_at"),
+        Index("ix_reports_created_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(16), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str | None] = mapped_column(String(32))
+    unit_code: Mapped[str | None] = mapped_column(ForeignKey("units.code"))
+    latitude: Mapped[float | None]
+    longitude: Mapped[float | None]
+    place_text: Mapped[str | None] = mapped_column(Text)
+    occurred: Mapped[str] = mapped_column(String(16), default="unknown")
+    occurred_text: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    injured: Mapped[str | None] = mapped_column(String(16))
+    injured_count: Mapped[int | None]
+    contact_mode: Mapped[str] = mapped_column(String(16))
+    pin_hash: Mapped[str] = mapped_column(String(200))
+    locale: Mapped[str] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="new")
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    subjects_handled: Mapped[int | None]
+    citizen_assisted_arrest: Mapped[bool | None]
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"))
+    reject_reason: Mapped[str | None] = mapped_column(Text)
+    assigned_officer_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    claimed_at: Mapped[datetime | None]
+    acknowledged_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+
+    media: Mapped[list[ReportMedia]] = relationship(
+        back_populates="report", order_by="ReportMedia.position", lazy="raise"
+    )
+    unit: Mapped[Unit | None] = relationship(lazy="raise")
+
+
+class MediaBlob(Base):
+    """Bytes of a stored file, already cleaned (images re-encoded without metadata)."""
+
+    __tablename__ = "media_blobs"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    mime: Mapped[str] = mapped_column(String(100))
+    size: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReportMedia(Base):
+    """One piece of evidence attached to a report."""
+
+    __tablename__ = "report_media"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(
+        ForeignKey("reports.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    mime: Mapped[str | None] = mapped_column(String(100))
+    size: Mapped[int | None] = mapped_column(Integer)
+    #: The channel's own file reference, used to re-send non-image media (never to forward).
+    file_ref: Mapped[str | None] = mapped_column(String(256))
+    blob_id: Mapped[int | None] = mapped_column(ForeignKey("media_blobs.id"))
+    caption: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    report: Mapped[Report] = relationship(back_populates="media", lazy="raise")
+
+
+class ReportEvent(Base):
+    """The audit trail: every change of state is one row (who, when, from, to, why)."""
+
+    __tablename__ = "report_events"
+    __table_args__ = (Index("ix_report_events_report_at", "report_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: ``citizen``, ``officer``, ``admin`` or ``system``. A citizen actor never has an id.
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    action: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None]
+
+
+class ContactRoute(Base):
+    """The encrypted route back to a tipster, found only through a keyed hash."""
+
+    __tablename__ = "contact_routes"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(
+        ForeignKey("reports.id", ondelete="CASCADE"), unique=True
+    )
+    sender_key: Mapped[str] = mapped_column(String(64), index=True)
+    #: Fernet token of ``{"channel": ..., "chat_id": ...}``.
+    route: Mapped[str] = mapped_column(Text)
+    #: Fernet token of the phone number the tipster chose to leave, if any.
+    phone: Mapped[str | None] = mapped_column(Text)
+    blocked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Conversation(Base):
+    """One citizen's conversation state and draft, saved on every step."""
+
+    __tablename__ = "conversations"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    locale: Mapped[str | None] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(32), default="idle")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy reads it)
+
+
+class ProcessedUpdate(Base):
+    """Channel update ids already handled, so a duplicate delivery has no effect."""
+
+    __tablename__ = "processed_updates"
+
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    processed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class OutboxMessage(Base):
+    """A message waiting to be delivered to officers, written with what caused it."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_status_due", "status", "next_attempt_at"),
+        UniqueConstraint("dedupe_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    report_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reports.id", ondelete="CASCADE"), index=True
+    )
+    #: Where it goes, e.g. ``unit:30307`` (resolved to a queue when delivered) or ``duty``.
+    destination: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class RateHit(Base):
+    """One counted attempt (a submitted report, a wrong PIN) under a hashed key."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_scope_key_at", "scope", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,250 @@
+"""Repositories: typed queries over one :class:`AsyncSession`.
+
+The caller owns the session and its transaction. Nothing here commits; at most it flushes, so
+that a report, its media, its audit event and its outbox message land in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import (
+    ContactRoute,
+    Conversation,
+    MediaBlob,
+    OutboxMessage,
+    ProcessedUpdate,
+    RateHit,
+    Report,
+    ReportEvent,
+    ReportMedia,
+    Unit,
+)
+from storage.types import utcnow
+
+
+class UpdateLog:
+    """Which channel updates were already handled."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def seen(self, channel: str, update_id: int) -> bool:
+        row = await self.session.get(ProcessedUpdate, (channel, update_id))
+        return row is not None
+
+    def record(self, channel: str, update_id: int) -> None:
+        self.session.add(ProcessedUpdate(channel=channel, update_id=update_id))
+
+    async def purge_before(self, moment: datetime) -> int:
+        result = await self.session.execute(
+            delete(ProcessedUpdate).where(ProcessedUpdate.processed_at < moment)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class Conversations:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, key: str) -> Conversation | None:
+        return await self.session.get(Conversation, key)
+
+    async def get_or_create(self, key: str, locale: str) -> Conversation:
+        conversation = await self.get(key)
+        if conversation is None:
+            conversation = Conversation(key=key, locale=locale, state="idle", data={}, step=0)
+            self.session.add(conversation)
+        return conversation
+
+    async def expired_drafts(self, now: datetime, limit: int = 500) -> Sequence[Conversation]:
+        result = await self.session.scalars(
+            select(Conversation)
+            .where(Conversation.expires_at.is_not(None), Conversation.expires_at < now)
+            .limit(limit)
+        )
+        return result.all()
+
+
+class RateLimits:
+    """Sliding-window counters under hashed keys."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def count(self, scope: str, key: str, window: timedelta) -> int:
+        since = utcnow() - window
+        total = await self.session.scalar(
+            select(func.count())
+            .select_from(RateHit)
+            .where(RateHit.scope == scope, RateHit.key == key, RateHit.at >= since)
+        )
+        return int(total or 0)
+
+    def hit(self, scope: str, key: str) -> None:
+        self.session.add(RateHit(scope=scope, key=key, at=utcnow()))
+
+    async def clear(self, scope: str, key: str) -> None:
+        await self.session.execute(
+            delete(RateHit).where(RateHit.scope == scope, RateHit.key == key)
+        )
+
+    async def purge_before(self, moment: datetime) -> int:
+        result = await self.session.execute(delete(RateHit).where(RateHit.at < moment))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class Media:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add_blob(self, *, content: bytes, mime: str, sha256: str) -> MediaBlob:
+        blob = MediaBlob(content=content, mime=mime, sha256=sha256, size=len(content))
+        self.session.add(blob)
+        await self.session.flush()
+        return blob
+
+    async def blob_content(self, blob_id: int) -> bytes | None:
+        return await self.session.scalar(select(MediaBlob.content).where(MediaBlob.id == blob_id))
+
+    async def delete_blobs(self, blob_ids: Iterable[int | None]) -> None:
+        ids = [i for i in blob_ids if i is not None]
+        if not ids:
+            return
+        used = select(ReportMedia.blob_id).where(ReportMedia.blob_id.in_(ids))
+        await self.session.execute(
+            delete(MediaBlob).where(MediaBlob.id.in_(ids), MediaBlob.id.not_in(used))
+        )
+
+    async def delete_orphan_blobs(self, created_before: datetime) -> int:
+        used = select(ReportMedia.blob_id).where(ReportMedia.blob_id.is_not(None))
+        result = await self.session.execute(
+            delete(MediaBlob).where(
+                MediaBlob.created_at < created_before, MediaBlob.id.not_in(used)
+            )
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class Reports:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def code_taken(self, code: str) -> bool:
+        found = await self.session.scalar(select(Report.id).where(Report.code == code))
+        return found is not None
+
+    async def by_code(self, code: str) -> Report | None:
+        return await self.session.scalar(select(Report).where(Report.code == code))
+
+    async def add(self, report: Report, media: Sequence[ReportMedia]) -> Report:
+        self.session.add(report)
+        await self.session.flush()
+        for position, item in enumerate(media):
+            item.report_id = report.id
+            item.position = position
+            self.session.add(item)
+        return report
+
+    def add_event(
+        self,
+        report: Report,
+        *,
+        action: str,
+        actor_kind: str,
+        actor_id: int | None = None,
+        from_status: str | None = None,
+        to_status: str | None = None,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> ReportEvent:
+        event = ReportEvent(
+            report_id=report.id,
+            actor_kind=actor_kind,
+            actor_id=actor_id,
+            action=action,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            data=data,
+            at=utcnow(),
+        )
+        self.session.add(event)
+        return event
+
+    def add_contact_route(
+        self, report: Report, *, sender_key: str, route: str, phone: str | None
+    ) -> ContactRoute:
+        contact = ContactRoute(
+            report_id=report.id, sender_key=sender_key, route=route, phone=phone
+        )
+        self.session.add(contact)
+        return contact
+
+    async def events(self, report_id: int) -> Sequence[ReportEvent]:
+        result = await self.session.scalars(
+            select(ReportEvent).where(ReportEvent.report_id == report_id).order_by(ReportEvent.id)
+        )
+        return result.all()
+
+
+class Outbox:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def enqueue(
+        self,
+        *,
+        kind: str,
+        destination: str,
+        payload: dict[str, Any],
+        report_id: int | None = None,
+        dedupe_key: str | None = None,
+        due: datetime | None = None,
+    ) -> OutboxMessage:
+        message = OutboxMessage(
+            kind=kind,
+            destination=destination,
+            payload=payload,
+            report_id=report_id,
+            dedupe_key=dedupe_key,
+            next_attempt_at=due or utcnow(),
+            status="pending",
+        )
+        self.session.add(message)
+        return message
+
+
+class Units:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, code: str) -> Unit | None:
+        return await self.session.get(Unit, code)
+
+    async def sync(self, entries: Iterable[dict[str, Any]], province_code: int) -> int:
+        """Upsert the catalogue; units missing from it are marked inactive, never deleted."""
+        existing = {u.code: u for u in (await self.session.scalars(select(Unit))).all()}
+        seen: set[str] = set()
+        for entry in entries:
+            code = str(entry["code"])
+            seen.add(code)
+            unit = existing.get(code)
+            if unit is None:
+                unit = Unit(code=code)
+                self.session.add(unit)
+            unit.name = entry["name"]
+            unit.division_type = entry["division_type"]
+            unit.codename = entry["codename"]
+            unit.province_code = province_code
+            unit.active = True
+        for code, unit in existing.items():
+            if code not in seen:
+                unit.active = False
+        await self.session.flush()
+        return len(seen)
