@@ -151,7 +151,9 @@ def load_settings(**overrides: object) -> Settings:
 
 def _decode_key(raw: str) -> bytes:
     try:
-        key = base64.urlsafe_b64decode(raw.encode("ascii"))
+        key = base64.b64decode(raw.encode("ascii"), altchars=b"-_", validate=True)
+        if base64.urlsafe_b64encode(key).decode("ascii").rstrip("=") != raw.rstrip("="):
+            raise ValueError("not canonical base64")
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
         raise ConfigError(
             "TINBAO_SECRET_KEY is malformed: it must be 32 random bytes in URL-safe base64 "

@@ -874,7 +874,7 @@ class BotAPIStandIn:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self._port = sock.getsockname()[1]
-        site = web.SockSite(runner, sock, shutdown_timeout=1.0)
+        site = web.SockSite(runner, sock)
         await site.start()
         self._runner = runner
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
