@@ -244,6 +244,9 @@ class TelegramChannel:
         self.renderer = Renderer(self.application.bot)
         self.fetcher = TelegramFetcher(self.application.bot)
         self._task: asyncio.Task[None] | None = None
+        #: Updates fully handled (replies sent); waiters are woken on each one.
+        self.updates_handled = 0
+        self._handled = asyncio.Condition()
 
     @property
     def webhook_path(self) -> str:
@@ -251,6 +254,19 @@ class TelegramChannel:
         return path if path and path != "/" else "/telegram/webhook"
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        try:
+            await self._handle(update)
+        finally:
+            async with self._handled:
+                self.updates_handled += 1
+                self._handled.notify_all()
+
+    async def wait_handled(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until ``count`` updates in all have been handled (tests and benchmarks)."""
+        async with asyncio.timeout(timeout), self._handled:
+            await self._handled.wait_for(lambda: self.updates_handled >= count)
+
+    async def _handle(self, update: Update) -> None:
         event = to_event(update)
         if event is None:
             if update.callback_query is not None:

@@ -4,17 +4,20 @@
 * :func:`ensure_schema` is called at start-up: the embedded SQLite database is upgraded on the
   spot, an external database must already be at this code's revision.
 
-On SQLite the migrations run on a dedicated connection where SQLAlchemy, not the ``sqlite3``
-driver, emits ``BEGIN IMMEDIATE`` (so DDL is transactional and each revision is all or nothing)
-and where ``PRAGMA foreign_keys`` is OFF: a "batch" table rebuild drops and re-creates a table,
-which with foreign keys ON would fail, or worse, run ``ON DELETE CASCADE`` on the rows that
-point at it. ``PRAGMA foreign_key_check`` must come back empty before each revision commits.
-On PostgreSQL, a session advisory lock keeps two ``tinbao migrate`` from running at once.
+On a SQLite file the migrations run on a dedicated connection where SQLAlchemy, not the
+``sqlite3`` driver, emits ``BEGIN IMMEDIATE`` (so DDL is transactional and each revision is all
+or nothing) and where ``PRAGMA foreign_keys`` is OFF: a "batch" table rebuild drops and
+re-creates a table, which with foreign keys ON would fail, or worse, run ``ON DELETE CASCADE``
+on the rows that point at it. ``PRAGMA foreign_key_check`` must come back empty before each
+revision commits. (An in-memory SQLite database, for tests, is migrated on its own engine's
+single connection.) On PostgreSQL, a session advisory lock keeps two ``tinbao migrate`` from
+running at once.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +28,8 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, inspect, pool, text
+from sqlalchemy import JSON, Connection, event, inspect, pool, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -57,6 +61,16 @@ def alembic_config(connection: Connection | None = None) -> Config:
     # The value goes through ConfigParser interpolation: a literal "%" must be doubled.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     config.set_main_option("path_separator", "os")
+    if importlib.util.find_spec("ruff") is not None:
+        # New revision files come out linted and formatted like the rest of the code.
+        hooks = {"ruff_format": "format --quiet", "ruff_fix": "check --fix --quiet"}
+        config.set_section_option("post_write_hooks", "hooks", " ".join(hooks))
+        for name, options in hooks.items():
+            config.set_section_option("post_write_hooks", f"{name}.type", "module")
+            config.set_section_option("post_write_hooks", f"{name}.module", "ruff")
+            config.set_section_option(
+                "post_write_hooks", f"{name}.options", f"{options} REVISION_SCRIPT_FILENAME"
+            )
     if connection is not None:
         config.attributes["connection"] = connection
     return config
@@ -67,8 +81,15 @@ def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str |
 
     A migration must not import application code that may change after it is written.
     """
-    if type_ == "type" and isinstance(obj, UTCDateTime):
+    if type_ != "type":
+        return False
+    if isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
+    variants = getattr(obj, "_variant_mapping", {})
+    if isinstance(obj, JSON) and isinstance(variants.get("postgresql"), JSONB):
+        # Rendered by hand: autogenerate run against SQLite would write a bare "Text()".
+        autogen_context.imports.add("from sqlalchemy.dialects import postgresql")
+        return 'sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")'
     return False
 
 

@@ -88,7 +88,7 @@ class Report(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))
     subjects_handled: Mapped[int | None]
     citizen_assisted_arrest: Mapped[bool | None]
-    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"))
+    duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), index=True)
     reject_reason: Mapped[str | None] = mapped_column(Text)
     assigned_officer_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -131,7 +131,7 @@ class ReportMedia(Base):
     size: Mapped[int | None] = mapped_column(Integer)
     #: The channel's own file reference, used to re-send non-image media (never to forward).
     file_ref: Mapped[str | None] = mapped_column(String(256))
-    blob_id: Mapped[int | None] = mapped_column(ForeignKey("media_blobs.id"))
+    blob_id: Mapped[int | None] = mapped_column(ForeignKey("media_blobs.id"), index=True)
     caption: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -14,7 +14,7 @@ from sqlalchemy.types import TypeDecorator
 BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
 
 #: JSON, stored as JSONB on PostgreSQL.
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

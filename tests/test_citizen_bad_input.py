@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from handlers.citizen import State
-from handlers.events import Attachment
+from handlers.events import Attachment, GeoPoint
 from storage.models import Conversation
 from tests.driver import Citizen, citizen, label, sync_units
 
@@ -49,12 +49,12 @@ async def snapshot(session_factory) -> tuple[str, dict, int]:
         return conversation.state, conversation.data.get("draft", {}), conversation.step
 
 
-BAD_INPUTS = {
+BAD_INPUTS: dict[str, dict[str, object]] = {
     "sticker": {"unsupported": "sticker"},
     "long_text": {"text": "ơ" * 5000},
     "emoji_only": {"text": "😀🚓🔥"},
     "odd_unicode": {"text": "\u202e\u200b\u0000"},
-    "location": {"location": (10.37, 105.43)},
+    "location": {"location": GeoPoint(10.37, 105.43)},
     "photo_where_unexpected": {"attachments": (Attachment("photo", "P1", 10, "image/jpeg"),)},
 }
 #: Inputs that a step legitimately accepts, so they are not "bad" there.
@@ -81,11 +81,6 @@ async def test_bad_input_at_every_step(session_factory, state):
     for name, fields in BAD_INPUTS.items():
         if (state, name) in ACCEPTED:
             continue
-        fields = dict(fields)
-        if "location" in fields:
-            from handlers.events import GeoPoint
-
-            fields["location"] = GeoPoint(*fields["location"])
         outcome = await c.message(**fields)
         assert outcome is not None and outcome.replies, f"{state}/{name}: no answer"
         assert all(r.text.strip() for r in outcome.replies)

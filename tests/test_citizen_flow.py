@@ -30,7 +30,9 @@ async def session_factory(session_factory):
     return session_factory
 
 
-async def file_tip(c, locale: str, *, description: str = "Có người bán ma túy ở quán cà phê") -> tuple[str, str]:
+async def file_tip(
+    c, locale: str, *, description: str = "Có người bán ma túy ở quán cà phê"
+) -> tuple[str, str]:
     await c.command("start")
     await c.press(label(locale, "menu.tip"))
     await c.press(label(locale, "cat.drugs"))
@@ -236,7 +238,18 @@ async def test_phone_contact_is_encrypted(session_factory):
     await c.contact("+84901234567", own=False)
     assert label("vi", "contact.not_own") in c.texts()
     await c.contact("+84901234567")
-    assert c.last_reply().text.startswith(label("vi", "summary.text", category="x", place="x", when="x", description="x", evidence="x", contact="x")[:10])
+    assert c.last_reply().text.startswith(
+        label(
+            "vi",
+            "summary.text",
+            category="x",
+            place="x",
+            when="x",
+            description="x",
+            evidence="x",
+            contact="x",
+        )[:10]
+    )
     await c.press(label("vi", "summary.confirm"))
     async with session_factory() as session:
         route = await session.scalar(select(ContactRoute))

@@ -31,7 +31,11 @@ def _free_port() -> int:
 def test_help_explains_run_and_migrate(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bot", "--help"],
-        capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, check=True,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        check=True,
     )
     assert "tinbao run" in result.stdout and "tinbao migrate" in result.stdout
 
@@ -39,7 +43,11 @@ def test_help_explains_run_and_migrate(tmp_path):
 def test_migrate_upgrades_the_embedded_database(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bot", "migrate"],
-        capture_output=True, text=True, env=_env(tmp_path), cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "schema revision" in result.stdout
@@ -49,7 +57,10 @@ def test_migrate_upgrades_the_embedded_database(tmp_path):
 def test_placeholder_secret_refuses_to_start(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bot", "run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
         env=_env(tmp_path, TINBAO_SECRET_KEY="changeme"),
     )
     assert result.returncode == 2
@@ -60,7 +71,10 @@ def test_placeholder_secret_refuses_to_start(tmp_path):
 def test_run_refuses_an_unmigrated_postgresql(tmp_path, db_url):
     result = subprocess.run(
         [sys.executable, "-m", "bot", "run"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
         env=_env(
             tmp_path,
             TINBAO_DATABASE_URL=db_url,
@@ -74,9 +88,14 @@ def test_run_refuses_an_unmigrated_postgresql(tmp_path, db_url):
 async def test_run_serves_healthz_without_a_token(tmp_path):
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run",
-        cwd=tmp_path, env=_env(tmp_path, TINBAO_HTTP_PORT=str(port)),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "bot",
+        "run",
+        cwd=tmp_path,
+        env=_env(tmp_path, TINBAO_HTTP_PORT=str(port)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         body = None

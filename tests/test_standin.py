@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from telegram import (
@@ -227,6 +228,7 @@ async def test_polling_application_handles_pushed_updates(standin: BotAPIStandIn
     assert standin.pending_updates == []
     assert standin.calls_for("getMe")
     assert standin.calls_for("deleteWebhook")
+    assert all(c.ok for c in standin.calls), [c.summary() for c in standin.calls if not c.ok]
 
 
 async def test_get_updates_offset_limit_timeout(standin: BotAPIStandIn, bot: Bot) -> None:
@@ -367,7 +369,8 @@ async def test_commands_round_trip(standin: BotAPIStandIn, bot: Bot) -> None:
 # ---------------------------------------------------------------------------- flood limits
 
 
-async def test_flood_limits_per_chat_burst() -> None:
+async def test_flood_limits_per_chat_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     limits = FloodLimits(per_chat_per_second=1.0, per_chat_burst=3)
     async with (
         BotAPIStandIn(enforce_flood_limits=True, flood_limits=limits) as standin,
@@ -387,7 +390,8 @@ async def test_flood_limits_per_chat_burst() -> None:
         assert limited[0].response["parameters"]["retry_after"] == 1
 
 
-async def test_flood_limits_group_shared_by_topics() -> None:
+async def test_flood_limits_group_shared_by_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     limits = FloodLimits(per_chat_burst=100, group_per_minute=20)
     async with (
         BotAPIStandIn(enforce_flood_limits=True, flood_limits=limits) as standin,
@@ -403,7 +407,8 @@ async def test_flood_limits_group_shared_by_topics() -> None:
         assert standin.stats.rate_limited == 1
 
 
-async def test_flood_limits_global_30_per_second() -> None:
+async def test_flood_limits_global_30_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     async with (
         BotAPIStandIn(enforce_flood_limits=True) as standin,
         standin.bot() as tg_bot,
@@ -551,3 +556,64 @@ async def test_application_builder_helper(standin: BotAPIStandIn) -> None:
     async with app:
         assert app.bot.base_url == f"{standin.base_url}{DEFAULT_TOKEN}"
         assert app.bot.username == "tinbao_test_bot"
+
+
+async def test_other_methods_answer_what_ptb_expects(standin: BotAPIStandIn, bot: Bot) -> None:
+    factory = UpdateFactory(standin)
+    user = factory.vi_user
+    standin.push_update(factory.text(user, "xin chào"))  # the chat becomes known
+
+    doc = await bot.send_document(user.id, b"%PDF-1.4", filename="bien_ban.pdf", caption="BB")
+    assert doc.document is not None
+    assert doc.document.file_name == "bien_ban.pdf"
+    assert standin.calls_for("sendDocument")[0].uploads["document"].filename == "bien_ban.pdf"
+    edited = await bot.edit_message_caption(user.id, doc.message_id, caption="Biên bản")
+    assert not isinstance(edited, bool)
+    assert edited.caption == "Biên bản"
+    marked = await bot.edit_message_reply_markup(user.id, doc.message_id, reply_markup=KEYBOARD)
+    assert not isinstance(marked, bool)
+    assert marked.reply_markup == KEYBOARD
+
+    for send in (bot.send_video, bot.send_voice, bot.send_audio, bot.send_animation):
+        sent = await send(user.id, b"media-bytes")
+        assert sent.message_id > doc.message_id
+    location = await bot.send_location(user.id, 10.7769, 106.7009)
+    assert location.location is not None
+    assert location.location.latitude == 10.7769
+    venue = await bot.send_venue(user.id, 10.7769, 106.7009, "Công an phường", "1 Lê Lợi")
+    assert venue.venue is not None
+    assert venue.venue.title == "Công an phường"
+    assert await bot.send_chat_action(user.id, "typing")
+    assert await bot.pin_chat_message(user.id, location.message_id)
+
+    chat = await bot.get_chat(user.id)
+    assert chat.first_name == user.first_name
+    assert chat.type == "private"
+    assert await bot.close()
+    assert await bot.log_out()
+    copies = await bot.copy_messages(-100555, user.id, [location.message_id, venue.message_id])
+    assert [c.message_id for c in copies] == [1, 2]
+    assert len(standin.sent_to(-100555)) == 1  # one copyMessages call, two messages
+    assert standin.stats.sent_per_chat[-100555] == 2
+
+
+async def test_raw_http_json_body_get_and_bad_token(standin: BotAPIStandIn) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{standin.base_url}{DEFAULT_TOKEN}"
+        async with session.post(
+            f"{url}/SENDMESSAGE",  # method names are case-insensitive
+            json={"chat_id": "42", "text": "123", "reply_markup": json.dumps(KEYBOARD.to_dict())},
+        ) as response:
+            body = await response.json()
+        assert body["ok"] is True
+        assert body["result"]["text"] == "123"
+        call = standin.calls_for("sendMessage")[0]
+        assert call.chat_id == 42
+        assert call.params["reply_markup"] == KEYBOARD.to_dict()
+
+        async with session.get(f"{url}/getMe") as response:
+            assert (await response.json())["result"]["id"] == 123456
+        async with session.get(f"{standin.base_url}not-a-token/getMe") as response:
+            assert response.status == 404
+        async with session.get(f"{standin.base_file_url}{DEFAULT_TOKEN}/nope.jpg") as response:
+            assert response.status == 404

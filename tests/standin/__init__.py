@@ -13,6 +13,7 @@ from tests.standin.server import (
     StoredFile,
     UploadedFile,
     WebhookDelivery,
+    bad_request,
 )
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "UploadedFile",
     "User",
     "WebhookDelivery",
+    "bad_request",
     "make_jpeg",
 ]

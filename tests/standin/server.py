@@ -651,6 +651,18 @@ _MDV2_TOGGLES: Final = (
 )
 
 
+def _find_unescaped(text: str, char: str, start: int) -> int:
+    i = start
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == char:
+            return i
+        i += 1
+    return -1
+
+
 def parse_markdown_v2(text: str) -> str:
     """Approximate Telegram's MarkdownV2 checks; returns the approximate plain text."""
     out: list[str] = []
@@ -678,7 +690,7 @@ def parse_markdown_v2(text: str) -> str:
             i = end + 3
             continue
         if ch == "`":
-            end = text.find("`", i + 1)
+            end = _find_unescaped(text, "`", i + 1)
             if end < 0:
                 raise _ParseError(
                     f"Can't find end of Code entity at byte offset {_byte_offset(text, i)}"
@@ -687,7 +699,7 @@ def parse_markdown_v2(text: str) -> str:
             i = end + 1
             continue
         if ch == "]" and text.startswith("(", i + 1):
-            end = text.find(")", i + 2)
+            end = _find_unescaped(text, ")", i + 2)
             if end < 0:
                 raise _ParseError(
                     f"Can't find end of a URL at byte offset {_byte_offset(text, i)}"
@@ -1079,21 +1091,33 @@ class BotAPIStandIn:
         self,
         method: str,
         error_code: int = 400,
-        description: str = "Bad Request: chat not found",
+        description: str | None = None,
         retry_after: int | None = None,
         count: int = 1,
         *,
         chat_id: ChatKey | None = None,
     ) -> None:
-        """Answer the next ``count`` calls of ``method`` ("*" = any) with an error.
+        """Answer the next ``count`` calls of ``method`` ("*" = any, getUpdates included) with
+        an error, optionally only calls to ``chat_id``.
 
-        ``retry_after`` adds ``parameters.retry_after`` (use with 429); for a 429 without a
-        description, "Too Many Requests: retry after N" is used.
+        ``retry_after`` adds ``parameters.retry_after`` (a 429 defaults to 1). Without a
+        ``description`` Telegram's usual one for the code is used (400 "chat not found", 403
+        "bot was blocked by the user", 429 "Too Many Requests: retry after N", ...).
         """
         if error_code == 429 and retry_after is None:
             retry_after = 1
-        if error_code == 429 and description == "Bad Request: chat not found":
-            description = f"Too Many Requests: retry after {retry_after}"
+        if description is None:
+            description = {
+                400: "Bad Request: chat not found",
+                401: "Unauthorized",
+                403: "Forbidden: bot was blocked by the user",
+                404: "Not Found",
+                409: "Conflict: terminated by other getUpdates request; make sure that only "
+                "one bot instance is running",
+                429: f"Too Many Requests: retry after {retry_after}",
+                500: "Internal Server Error",
+                502: "Bad Gateway",
+            }.get(error_code, f"Error {error_code}")
         self._injections.append(
             _Injection(method, error_code, description, retry_after, count, chat_id)
         )
@@ -1772,9 +1796,8 @@ class BotAPIStandIn:
         if (key, user_id) in self._members:
             return copy.deepcopy(self._members[(key, user_id)])
         if user_id == self._bot_user_for(call)["id"]:
-            return self._member_obj(
-                self._bot_from(call), "administrator" if key != user_id else "member"
-            )
+            private = self._chats[key].get("type") == "private"
+            return self._member_obj(self._bot_from(call), "member" if private else "administrator")
         return self._member_obj(self._user_obj(user_id), "member")
 
     def _pin_chat_message(self, call: ApiCall) -> bool:

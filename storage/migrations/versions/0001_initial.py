@@ -147,6 +147,7 @@ def upgrade() -> None:
     op.create_index("ix_reports_created_id", "reports", ["created_at", "id"])
     op.create_index("ix_reports_status_created", "reports", ["status", "created_at"])
     op.create_index("ix_reports_unit_created", "reports", ["unit_code", "created_at"])
+    op.create_index(op.f("ix_reports_duplicate_of_id"), "reports", ["duplicate_of_id"])
 
     op.create_table(
         "contact_routes",
@@ -240,6 +241,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_report_media")),
     )
     op.create_index(op.f("ix_report_media_report_id"), "report_media", ["report_id"])
+    op.create_index(op.f("ix_report_media_blob_id"), "report_media", ["blob_id"])
 
 
 def downgrade() -> None:
