@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-QUIET_LOGGERS = ("httpx", "httpcore", "telegram", "aiohttp.access", "apscheduler")
+#: Libraries that log whole updates (with the sender's ids) or request URLs at DEBUG/INFO.
+QUIET_LOGGERS = ("httpx", "httpcore", "telegram", "aiosqlite", "aiohttp.access", "apscheduler")
 
 
 class SecretScrubber(logging.Filter):
@@ -54,11 +55,19 @@ def install_scrubber(secret: str | None) -> None:
         root.addFilter(SCRUBBER)
 
 
+def quiet_library_loggers() -> None:
+    """Hold the chatty libraries at WARNING whatever the root level: at DEBUG,
+    python-telegram-bot logs every update whole, the citizen's ids and name included."""
+    for name in QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.WARNING or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_library_loggers()
     install_scrubber(None)

@@ -16,7 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.dispatch import Dispatcher
-from bot.logs import install_scrubber
+from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
 from config.catalogue import Catalogue, load_catalogue
 from config.settings import Settings, resolve_secret_key
@@ -62,6 +62,7 @@ class Service:
     async def create(cls, settings: Settings) -> Service:
         """Build the service; refuses to start on an unusable configuration or schema."""
         settings.check()
+        quiet_library_loggers()
         if settings.telegram_token is not None:
             install_scrubber(settings.telegram_token.get_secret_value())
         keyring = Keyring(resolve_secret_key(settings))
