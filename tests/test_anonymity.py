@@ -89,10 +89,9 @@ async def test_the_bot_token_is_scrubbed_from_logs(db_url, engine, tmp_path, cap
     caplog.set_level(logging.DEBUG)
     async with BotAPIStandIn() as standin:
         settings = service_settings(standin, db_url, tmp_path)
+        assert settings.telegram_token is not None
+        token = settings.telegram_token.get_secret_value()
         async with running_service(settings):
-            logging.getLogger("tinbao.test").warning(
-                "url %s", f"{standin.base_url}{settings.telegram_token.get_secret_value()}/getMe"
-            )
-    token = settings.telegram_token.get_secret_value()
+            logging.getLogger("tinbao.test").warning("url %s", f"{standin.base_url}{token}/getMe")
     assert "[redacted]" in caplog.text
     assert token not in caplog.text
