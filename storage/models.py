@@ -209,6 +209,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
     __table_args__ = (
         Index("ix_outbox_status_due", "status", "next_attempt_at"),
+        Index("ix_outbox_chat_sent", "chat_key", "sent_at"),
         UniqueConstraint("dedupe_key"),
     )
 
@@ -227,6 +228,35 @@ class OutboxMessage(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    #: Higher goes first (emergencies).
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    #: The chat it was resolved to (``"<chat_id>"`` or ``"<chat_id>/<thread_id>"``).
+    chat_key: Mapped[str | None] = mapped_column(String(64))
+    #: Messages it cost in the chat's flood budget once sent.
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: A worker's lease on a row being sent; a lapsed lease returns the row to the queue.
+    claimed_until: Mapped[datetime | None]
+
+
+class CardPost(Base):
+    """Where a report's card (or a digest listing it) was posted, so it can be edited."""
+
+    __tablename__ = "card_posts"
+    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(
+        ForeignKey("reports.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(16), default="telegram")
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    thread_id: Mapped[int | None] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    #: ``card`` (the full card) or ``digest`` (one line in a digest message).
+    kind: Mapped[str] = mapped_column(String(16), default="card")
+    #: False once the report moved on (transferred); the card then says where it went.
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RateHit(Base):

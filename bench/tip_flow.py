@@ -1,0 +1,621 @@
+"""Throughput of complete tips through the real service, against a bare PTB echo bot.
+
+``python -m bench.tip_flow [--tips N] [--backend sqlite|postgresql|both] [--concurrency C]``
+
+For each backend the whole tinbao service (``tests.e2e.running_service``) long-polls the in-repo
+Bot API stand-in over HTTP while N citizens (different users) each file one complete tip: /start,
+menu, category, typed commune + pick, when, description, skip evidence, contact mode, confirm
+(10 updates). C citizens are in flight at once; each one sends its next update only after the
+bot's answer to the previous one arrived, as a person would. The answer is recognised in the
+stand-in's recorded calls: the message the citizen needs next (the next buttons or question),
+which is always the last one the bot sends for that update.
+
+The same number of updates, in the same shape (3 text messages and 7 button presses per
+citizen, same texts) and with the same concurrency, then goes to a bare python-telegram-bot
+echo Application on the same stand-in (one ``sendMessage`` per message, one
+``answerCallbackQuery`` per press, the same per-chat-ordered processor with 64 concurrent
+updates as tinbao). The ratio tinbao / echo is what this measures; the target is >= 0.5.
+
+Throughput = updates pushed / wall time from the first push to the last answer. Each run checks
+that every tip produced exactly one report with the tracking code the citizen was shown;
+a failed check exits with status 1. Otherwise the exit status is 0 whatever the figures.
+
+PostgreSQL: a temporary database is created on the server of ``TINBAO_BENCH_POSTGRES_URL``
+(default ``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``; the database named there is
+only used to create and drop it), migrated, and dropped at the end. An unreachable server is
+reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import pool, select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
+from telegram import Update
+from telegram.ext import CallbackQueryHandler, ContextTypes, MessageHandler, filters
+
+from bot.logs import setup_logging
+from bot.telegram import ALLOWED_UPDATES, PerChatUpdateProcessor
+from handlers.citizen import DESCRIPTION_MAX, DESCRIPTION_MIN
+from handlers.i18n import t
+from storage.db import create_engine
+from storage.migrate import upgrade
+from storage.models import Report
+from tests.e2e import running_service, service_settings
+from tests.standin import ApiCall, BotAPIStandIn, UpdateFactory, User
+
+POSTGRES_URL_ENV = "TINBAO_BENCH_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+TARGET_RATIO = 0.5
+#: Seconds a citizen waits for one answer before the run is declared broken.
+REPLY_TIMEOUT = 60.0
+#: Long-poll timeout of both bots (as in the e2e tests).
+POLLING_TIMEOUT = 10
+#: tinbao's ``PerChatUpdateProcessor(64)``; the echo bot gets the same.
+CONCURRENT_UPDATES = 64
+LOCALE = "vi"
+COMMUNE_QUERY = "long xuyen"
+COMMUNE = "Phường Long Xuyên"
+CODE_RE = re.compile(r"[2-9A-Z]{5}-[2-9A-Z]{5}")
+ECHO_CALLBACK_DATA = "1:x"
+
+Kind = Literal["command", "text", "press"]
+Predicate = Callable[[ApiCall], bool]
+
+
+class BenchFailure(Exception):
+    """A correctness check failed: the figures of this run mean nothing."""
+
+
+# ------------------------------------------------------------------------------ answers
+
+
+def inline_labels(call: ApiCall) -> list[str]:
+    markup = call.params.get("reply_markup")
+    if not isinstance(markup, dict):
+        return []
+    rows = markup.get("inline_keyboard") or []
+    return [str(button.get("text")) for row in rows for button in row]
+
+
+def shows_button(label: str) -> Predicate:
+    def check(call: ApiCall) -> bool:
+        return call.method == "sendMessage" and call.ok and label in inline_labels(call)
+
+    return check
+
+
+def says(expected: str) -> Predicate:
+    def check(call: ApiCall) -> bool:
+        return call.method == "sendMessage" and call.ok and call.params.get("text") == expected
+
+    return check
+
+
+def any_message(call: ApiCall) -> bool:
+    return call.method == "sendMessage" and call.ok
+
+
+def any_answer(call: ApiCall) -> bool:
+    return call.method == "answerCallbackQuery" and call.ok
+
+
+def shows_code(call: ApiCall) -> bool:
+    return call.method == "sendMessage" and CODE_RE.search(call.text or "") is not None
+
+
+def _any_call(call: ApiCall) -> bool:
+    return True
+
+
+class Answers:
+    """Follows the stand-in's recorded calls and hands each one to whoever waits for it.
+
+    One task reads the calls as they are recorded (the stand-in's own event-driven
+    ``wait_for``); a waiter is keyed by chat id (messages) or callback query id (answers) and
+    only sees calls recorded after it registered.
+    """
+
+    def __init__(self, standin: BotAPIStandIn) -> None:
+        self.standin = standin
+        self._cursor = len(standin.calls)
+        self._waiters: dict[int | str, list[tuple[int, Predicate, asyncio.Future[ApiCall]]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._pump(), name="bench-answers")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def expect(self, key: int | str, predicate: Predicate) -> asyncio.Future[ApiCall]:
+        future: asyncio.Future[ApiCall] = asyncio.get_running_loop().create_future()
+        since = len(self.standin.calls)
+        self._waiters.setdefault(key, []).append((since, predicate, future))
+        return future
+
+    async def _pump(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await self.standin.wait_for(_any_call, timeout=3600.0, start=self._cursor)
+            calls = self.standin.calls
+            end = len(calls)
+            for index in range(self._cursor, end):
+                self._dispatch(index, calls[index])
+            self._cursor = end
+
+    def _dispatch(self, index: int, call: ApiCall) -> None:
+        for key in (call.chat_id, call.params.get("callback_query_id")):
+            if key is None:
+                continue
+            waiters = self._waiters.get(key)
+            if not waiters:
+                continue
+            for position, (since, predicate, future) in enumerate(waiters):
+                if index >= since and not future.done() and predicate(call):
+                    future.set_result(call)
+                    del waiters[position]
+                    break
+            if not waiters:
+                del self._waiters[key]
+
+
+# ------------------------------------------------------------------------------ the tip
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: Kind
+    #: The command's name, the text typed, or the label of the button pressed.
+    value: str
+    #: The last message tinbao sends for this update (what the citizen needs next).
+    answer: Predicate
+
+
+def tip_steps(description: str, locale: str = LOCALE) -> list[Step]:
+    """One complete tip, as ``tests.test_telegram.file_tip`` files it."""
+    menu = t(locale, "menu.tip")
+    category = t(locale, "cat.theft")
+    now = t(locale, "when.now")
+    skip = t(locale, "ev.skip")
+    relay = t(locale, "contact.relay", mark="✓ ")
+    confirm = t(locale, "summary.confirm")
+    return [
+        Step("command", "start", shows_button(menu)),
+        Step("press", menu, shows_button(category)),
+        Step("press", category, says(t(locale, "place.ask"))),
+        Step("text", COMMUNE_QUERY, shows_button(COMMUNE)),
+        Step("press", COMMUNE, shows_button(now)),
+        Step(
+            "press",
+            now,
+            says(t(locale, "desc.ask", minimum=DESCRIPTION_MIN, limit=DESCRIPTION_MAX)),
+        ),
+        Step("text", description, shows_button(skip)),
+        Step("press", skip, shows_button(relay)),
+        Step("press", relay, shows_button(confirm)),
+        # After the confirmation: the code and PIN, then the menu again.
+        Step("press", confirm, shows_button(menu)),
+    ]
+
+
+def description_for(number: int) -> str:
+    return f"Kẻ gian trộm xe máy trước chợ Long Xuyên lúc tối, lần thứ {number}"
+
+
+def find_button(call: ApiCall | None, label: str) -> str:
+    if call is None:
+        raise BenchFailure(f"no message with buttons to press {label!r} on")
+    for row in call.params["reply_markup"]["inline_keyboard"]:
+        for button in row:
+            if button["text"] == label:
+                return str(button["callback_data"])
+    raise BenchFailure(f"no button {label!r} in {inline_labels(call)}")
+
+
+# ------------------------------------------------------------------------------ driving
+
+
+@dataclass
+class Run:
+    """The updates of one run and when they were pushed and answered."""
+
+    label: str
+    updates: int = 0
+    first_push: float = float("inf")
+    last_answer: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return max(self.last_answer - self.first_push, 1e-9)
+
+    @property
+    def per_second(self) -> float:
+        return self.updates / self.seconds
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return 0.0
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class Driver:
+    def __init__(self, standin: BotAPIStandIn, answers: Answers, factory: UpdateFactory) -> None:
+        self.standin = standin
+        self.answers = answers
+        self.factory = factory
+
+    async def exchange(
+        self, run: Run, update: dict[str, Any], key: int | str, answer: Predicate, what: str
+    ) -> ApiCall:
+        """Push ``update`` and wait for the call that answers it."""
+        future = self.answers.expect(key, answer)
+        pushed = time.perf_counter()
+        run.first_push = min(run.first_push, pushed)
+        self.standin.push_update(update)
+        try:
+            call = await asyncio.wait_for(future, REPLY_TIMEOUT)
+        except TimeoutError:
+            recent = "\n  ".join(c.summary() for c in self.standin.calls[-10:])
+            raise BenchFailure(
+                f"{run.label}: no answer to {what} within {REPLY_TIMEOUT:.0f}s; "
+                f"recent calls:\n  {recent}"
+            ) from None
+        answered = time.perf_counter()
+        run.last_answer = max(run.last_answer, answered)
+        run.latencies.append(answered - pushed)
+        run.updates += 1
+        return call
+
+    async def tinbao_citizen(self, run: Run, user: User, steps: Sequence[Step]) -> str:
+        """File one tip; returns the tracking code the citizen was shown."""
+        keyboard: ApiCall | None = None
+        code_future: asyncio.Future[ApiCall] | None = None
+        for number, step in enumerate(steps, 1):
+            if step.kind == "command":
+                update = self.factory.command(user, step.value)
+            elif step.kind == "text":
+                update = self.factory.text(user, step.value)
+            else:
+                data = find_button(keyboard, step.value)
+                message = keyboard.result if keyboard is not None else None
+                update = self.factory.callback(user, data, message=message)
+            if number == len(steps):
+                code_future = self.answers.expect(user.id, shows_code)
+            call = await self.exchange(
+                run, update, user.id, step.answer, f"step {number} ({step.kind} {step.value!r})"
+            )
+            if inline_labels(call):
+                keyboard = call
+        assert code_future is not None
+        if not code_future.done():
+            raise BenchFailure(f"{run.label}: the confirmation showed no tracking code")
+        match = CODE_RE.search(code_future.result().text or "")
+        assert match is not None
+        return match.group(0).replace("-", "")
+
+    async def echo_citizen(self, run: Run, user: User, steps: Sequence[Step]) -> None:
+        """The same updates to the echo bot: a message is answered by a message, a press by
+        ``answerCallbackQuery``."""
+        last: ApiCall | None = None
+        for number, step in enumerate(steps, 1):
+            what = f"step {number} ({step.kind})"
+            if step.kind == "press":
+                message = last.result if last is not None else None
+                update = self.factory.callback(user, ECHO_CALLBACK_DATA, message=message)
+                query_id = update["callback_query"]["id"]
+                await self.exchange(run, update, query_id, any_answer, what)
+                continue
+            if step.kind == "command":
+                update = self.factory.command(user, step.value)
+            else:
+                update = self.factory.text(user, step.value)
+            last = await self.exchange(run, update, user.id, any_message, what)
+
+
+async def drive(
+    users: Sequence[User],
+    concurrency: int,
+    citizen: Callable[[User], Awaitable[Any]],
+) -> list[Any]:
+    """Run ``citizen(user)`` for every user, ``concurrency`` of them at a time."""
+    results: list[Any] = [None] * len(users)
+    pending = iter(enumerate(users))
+
+    async def worker() -> None:
+        for index, user in pending:
+            results[index] = await citizen(user)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(min(concurrency, len(users))):
+            group.create_task(worker())
+    return results
+
+
+def check_calls(standin: BotAPIStandIn, start: int, label: str) -> None:
+    failed = [c for c in standin.calls[start:] if not c.ok and c.method != "getUpdates"]
+    if failed:
+        shown = "\n  ".join(c.summary() for c in failed[:10])
+        raise BenchFailure(f"{label}: {len(failed)} Bot API calls failed:\n  {shown}")
+
+
+# ------------------------------------------------------------------------------ the two bots
+
+
+async def bench_tinbao(
+    driver: Driver, db_url: str, data_dir: Path, tips: int, concurrency: int, label: str
+) -> Run:
+    standin = driver.standin
+    run = Run(label)
+    users = new_users(driver.factory, tips)
+    steps_of = {
+        user.id: tip_steps(description_for(number)) for number, user in enumerate(users, 1)
+    }
+    start = len(standin.calls)
+    async with running_service(service_settings(standin, db_url, data_dir)) as service:
+        codes = await drive(
+            users,
+            concurrency,
+            lambda user: driver.tinbao_citizen(run, user, steps_of[user.id]),
+        )
+        async with service.session_factory() as session:
+            stored = list(await session.scalars(select(Report.code)))
+    check_calls(standin, start, label)
+    if len(stored) != tips:
+        raise BenchFailure(f"{label}: {tips} tips filed but {len(stored)} reports stored")
+    if sorted(stored) != sorted(codes):
+        raise BenchFailure(f"{label}: the stored reports are not the codes citizens were shown")
+    if len(set(codes)) != tips:
+        raise BenchFailure(f"{label}: tracking codes are not unique")
+    if run.updates != tips * len(next(iter(steps_of.values()))):
+        raise BenchFailure(f"{label}: {run.updates} updates answered")
+    await wait_confirmed(standin, label)
+    return run
+
+
+async def _echo_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message = update.effective_message
+    if message is not None:
+        await context.bot.send_message(chat_id=message.chat_id, text=message.text or "?")
+
+
+async def _echo_press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if update.callback_query is not None:
+        await update.callback_query.answer()
+
+
+@asynccontextmanager
+async def running_echo(standin: BotAPIStandIn) -> AsyncIterator[None]:
+    application = (
+        standin.application_builder()
+        .concurrent_updates(PerChatUpdateProcessor(CONCURRENT_UPDATES))
+        .get_updates_read_timeout(POLLING_TIMEOUT + 10)
+        .build()
+    )
+    application.add_handler(MessageHandler(filters.TEXT, _echo_message))
+    application.add_handler(CallbackQueryHandler(_echo_press))
+    await application.initialize()
+    try:
+        await application.bot.delete_webhook()
+        await application.start()
+        await application.updater.start_polling(
+            timeout=POLLING_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+        )
+        yield
+    finally:
+        if application.updater.running:
+            await application.updater.stop()
+        if application.running:
+            await application.stop()
+        await application.shutdown()
+
+
+async def bench_echo(driver: Driver, tips: int, concurrency: int, label: str) -> Run:
+    standin = driver.standin
+    run = Run(label)
+    users = new_users(driver.factory, tips)
+    steps_of = {
+        user.id: tip_steps(description_for(number)) for number, user in enumerate(users, 1)
+    }
+    start = len(standin.calls)
+    async with running_echo(standin):
+        await drive(
+            users, concurrency, lambda user: driver.echo_citizen(run, user, steps_of[user.id])
+        )
+    check_calls(standin, start, label)
+    await wait_confirmed(standin, label)
+    return run
+
+
+def new_users(factory: UpdateFactory, count: int) -> list[User]:
+    return [factory.new_user(first_name=f"Dân {i}", language_code=LOCALE) for i in range(count)]
+
+
+async def wait_confirmed(standin: BotAPIStandIn, label: str) -> None:
+    """Every pushed update must have been taken (so the next bot does not see it again)."""
+    if standin.pending_updates:
+        raise BenchFailure(
+            f"{label}: {len(standin.pending_updates)} updates left unconfirmed at shutdown"
+        )
+
+
+# ------------------------------------------------------------------------------ databases
+
+
+class Unavailable(Exception):
+    """The backend cannot be used here; the run is skipped, not failed."""
+
+
+@asynccontextmanager
+async def sqlite_database() -> AsyncIterator[tuple[str, Path]]:
+    with tempfile.TemporaryDirectory(prefix="tinbao-bench-") as tmp:
+        directory = Path(tmp)
+        yield f"sqlite+aiosqlite:///{(directory / 'tinbao.db').as_posix()}", directory
+
+
+async def _autocommit(url: URL, *statements: str) -> None:
+    engine = create_async_engine(url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with asyncio.timeout(15), engine.connect() as connection:
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[tuple[str, Path]]:
+    raw = os.environ.get(POSTGRES_URL_ENV, "").strip() or DEFAULT_POSTGRES_URL
+    try:
+        admin = make_url(raw)
+    except Exception as exc:
+        raise Unavailable(f"{POSTGRES_URL_ENV} is not a database URL: {exc}") from exc
+    if admin.get_backend_name() != "postgresql":
+        raise Unavailable(f"{POSTGRES_URL_ENV} is not a PostgreSQL URL")
+    admin = admin.set(drivername="postgresql+asyncpg")
+    shown = admin.render_as_string(hide_password=True)
+    name = f"tinbao_bench_{secrets.token_hex(4)}"
+    try:
+        await _autocommit(admin, f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
+    except (OSError, SQLAlchemyError, TimeoutError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unavailable(f"cannot create a database on {shown}: {reason}") from exc
+    url = admin.set(database=name)
+    try:
+        engine = create_engine(url.render_as_string(hide_password=False))
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+        with tempfile.TemporaryDirectory(prefix="tinbao-bench-") as tmp:
+            yield url.render_as_string(hide_password=False), Path(tmp)
+    finally:
+        await _autocommit(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+DATABASES: dict[str, Callable[[], Any]] = {
+    "sqlite": sqlite_database,
+    "postgresql": postgres_database,
+}
+
+
+# ------------------------------------------------------------------------------ report
+
+
+@dataclass
+class Row:
+    backend: str
+    tips: int
+    tinbao: Run
+    echo: Run
+
+    @property
+    def ratio(self) -> float:
+        return self.tinbao.per_second / self.echo.per_second
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    header = (
+        f"{'backend':<11}{'tips':>6}{'updates':>9}{'seconds':>9}"
+        f"{'tinbao upd/s':>14}{'echo upd/s':>12}{'ratio':>7}  verdict"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        verdict = "PASS" if row.ratio >= TARGET_RATIO else "BELOW TARGET"
+        print(
+            f"{row.backend:<11}{row.tips:>6}{row.tinbao.updates:>9}{row.tinbao.seconds:>9.2f}"
+            f"{row.tinbao.per_second:>14.1f}{row.echo.per_second:>12.1f}{row.ratio:>7.2f}"
+            f"  {verdict} (target >= {TARGET_RATIO})"
+        )
+    print()
+    print("answer latency per update, ms (p50 / p95 / max):")
+    for row in rows:
+        for run in (row.tinbao, row.echo):
+            print(
+                f"  {run.label:<20}{run.percentile(0.5) * 1000:>7.1f} /"
+                f"{run.percentile(0.95) * 1000:>7.1f} /{max(run.latencies) * 1000:>7.1f}"
+            )
+
+
+# ------------------------------------------------------------------------------ main
+
+
+async def main_async(tips: int, backends: Sequence[str], concurrency: int) -> int:
+    rows: list[Row] = []
+    print(f"{tips} tips of {len(tip_steps(''))} updates each, {concurrency} citizens at once")
+    async with BotAPIStandIn() as standin:
+        answers = Answers(standin)
+        answers.start()
+        driver = Driver(standin, answers, UpdateFactory(standin))
+        try:
+            for backend in backends:
+                try:
+                    async with DATABASES[backend]() as (db_url, data_dir):
+                        tinbao = await bench_tinbao(
+                            driver, db_url, data_dir, tips, concurrency, f"tinbao/{backend}"
+                        )
+                        echo = await bench_echo(driver, tips, concurrency, f"echo/{backend}")
+                except Unavailable as exc:
+                    print(f"{backend}: SKIPPED: {exc}", flush=True)
+                    continue
+                rows.append(Row(backend, tips, tinbao, echo))
+        except BenchFailure as exc:
+            print(f"FAILED: {exc}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            await answers.stop()
+    print()
+    if rows:
+        print_table(rows)
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.tip_flow", description=__doc__.split("\n\n")[0] if __doc__ else ""
+    )
+    parser.add_argument("--tips", type=int, default=50, help="citizens, one tip each (50)")
+    parser.add_argument(
+        "--backend", choices=("sqlite", "postgresql", "both"), default="both", help="(both)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=10, help="citizens in flight at once (10)"
+    )
+    args = parser.parse_args(argv)
+    if args.tips < 1 or args.concurrency < 1:
+        parser.error("--tips and --concurrency must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging("WARNING")
+    backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    return asyncio.run(main_async(args.tips, backends, args.concurrency))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
