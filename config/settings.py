@@ -79,8 +79,24 @@ class Settings(BaseSettings):
     pin_attempt_window_minutes: int = Field(default=15, ge=1)
     max_media_per_report: int = Field(default=10, ge=1, le=50)
 
-    # --- catalogue --------------------------------------------------------------------------
+    # --- catalogue and routing --------------------------------------------------------------
     units_file: Path | None = None
+    #: The operator's queue map (TOML): which officers' chat serves which units.
+    queues_file: Path | None = None
+    #: The provincial duty queue: every unit without a queue, and every escalation.
+    duty_chat_id: int | None = None
+    duty_thread_id: int | None = None
+    #: Operator-supplied GeoJSON: unit boundaries (polygons) or centres (points).
+    geometry_file: Path | None = None
+    centre_radius_km: float = Field(default=5.0, gt=0)
+
+    # --- officers and delivery ----------------------------------------------------------------
+    officer_locale: Literal["vi", "en"] = "vi"
+    emergency_ack_minutes: float = Field(default=3.0, gt=0)
+    tip_claim_reminder_hours: float = Field(default=24.0, gt=0)
+    delivery_group_per_minute: int = Field(default=20, ge=1)
+    delivery_chat_per_second: float = Field(default=1.0, gt=0)
+    delivery_global_per_second: int = Field(default=30, ge=1)
 
     # --- logging ----------------------------------------------------------------------------
     log_level: str = "INFO"
