@@ -30,6 +30,7 @@ from handlers.domain import (
     DEFAULT_CONTACT_MODE,
     LOCALES,
     OCCURRED,
+    REPORT_KIND_EMERGENCY,
     REPORT_KIND_TIP,
 )
 from handlers.events import (
@@ -43,19 +44,18 @@ from handlers.events import (
     Reply,
 )
 from handlers.i18n import pick_locale, t
+from handlers.intake import IntakeSettings, Origin, Stored, store_report
 from handlers.places import PlaceIndex, normalize
 from handlers.security import (
     Keyring,
     PinHasher,
     format_code,
-    new_pin,
-    new_tracking_code,
     parse_code,
     parse_pin,
 )
 from handlers.text import clean_text, substance
-from storage.models import Conversation, Report, ReportMedia
-from storage.repositories import Conversations, Media, Outbox, RateLimits, Reports, UpdateLog
+from storage.models import Conversation
+from storage.repositories import Conversations, Media, RateLimits, Reports, UpdateLog
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ class State(StrEnum):
     EDIT = "edit"
     STATUS_CODE = "status_code"
     STATUS_PIN = "status_pin"
+    ACC_PLACE = "acc_place"
+    ACC_INJURED = "acc_injured"
+    ACC_PHOTO = "acc_photo"
 
 
 #: The tip's steps, in order; editing one from the summary returns to the summary.
@@ -103,7 +106,20 @@ EDITABLE = {
     "contact": State.CONTACT,
 }
 #: States that belong to a tip draft (as opposed to side trips like a status check).
-DRAFT_STATES = frozenset({*TIP_STEPS, State.WHEN_TEXT, State.CONTACT_PHONE, State.EDIT})
+EMERGENCY_STATES = frozenset({State.ACC_PLACE, State.ACC_INJURED, State.ACC_PHOTO})
+DRAFT_STATES = frozenset(
+    {*TIP_STEPS, State.WHEN_TEXT, State.CONTACT_PHONE, State.EDIT, *EMERGENCY_STATES}
+)
+#: Injured-people answers: button argument → (injured, approximate count).
+INJURED = {
+    "none": ("none", 0),
+    "1": ("yes", 1),
+    "2": ("yes", 2),
+    "3": ("yes", 3),
+    "unknown": ("unknown", None),
+}
+#: A typed accident place names a commune when a unit name is in it (not merely fuzzy).
+PLACE_MATCH_SURE = 80.0
 
 RATE_REPORT = "report"
 RATE_PIN_SENDER = "pin_sender"
@@ -116,6 +132,12 @@ class DuplicateUpdate(Exception):
 
 class MediaFetcher(Protocol):
     async def fetch(self, attachment: Attachment) -> bytes: ...
+
+
+class Locator(Protocol):
+    """Finds the unit whose area holds a point (operator-supplied geometry)."""
+
+    def locate(self, latitude: float, longitude: float) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -201,8 +223,12 @@ class CitizenFlow:
         pins: PinHasher,
         catalogue: Catalogue,
         places: PlaceIndex,
+        locator: Locator | None = None,
+        intake: IntakeSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.locator = locator
+        self.intake = intake or IntakeSettings()
         self.keyring = keyring
         self.pins = pins
         self.catalogue = catalogue
@@ -223,7 +249,7 @@ class CitizenFlow:
             return prepared
         key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
         conversation = await Conversations(session).get(key)
-        if conversation is None or conversation.state != State.EVIDENCE.value:
+        if conversation is None or conversation.state not in (State.EVIDENCE, State.ACC_PHOTO):
             return prepared
         for attachment in event.attachments[: self.settings.max_media]:
             if not _is_image(attachment):
@@ -382,8 +408,10 @@ class CitizenFlow:
             await self._resume(turn)
             return
         if turn.has_draft:
+            emergency = turn.draft.get("kind") == "emergency"
             await self._discard_draft(turn)
-            turn.say("tip.cancelled").remove_keyboard = True
+            turn.say("acc.cancelled" if emergency else "tip.cancelled").remove_keyboard = True
+            self._restore_stashed(turn)
         else:
             turn.state = State.IDLE
             turn.say("common.nothing_to_cancel").remove_keyboard = True
@@ -409,9 +437,139 @@ class CitizenFlow:
         turn.state = State.CATEGORY
         self._prompt(turn)
 
+    # ------------------------------------------------------------------ emergencies
+
     def _accident(self, turn: _Turn) -> None:
+        """The emergency numbers come first, before any question."""
         turn.say("acc.numbers")
+        if turn.has_draft and turn.draft.get("kind") == "emergency":
+            turn.state = State(turn.data.pop("resume", None) or turn.state)
+            if turn.state not in EMERGENCY_STATES:
+                turn.state = State.ACC_PLACE
+            self._prompt(turn)
+            return
+        self._stash_tip(turn)
+        draft = turn.draft
+        draft.clear()
+        draft.update({"kind": "emergency", "media": [], "contact_mode": DEFAULT_CONTACT_MODE})
+        preset = turn.data.pop("preset_unit", None)
+        if preset in self.catalogue.by_code:
+            draft["unit_code"] = preset
+        turn.state = State.ACC_PLACE
+        self._prompt(turn)
+
+    def _stash_tip(self, turn: _Turn) -> None:
+        """Keep an unfinished tip aside while an emergency is reported."""
+        if turn.has_draft:
+            state = turn.state.value if turn.state in DRAFT_STATES else turn.data.get("resume")
+            turn.data["stashed"] = {"draft": turn.data.pop("draft"), "state": state}
+        turn.data.pop("resume", None)
+
+    def _restore_stashed(self, turn: _Turn) -> None:
+        stashed = turn.data.pop("stashed", None)
+        if isinstance(stashed, dict) and isinstance(stashed.get("draft"), dict):
+            turn.data["draft"] = stashed["draft"]
+            if stashed.get("state"):
+                turn.data["resume"] = stashed["state"]
+
+    async def _msg_acc_place(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
+        draft = turn.draft
+        typed = normalize(clean_text(message.text or "")[:100])
+        if typed and typed == normalize(t(turn.locale, "common.cancel")):
+            await self._cancel(turn)
+            return
+        if message.location is not None:
+            draft["latitude"] = message.location.latitude
+            draft["longitude"] = message.location.longitude
+            unit = self._locate(message.location.latitude, message.location.longitude)
+            if unit is not None:
+                draft["unit_code"] = unit
+            turn.say("acc.location_saved").remove_keyboard = True
+        else:
+            if self._wrong_type(turn, message, expects="place"):
+                self._prompt(turn)
+                return
+            text = clean_text(message.text or "")
+            if len(text) > SHORT_TEXT_MAX or substance(text) < 1:
+                turn.say(
+                    "err.too_long" if substance(text) else "err.no_words", limit=SHORT_TEXT_MAX
+                )
+                self._prompt(turn)
+                return
+            draft["place_text"] = text
+            matches = self.places.search(text, limit=1)
+            if matches and matches[0].score >= PLACE_MATCH_SURE:
+                draft["unit_code"] = matches[0].code
+            turn.say("acc.place_saved").remove_keyboard = True
+        turn.state = State.ACC_INJURED
+        self._prompt(turn)
+
+    async def _btn_acc_injured(self, turn: _Turn, arg: str) -> None:
+        if arg not in INJURED:
+            turn.notice("err.button_unknown", alert=True)
+            self._prompt(turn)
+            return
+        turn.draft["injured"], turn.draft["injured_count"] = INJURED[arg]
+        turn.state = State.ACC_PHOTO
+        self._prompt(turn)
+
+    async def _msg_acc_photo(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
+        images = [a for a in message.attachments if _is_image(a)]
+        if not images:
+            if not self._wrong_type(turn, message, expects="photo"):
+                turn.say("acc.photo_expected")
+            self._prompt(turn)
+            return
+        cleaned = prepared.get(images[0].file_ref)
+        if not isinstance(cleaned, media_rules.CleanImage):
+            turn.say(_IMAGE_REFUSALS.get(str(cleaned), "ev.failed"))
+            self._prompt(turn)
+            return
+        blob = await Media(turn.session).add_blob(
+            content=cleaned.content, mime=cleaned.mime, sha256=cleaned.sha256
+        )
+        turn.draft["media"] = [
+            {
+                "kind": "photo",
+                "blob_id": blob.id,
+                "mime": cleaned.mime,
+                "size": len(cleaned.content),
+                "caption": clean_text(message.text or "")[:1000] or None,
+            }
+        ]
+        await self._submit_emergency(turn)
+
+    async def _btn_acc_send(self, turn: _Turn, arg: str) -> None:
+        if arg != "send":
+            turn.notice("err.button_unknown", alert=True)
+            self._prompt(turn)
+            return
+        await self._submit_emergency(turn)
+
+    async def _submit_emergency(self, turn: _Turn) -> None:
+        limits = RateLimits(turn.session)
+        window = self.settings.report_rate_window
+        # Emergencies get twice the tip allowance: a real one must not be blocked by tips.
+        allowance = self.settings.report_rate_limit * 2
+        if await limits.count(RATE_REPORT, turn.sender_key, window) >= allowance:
+            turn.say("acc.rate_limited")
+            self._prompt(turn)
+            return
+        stored = await self._store(turn, REPORT_KIND_EMERGENCY, turn.draft)
+        limits.hit(RATE_REPORT, turn.sender_key)
+        turn.data.pop("draft", None)
+        turn.data.pop("resume", None)
+        turn.state = State.IDLE
+        reply = turn.say("acc.submitted", code=format_code(stored.report.code), pin=stored.pin)
+        reply.remove_keyboard = True
+        self._restore_stashed(turn)
         self._show_menu(turn)
+
+    def _locate(self, latitude: float, longitude: float) -> str | None:
+        if self.locator is None:
+            return None
+        unit = self.locator.locate(latitude, longitude)
+        return unit if unit in self.catalogue.by_code else None
 
     # --- per-state message handlers -------------------------------------------------------
 
@@ -437,9 +595,15 @@ class CitizenFlow:
             draft = turn.draft
             draft["latitude"] = message.location.latitude
             draft["longitude"] = message.location.longitude
-            draft.pop("unit_code", None)
-            draft.pop("place_unknown", None)
-            turn.say("place.location_saved").remove_keyboard = True
+            for name in ("unit_code", "place_unknown", "unit_preset"):
+                draft.pop(name, None)
+            unit = self._locate(message.location.latitude, message.location.longitude)
+            if unit is not None:
+                draft["unit_code"] = unit
+                reply = turn.say("place.location_unit", name=self.catalogue.by_code[unit].name)
+            else:
+                reply = turn.say("place.location_saved")
+            reply.remove_keyboard = True
             self._advance(turn, State.WHEN)
             return
         if self._wrong_type(turn, message, expects="place"):
@@ -613,6 +777,9 @@ class CitizenFlow:
         State.EDIT: _msg_buttons_only,
         State.STATUS_CODE: _msg_status_code,
         State.STATUS_PIN: _msg_status_pin,
+        State.ACC_PLACE: _msg_acc_place,
+        State.ACC_INJURED: _msg_buttons_only,
+        State.ACC_PHOTO: _msg_acc_photo,
     }
 
     def _wrong_type(self, turn: _Turn, message: Message, *, expects: str) -> bool:
@@ -803,6 +970,8 @@ class CitizenFlow:
         (State.CONTACT, "ctc"): _btn_contact,
         (State.SUMMARY, "sum"): _btn_summary,
         (State.EDIT, "edit"): _btn_edit,
+        (State.ACC_INJURED, "inj"): _btn_acc_injured,
+        (State.ACC_PHOTO, "acc"): _btn_acc_send,
         **dict.fromkeys([(state, "x") for state in DRAFT_STATES], _btn_cancel),
         (State.STATUS_CODE, "x"): _btn_cancel,
         (State.STATUS_PIN, "x"): _btn_cancel,
@@ -883,6 +1052,23 @@ class CitizenFlow:
             turn.say("edit.ask").buttons = [
                 [turn.button(f"edit.{name}", f"edit:{name}")] for name in EDITABLE
             ] + [[turn.button("edit.back", "edit:back")]]
+        elif state is State.ACC_PLACE:
+            turn.say("acc.ask_place").keyboard = Keyboard(
+                request_location=t(turn.locale, "acc.share_location"),
+                labels=(t(turn.locale, "common.cancel"),),
+            )
+        elif state is State.ACC_INJURED:
+            turn.say("acc.ask_injured").buttons = [
+                [turn.button("acc.inj_none", "inj:none")],
+                [
+                    turn.button("acc.inj_1", "inj:1"),
+                    turn.button("acc.inj_2", "inj:2"),
+                    turn.button("acc.inj_3", "inj:3"),
+                ],
+                [turn.button("acc.inj_unknown", "inj:unknown")],
+            ]
+        elif state is State.ACC_PHOTO:
+            turn.say("acc.ask_photo").buttons = [[turn.button("acc.send_now", "acc:send")]]
         elif state is State.STATUS_CODE:
             turn.say("status.ask_code").buttons = [cancel]
         elif state is State.STATUS_PIN:
@@ -951,82 +1137,27 @@ class CitizenFlow:
             turn.say("tip.rate_limited", minutes=int(window.total_seconds() // 60))
             self._prompt(turn)
             return
-        report = await self._store_report(turn, draft, limits)
-        pin = turn.data.pop("_pin")
-        blob_ids_kept = True
-        del blob_ids_kept
+        stored = await self._store(turn, REPORT_KIND_TIP, draft)
+        limits.hit(RATE_REPORT, turn.sender_key)
         turn.data.pop("draft", None)
         turn.data.pop("resume", None)
         turn.state = State.IDLE
-        turn.say("tip.submitted", code=format_code(report.code), pin=pin).remove_keyboard = True
+        reply = turn.say("tip.submitted", code=format_code(stored.report.code), pin=stored.pin)
+        reply.remove_keyboard = True
+        self._restore_stashed(turn)
         self._show_menu(turn)
 
-    async def _store_report(
-        self, turn: _Turn, draft: dict[str, Any], limits: RateLimits
-    ) -> Report:
-        reports = Reports(turn.session)
-        code = new_tracking_code()
-        while await reports.code_taken(code):
-            code = new_tracking_code()
-        pin = new_pin()
-        pin_hash = await asyncio.to_thread(self.pins.hash, pin)
-        turn.data["_pin"] = pin
-        mode = draft.get("contact_mode", DEFAULT_CONTACT_MODE)
-        report = Report(
-            code=code,
-            kind=REPORT_KIND_TIP,
-            category=draft["category"],
-            unit_code=draft.get("unit_code"),
-            latitude=draft.get("latitude"),
-            longitude=draft.get("longitude"),
-            occurred=draft.get("occurred", "unknown"),
-            occurred_text=draft.get("occurred_text"),
-            description=draft["description"],
-            contact_mode=mode,
-            pin_hash=pin_hash,
-            locale=turn.locale,
-            channel=turn.channel,
-            status="new",
-            created_at=turn.now,
-            updated_at=turn.now,
+    async def _store(self, turn: _Turn, kind: str, draft: dict[str, Any]) -> Stored:
+        return await store_report(
+            turn.session,
+            kind=kind,
+            draft=draft,
+            origin=Origin(turn.sender_key, turn.channel, turn.chat_id, turn.locale),
+            keyring=self.keyring,
+            pins=self.pins,
+            settings=self.intake,
+            now=turn.now,
         )
-        media = [
-            ReportMedia(
-                kind=item["kind"],
-                mime=item.get("mime"),
-                size=item.get("size"),
-                file_ref=item.get("file_ref"),
-                blob_id=item.get("blob_id"),
-                caption=item.get("caption"),
-            )
-            for item in draft.get("media", [])
-        ]
-        await reports.add(report, media)
-        reports.add_event(
-            report,
-            action="submitted",
-            actor_kind="citizen",
-            to_status="new",
-            data={"media": len(media), "contact_mode": mode},
-        )
-        if mode in ("relay", "phone"):
-            reports.add_contact_route(
-                report,
-                sender_key=turn.sender_key,
-                route=self.keyring.encrypt({"channel": turn.channel, "chat_id": turn.chat_id}),
-                phone=draft.get("phone") if mode == "phone" else None,
-            )
-        destination = f"unit:{report.unit_code}" if report.unit_code else "duty"
-        Outbox(turn.session).enqueue(
-            kind="report_card",
-            destination=destination,
-            payload={"report_id": report.id},
-            report_id=report.id,
-            dedupe_key=f"card:{report.id}",
-        )
-        limits.hit(RATE_REPORT, turn.sender_key)
-        log.info("report %s stored (%s, unit %s)", report.id, report.category, report.unit_code)
-        return report
 
     # ------------------------------------------------------------------ status
 

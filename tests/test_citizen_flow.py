@@ -74,8 +74,9 @@ async def test_complete_tip_in_vietnamese(session_factory):
             ("submitted", "new", "citizen", None)
         ]
         outbox = (await session.scalars(select(OutboxMessage))).all()
-        assert [(o.kind, o.destination, o.report_id) for o in outbox] == [
-            ("report_card", "unit:30307", report.id)
+        assert sorted((o.kind, o.destination, o.report_id) for o in outbox) == [
+            ("report_card", "unit:30307", report.id),
+            ("timer.remind_unclaimed", "timer", report.id),
         ]
         route = await session.scalar(select(ContactRoute))
         assert route is not None and "111" not in route.route

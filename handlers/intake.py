@@ -1,0 +1,145 @@
+"""Storing a confirmed report: one transaction for the report, its media, its first audit
+event, the encrypted route back to the tipster, the officers' outbox message and its timers.
+
+The caller owns the session and commits; nothing here commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handlers.domain import DEFAULT_CONTACT_MODE, REPORT_KIND_EMERGENCY
+from handlers.security import Keyring, PinHasher, new_pin, new_tracking_code
+from storage.models import Report, ReportMedia
+from storage.repositories import Outbox, Reports
+
+log = logging.getLogger(__name__)
+
+PRIORITY_EMERGENCY = 10
+PRIORITY_TIP = 0
+TIMER_ESCALATE = "timer.escalate"
+TIMER_REMIND_UNCLAIMED = "timer.remind_unclaimed"
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    emergency_ack_timeout: timedelta = timedelta(minutes=3)
+    tip_claim_reminder: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a report came from: the keyed hash of its sender and the route back."""
+
+    sender_key: str
+    channel: str
+    chat_id: str
+    locale: str
+
+
+@dataclass(frozen=True)
+class Stored:
+    report: Report
+    pin: str
+
+
+def destination_for(unit_code: str | None) -> str:
+    return f"unit:{unit_code}" if unit_code else "duty"
+
+
+async def store_report(
+    session: AsyncSession,
+    *,
+    kind: str,
+    draft: dict[str, Any],
+    origin: Origin,
+    keyring: Keyring,
+    pins: PinHasher,
+    settings: IntakeSettings,
+    now: datetime,
+) -> Stored:
+    """Write a confirmed draft as a report, with everything that must land with it."""
+    reports = Reports(session)
+    code = new_tracking_code()
+    while await reports.code_taken(code):
+        code = new_tracking_code()
+    pin = new_pin()
+    pin_hash = await asyncio.to_thread(pins.hash, pin)
+    mode = draft.get("contact_mode", DEFAULT_CONTACT_MODE)
+    emergency = kind == REPORT_KIND_EMERGENCY
+    report = Report(
+        code=code,
+        kind=kind,
+        category=draft.get("category"),
+        unit_code=draft.get("unit_code"),
+        latitude=draft.get("latitude"),
+        longitude=draft.get("longitude"),
+        place_text=draft.get("place_text"),
+        occurred=draft.get("occurred", "now" if emergency else "unknown"),
+        occurred_text=draft.get("occurred_text"),
+        description=draft.get("description"),
+        injured=draft.get("injured"),
+        injured_count=draft.get("injured_count"),
+        contact_mode=mode,
+        pin_hash=pin_hash,
+        locale=origin.locale,
+        channel=origin.channel,
+        status="new",
+        created_at=now,
+        updated_at=now,
+    )
+    media = [
+        ReportMedia(
+            kind=item["kind"],
+            mime=item.get("mime"),
+            size=item.get("size"),
+            file_ref=item.get("file_ref"),
+            blob_id=item.get("blob_id"),
+            caption=item.get("caption"),
+        )
+        for item in draft.get("media", [])
+    ]
+    await reports.add(report, media)
+    reports.add_event(
+        report,
+        action="submitted",
+        actor_kind="citizen",
+        to_status="new",
+        data={"kind": kind, "media": len(media), "contact_mode": mode},
+    )
+    if mode in ("relay", "phone"):
+        reports.add_contact_route(
+            report,
+            sender_key=origin.sender_key,
+            route=keyring.encrypt({"channel": origin.channel, "chat_id": origin.chat_id}),
+            phone=draft.get("phone") if mode == "phone" else None,
+        )
+    outbox = Outbox(session)
+    message = outbox.enqueue(
+        kind="report_card",
+        destination=destination_for(report.unit_code),
+        payload={"report_id": report.id},
+        report_id=report.id,
+        dedupe_key=f"card:{report.id}",
+    )
+    message.priority = PRIORITY_EMERGENCY if emergency else PRIORITY_TIP
+    if emergency:
+        timer, due = TIMER_ESCALATE, now + settings.emergency_ack_timeout
+    else:
+        timer, due = TIMER_REMIND_UNCLAIMED, now + settings.tip_claim_reminder
+    outbox.enqueue(
+        kind=timer,
+        destination="timer",
+        payload={"report_id": report.id},
+        report_id=report.id,
+        dedupe_key=f"{timer}:{report.id}",
+        due=due,
+    )
+    log.info("report %s stored (%s, unit %s)", report.id, kind, report.unit_code)
+    return Stored(report, pin)
