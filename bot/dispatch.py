@@ -6,6 +6,7 @@ The dispatcher owns the sessions and the commits; the flow and its repositories 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,6 +15,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from handlers.citizen import CitizenFlow, DuplicateUpdate, MediaFetcher
 from handlers.events import Event, Outcome, Reply
 from handlers.i18n import pick_locale, t
+from handlers.triage import DuplicateOfficerUpdate, OfficerOutcome, OfficerPress, Triage
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +24,39 @@ RETRIES = 4
 
 class Dispatcher:
     def __init__(
-        self, session_factory: async_sessionmaker[AsyncSession], flow: CitizenFlow
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        flow: CitizenFlow,
+        triage: Triage | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.flow = flow
+        self.triage = triage or Triage()
+        #: Called after a commit that may have queued officer-facing messages.
+        self.after_commit: list[Callable[[], None]] = []
+
+    def _committed(self) -> None:
+        for callback in self.after_commit:
+            callback()
+
+    async def process_officer(self, press: OfficerPress) -> OfficerOutcome | None:
+        """Handle an officer's press; ``None`` for a duplicate delivery."""
+        try:
+            for attempt in range(1, RETRIES + 1):
+                try:
+                    async with self.session_factory() as session, session.begin():
+                        outcome = await self.triage.handle_press(session, press)
+                    self._committed()
+                    return outcome
+                except DuplicateOfficerUpdate:
+                    return None
+                except (StaleDataError, IntegrityError, OperationalError):
+                    if attempt == RETRIES:
+                        raise
+        except Exception:
+            log.exception("officer update %s failed", press.update_id)
+            return OfficerOutcome(notice=t(self.triage.locale, "err.internal"), alert=True)
+        raise AssertionError("unreachable")
 
     async def process(self, event: Event, fetcher: MediaFetcher) -> Outcome | None:
         """Handle ``event``; ``None`` when it is a duplicate delivery and nothing must be sent."""
@@ -35,7 +66,9 @@ class Dispatcher:
             for attempt in range(1, RETRIES + 1):
                 try:
                     async with self.session_factory() as session, session.begin():
-                        return await self.flow.handle(session, event, prepared)
+                        outcome = await self.flow.handle(session, event, prepared)
+                    self._committed()
+                    return outcome
                 except DuplicateUpdate:
                     log.info("duplicate update %s ignored", event.update_id)
                     return None

@@ -17,7 +17,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -48,6 +48,7 @@ from handlers.events import (
     Sender,
     SharedContact,
 )
+from handlers.triage import OfficerPress
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,30 @@ def to_event(update: Update) -> Event | None:
     )
 
 
+def to_officer_press(update: Update) -> OfficerPress | None:
+    """A button press in a group (an officers' queue chat)."""
+    query = update.callback_query
+    if query is None or query.message is None:
+        return None
+    chat = query.message.chat
+    if chat.type not in (ChatType.GROUP, ChatType.SUPERGROUP):
+        return None
+    message = query.message
+    thread_id = getattr(message, "message_thread_id", None)
+    if not getattr(message, "is_topic_message", False):
+        thread_id = None
+    return OfficerPress(
+        update_id=update.update_id,
+        channel=CHANNEL,
+        chat_id=chat.id,
+        thread_id=thread_id,
+        message_id=message.message_id,
+        user_id=query.from_user.id,
+        user_name=query.from_user.full_name[:100],
+        data=query.data or "",
+    )
+
+
 def _markup(
     reply: Reply,
 ) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None:
@@ -174,6 +199,10 @@ def _markup(
     if reply.remove_keyboard:
         return ReplyKeyboardRemove()
     return None
+
+
+class CardRefresher(Protocol):
+    async def refresh(self, report_id: int) -> None: ...
 
 
 class TelegramFetcher:
@@ -244,6 +273,8 @@ class TelegramChannel:
         self.renderer = Renderer(self.application.bot)
         self.fetcher = TelegramFetcher(self.application.bot)
         self._task: asyncio.Task[None] | None = None
+        #: Re-renders posted cards after a state change (set by the composition root).
+        self.cards: CardRefresher | None = None
         #: Updates fully handled (replies sent); waiters are woken on each one.
         self.updates_handled = 0
         self._handled = asyncio.Condition()
@@ -267,6 +298,10 @@ class TelegramChannel:
             await self._handled.wait_for(lambda: self.updates_handled >= count)
 
     async def _handle(self, update: Update) -> None:
+        press = to_officer_press(update)
+        if press is not None:
+            await self._handle_officer(update, press)
+            return
         event = to_event(update)
         if event is None:
             if update.callback_query is not None:
@@ -277,6 +312,19 @@ class TelegramChannel:
             await self.renderer.answer(update, outcome)
         if outcome is not None:
             await self.renderer.send(event.sender.chat_id, outcome)
+
+    async def _handle_officer(self, update: Update, press: OfficerPress) -> None:
+        outcome = await self.dispatcher.process_officer(press)
+        query = update.callback_query
+        assert query is not None
+        with contextlib.suppress(BadRequest):
+            await query.answer(
+                text=outcome.notice if outcome else None,
+                show_alert=bool(outcome and outcome.alert),
+            )
+        if outcome is not None and outcome.refresh and self.cards is not None:
+            for report_id in outcome.refresh:
+                await self.cards.refresh(report_id)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         # Never log the update: it carries the citizen's ids.

@@ -49,6 +49,9 @@ CODE_PROPERTIES = ("code", "ma_xa", "ma")
 
 _POLYGONAL = ("Polygon", "MultiPolygon")
 
+#: A boundary smaller than this (square degrees, about 1 m²) is degenerate, not a unit.
+MIN_AREA_DEG2 = 1e-10
+
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     """Great-circle distance in km between two points given in degrees."""
@@ -323,15 +326,15 @@ def _parse_boundary(
         if repaired is None:
             raise fail(f"{where}: invalid {geom.geom_type} ({reason}) that cannot be repaired")
         geom = repaired
-    if geom.area <= 0:
-        raise fail(f"{where}: the {geom.geom_type} has no area")
+    if geom.area < MIN_AREA_DEG2:
+        raise fail(f"{where}: the {geom.geom_type} has no area (degenerate ring?)")
     return geom
 
 
 def _polygonal_part(geom: BaseGeometry) -> BaseGeometry | None:
     """The polygons of a (repaired) geometry, or None if it holds no area."""
     if geom.geom_type in _POLYGONAL:
-        return None if geom.is_empty or geom.area <= 0 else geom
+        return None if geom.is_empty or geom.area < MIN_AREA_DEG2 else geom
     if geom.geom_type == "GeometryCollection":
         polygons = [
             part
@@ -340,7 +343,7 @@ def _polygonal_part(geom: BaseGeometry) -> BaseGeometry | None:
         ]
         if polygons:
             merged = shapely.union_all(polygons)
-            return merged if merged.area > 0 else None
+            return merged if merged.area >= MIN_AREA_DEG2 else None
     return None
 
 
