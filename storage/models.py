@@ -259,6 +259,44 @@ class CardPost(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Officer(Base):
+    """A member of the police: officer, commander or admin. Officers are not anonymous.
+
+    The same registry serves the chat (by Telegram user id) and the web panel (by username).
+    """
+
+    __tablename__ = "officers"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    #: ``officer``, ``commander`` or ``admin``.
+    role: Mapped[str] = mapped_column(String(16), default="officer")
+    telegram_user_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    username: Mapped[str | None] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+
+    scopes: Mapped[list[OfficerScope]] = relationship(
+        back_populates="officer", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+
+class OfficerScope(Base):
+    """A queue an officer serves (``*`` = every queue)."""
+
+    __tablename__ = "officer_scopes"
+    __table_args__ = (UniqueConstraint("officer_id", "queue_key"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    officer_id: Mapped[int] = mapped_column(ForeignKey("officers.id", ondelete="CASCADE"))
+    queue_key: Mapped[str] = mapped_column(String(64), index=True)
+
+    officer: Mapped[Officer] = relationship(back_populates="scopes", lazy="raise")
+
+
 class RateHit(Base):
     """One counted attempt (a submitted report, a wrong PIN) under a hashed key."""
 
