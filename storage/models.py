@@ -91,6 +91,8 @@ class Report(Base):
     duplicate_of_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), index=True)
     reject_reason: Mapped[str | None] = mapped_column(Text)
     assigned_officer_id: Mapped[int | None] = mapped_column(BigInteger)
+    #: A queue the report was transferred to, overriding its unit's queue.
+    queue_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     claimed_at: Mapped[datetime | None]
@@ -295,6 +297,26 @@ class OfficerScope(Base):
     queue_key: Mapped[str] = mapped_column(String(64), index=True)
 
     officer: Mapped[Officer] = relationship(back_populates="scopes", lazy="raise")
+
+
+class RelayMessage(Base):
+    """One message of the anonymous two-way thread between officers and a tipster."""
+
+    __tablename__ = "relay_messages"
+    __table_args__ = (Index("ix_relay_messages_report_at", "report_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"))
+    #: ``to_citizen`` (a question from the police) or ``to_officers`` (the tipster's answer).
+    direction: Mapped[str] = mapped_column(String(16))
+    officer_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    text: Mapped[str | None] = mapped_column(Text)
+    media_kind: Mapped[str | None] = mapped_column(String(16))
+    blob_id: Mapped[int | None] = mapped_column(ForeignKey("media_blobs.id"))
+    file_ref: Mapped[str | None] = mapped_column(String(256))
+    latitude: Mapped[float | None]
+    longitude: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RateHit(Base):
