@@ -65,7 +65,7 @@ POSTGRES_URL_ENV = "TINBAO_BENCH_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 TARGET_RATIO = 0.5
 #: Seconds a citizen waits for one answer before the run is declared broken.
-REPLY_TIMEOUT = 60.0
+REPLY_TIMEOUT = 30.0
 #: Long-poll timeout of both bots (as in the e2e tests).
 POLLING_TIMEOUT = 10
 #: tinbao's ``PerChatUpdateProcessor(64)``; the echo bot gets the same.
@@ -348,9 +348,16 @@ async def drive(
         for index, user in pending:
             results[index] = await citizen(user)
 
-    async with asyncio.TaskGroup() as group:
-        for _ in range(min(concurrency, len(users))):
-            group.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(concurrency, len(users))):
+                group.create_task(worker())
+    except* BenchFailure as failures:
+        first = failures.exceptions[0]
+        others = len(failures.exceptions) - 1
+        raise BenchFailure(
+            f"{first}" + (f"\n({others} more citizens failed)" if others else "")
+        ) from None
     return results
 
 

@@ -901,9 +901,8 @@ class Triage:
         for status, count in sorted(
             by_status, key=lambda r: STATUSES.index(r[0]) if r[0] in STATUSES else 99
         ):
-            lines.append(
-                f"• {self._t(f'officer.status.{status}') if status in STATUSES else status}: {count}"
-            )
+            label = self._t(f"officer.status.{status}") if status in STATUSES else status
+            lines.append(f"• {label}: {count}")
         lines.append(self._t("triage.stats_by_category"))
         for category, _kind, count in sorted(by_category, key=lambda r: -r[2]):
             label = (
