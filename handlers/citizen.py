@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -54,8 +55,15 @@ from handlers.security import (
     parse_pin,
 )
 from handlers.text import clean_text, substance
-from storage.models import Conversation
-from storage.repositories import Conversations, Media, RateLimits, Reports, UpdateLog
+from storage.models import ContactRoute, Conversation, RelayMessage, Report
+from storage.repositories import (
+    Conversations,
+    Media,
+    Outbox,
+    RateLimits,
+    Reports,
+    UpdateLog,
+)
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -82,6 +90,9 @@ class State(StrEnum):
     EDIT = "edit"
     STATUS_CODE = "status_code"
     STATUS_PIN = "status_pin"
+    RELAY = "relay"
+    RELAY_CODE = "relay_code"
+    RELAY_PIN = "relay_pin"
     ACC_PLACE = "acc_place"
     ACC_INJURED = "acc_injured"
     ACC_PHOTO = "acc_photo"
@@ -109,6 +120,17 @@ EDITABLE = {
 EMERGENCY_STATES = frozenset({State.ACC_PLACE, State.ACC_INJURED, State.ACC_PHOTO})
 DRAFT_STATES = frozenset(
     {*TIP_STEPS, State.WHEN_TEXT, State.CONTACT_PHONE, State.EDIT, *EMERGENCY_STATES}
+)
+#: Side trips that return to the draft (or the menu) when done or cancelled.
+SIDE_TRIPS = frozenset(
+    {
+        State.STATUS_CODE,
+        State.STATUS_PIN,
+        State.LANGUAGE,
+        State.RELAY,
+        State.RELAY_CODE,
+        State.RELAY_PIN,
+    }
 )
 #: Injured-people answers: button argument → (injured, approximate count).
 INJURED = {
@@ -249,7 +271,11 @@ class CitizenFlow:
             return prepared
         key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
         conversation = await Conversations(session).get(key)
-        if conversation is None or conversation.state not in (State.EVIDENCE, State.ACC_PHOTO):
+        if conversation is None or conversation.state not in (
+            State.EVIDENCE,
+            State.ACC_PHOTO,
+            State.RELAY,
+        ):
             return prepared
         for attachment in event.attachments[: self.settings.max_media]:
             if not _is_image(attachment):
@@ -351,6 +377,8 @@ class CitizenFlow:
             self._start_tip(turn)
         elif command in ("accident", "tainan", "capcuu"):
             self._accident(turn)
+        elif command in ("add", "bosung"):
+            await self._start_add(turn, args)
         else:
             turn.say("err.unknown_command")
             self._prompt(turn)
@@ -402,8 +430,9 @@ class CitizenFlow:
             self._show_menu(turn)
 
     async def _cancel(self, turn: _Turn) -> None:
-        if turn.state in (State.STATUS_CODE, State.STATUS_PIN, State.LANGUAGE):
-            turn.data.pop("status_code", None)
+        if turn.state in SIDE_TRIPS:
+            for name in ("status_code", "relay", "relay_code"):
+                turn.data.pop(name, None)
             turn.say("common.cancelled_step")
             await self._resume(turn)
             return
@@ -760,28 +789,6 @@ class CitizenFlow:
             return
         await self._check_status(turn, code, pin)
 
-    _message_handlers: ClassVar[
-        dict[State, Callable[[CitizenFlow, _Turn, Message, Prepared], Awaitable[None]]]
-    ] = {
-        State.IDLE: _msg_idle,
-        State.LANGUAGE: _msg_buttons_only,
-        State.CATEGORY: _msg_buttons_only,
-        State.PLACE: _msg_place,
-        State.WHEN: _msg_buttons_only,
-        State.WHEN_TEXT: _msg_when_text,
-        State.DESCRIPTION: _msg_description,
-        State.EVIDENCE: _msg_evidence,
-        State.CONTACT: _msg_buttons_only,
-        State.CONTACT_PHONE: _msg_contact_phone,
-        State.SUMMARY: _msg_buttons_only,
-        State.EDIT: _msg_buttons_only,
-        State.STATUS_CODE: _msg_status_code,
-        State.STATUS_PIN: _msg_status_pin,
-        State.ACC_PLACE: _msg_acc_place,
-        State.ACC_INJURED: _msg_buttons_only,
-        State.ACC_PHOTO: _msg_acc_photo,
-    }
-
     def _wrong_type(self, turn: _Turn, message: Message, *, expects: str) -> bool:
         """Answer content of the wrong kind; ``True`` when the message cannot be used."""
         if message.unsupported:
@@ -819,6 +826,9 @@ class CitizenFlow:
         step, action, arg = parsed
         if action == "m":  # the menu works from any old message: it only navigates
             await self._on_menu(turn, arg)
+            return
+        if action == "rel":  # "Reply" under a question from the police, however old
+            await self._start_relay(turn, arg)
             return
         if step != turn.conversation.step:
             turn.notice("err.button_stale", alert=True)
@@ -975,6 +985,9 @@ class CitizenFlow:
         **dict.fromkeys([(state, "x") for state in DRAFT_STATES], _btn_cancel),
         (State.STATUS_CODE, "x"): _btn_cancel,
         (State.STATUS_PIN, "x"): _btn_cancel,
+        (State.RELAY, "x"): _btn_cancel,
+        (State.RELAY_CODE, "x"): _btn_cancel,
+        (State.RELAY_PIN, "x"): _btn_cancel,
         (State.LANGUAGE, "x"): _btn_cancel,
     }
 
@@ -1069,6 +1082,15 @@ class CitizenFlow:
             ]
         elif state is State.ACC_PHOTO:
             turn.say("acc.ask_photo").buttons = [[turn.button("acc.send_now", "acc:send")]]
+        elif state is State.RELAY:
+            relay = turn.data.get("relay") or {}
+            key = "relay.add_ask" if relay.get("addition") else "relay.ask_answer"
+            turn.say(key, code=format_code(str(relay.get("code", "")))).buttons = [cancel]
+        elif state is State.RELAY_CODE:
+            turn.say("relay.add_usage").buttons = [cancel]
+        elif state is State.RELAY_PIN:
+            code = format_code(str(turn.data.get("relay_code", "")))
+            turn.say("relay.add_ask_pin", code=code).buttons = [cancel]
         elif state is State.STATUS_CODE:
             turn.say("status.ask_code").buttons = [cancel]
         elif state is State.STATUS_PIN:
@@ -1180,27 +1202,9 @@ class CitizenFlow:
         self._prompt(turn)
 
     async def _check_status(self, turn: _Turn, code: str, pin: str) -> None:
-        limits = RateLimits(turn.session)
-        window = self.settings.pin_attempt_window
-        code_key = self.keyring.keyed_hash("code", code)
-        if (
-            await limits.count(RATE_PIN_SENDER, turn.sender_key, window)
-            >= self.settings.pin_attempts_per_sender
-            or await limits.count(RATE_PIN_CODE, code_key, window)
-            >= self.settings.pin_attempts_per_code
-        ):
-            turn.data.pop("status_code", None)
-            turn.say("status.locked", minutes=int(window.total_seconds() // 60))
-            await self._resume(turn)
-            return
-        report = await Reports(turn.session).by_code(code)
-        pin_hash = report.pin_hash if report is not None else await self._dummy_hash()
-        valid = await asyncio.to_thread(self.pins.verify, pin_hash, pin)
+        report = await self._verify_pin(turn, code, pin)
         turn.data.pop("status_code", None)
-        if report is None or not valid:
-            limits.hit(RATE_PIN_SENDER, turn.sender_key)
-            limits.hit(RATE_PIN_CODE, code_key)
-            turn.say("status.wrong")
+        if report is None:
             await self._resume(turn)
             return
         values = {
@@ -1213,10 +1217,199 @@ class CitizenFlow:
             reply.text += "\n" + t(turn.locale, f"outcome.citizen.{report.outcome}")
         await self._resume(turn)
 
+    async def _verify_pin(self, turn: _Turn, code: str, pin: str) -> Report | None:
+        """The report for ``code`` if ``pin`` is right; rate-limited per code and per sender."""
+        limits = RateLimits(turn.session)
+        window = self.settings.pin_attempt_window
+        code_key = self.keyring.keyed_hash("code", code)
+        if (
+            await limits.count(RATE_PIN_SENDER, turn.sender_key, window)
+            >= self.settings.pin_attempts_per_sender
+            or await limits.count(RATE_PIN_CODE, code_key, window)
+            >= self.settings.pin_attempts_per_code
+        ):
+            turn.say("status.locked", minutes=int(window.total_seconds() // 60))
+            return None
+        report = await Reports(turn.session).by_code(code)
+        pin_hash = report.pin_hash if report is not None else await self._dummy_hash()
+        valid = await asyncio.to_thread(self.pins.verify, pin_hash, pin)
+        if report is None or not valid:
+            limits.hit(RATE_PIN_SENDER, turn.sender_key)
+            limits.hit(RATE_PIN_CODE, code_key)
+            turn.say("status.wrong")
+            return None
+        return report
+
+    # ------------------------------------------------------------------ relay
+
+    async def _own_report(self, turn: _Turn, report_id: int) -> Report | None:
+        """The report if this sender filed it (their keyed hash is on its contact route)."""
+        route = await turn.session.scalar(
+            select(ContactRoute).where(ContactRoute.report_id == report_id)
+        )
+        if route is None or route.sender_key != turn.sender_key:
+            return None
+        return await turn.session.get(Report, report_id)
+
+    async def _start_relay(self, turn: _Turn, arg: str) -> None:
+        report = await self._own_report(turn, int(arg)) if arg.isdigit() else None
+        if report is None:
+            turn.notice("relay.not_yours", alert=True)
+            return
+        self._enter_relay(turn, report, addition=False)
+
+    def _enter_relay(self, turn: _Turn, report: Report, *, addition: bool) -> None:
+        if report.status in ("resolved", "rejected"):
+            turn.say("relay.closed")
+            return
+        if turn.state not in (State.RELAY, State.RELAY_CODE, State.RELAY_PIN):
+            self._side_trip(turn)
+        turn.data["relay"] = {"report_id": report.id, "code": report.code, "addition": addition}
+        turn.state = State.RELAY
+        self._prompt(turn)
+
+    async def _start_add(self, turn: _Turn, args: str) -> None:
+        code = parse_code(clean_text(args)[:40]) if args.strip() else None
+        if turn.state not in (State.RELAY, State.RELAY_CODE, State.RELAY_PIN):
+            self._side_trip(turn)
+        if code is None:
+            if args.strip():
+                turn.say("status.bad_code")
+            turn.state = State.RELAY_CODE
+            self._prompt(turn)
+            return
+        report = await Reports(turn.session).by_code(code)
+        if report is not None and await self._own_report(turn, report.id) is not None:
+            self._enter_relay(turn, report, addition=True)
+            return
+        # Not linked to this sender (no contact mode, or another account): the PIN decides.
+        turn.data["relay_code"] = code
+        turn.state = State.RELAY_PIN
+        self._prompt(turn)
+
+    async def _msg_relay_code(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
+        if self._wrong_type(turn, message, expects="text"):
+            self._prompt(turn)
+            return
+        await self._start_add(turn, message.text or "")
+
+    async def _msg_relay_pin(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
+        if self._wrong_type(turn, message, expects="text"):
+            self._prompt(turn)
+            return
+        pin = parse_pin(clean_text(message.text or "")[:40])
+        code = turn.data.get("relay_code")
+        if pin is None or not isinstance(code, str):
+            turn.say("status.bad_pin")
+            self._prompt(turn)
+            return
+        report = await self._verify_pin(turn, code, pin)
+        turn.data.pop("relay_code", None)
+        if report is None:
+            await self._resume(turn)
+            return
+        self._enter_relay(turn, report, addition=True)
+
+    async def _msg_relay(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
+        relay = turn.data.get("relay")
+        report = (
+            await turn.session.get(Report, relay["report_id"]) if isinstance(relay, dict) else None
+        )
+        if report is None or not isinstance(relay, dict):
+            turn.data.pop("relay", None)
+            await self._resume(turn)
+            return
+        if report.status in ("resolved", "rejected"):
+            turn.data.pop("relay", None)
+            turn.say("relay.closed")
+            await self._resume(turn)
+            return
+        item = RelayMessage(report_id=report.id, direction="to_officers")
+        images = [a for a in message.attachments if _is_image(a)]
+        if message.location is not None:
+            item.latitude = message.location.latitude
+            item.longitude = message.location.longitude
+        elif images:
+            cleaned = prepared.get(images[0].file_ref)
+            if not isinstance(cleaned, media_rules.CleanImage):
+                turn.say(_IMAGE_REFUSALS.get(str(cleaned), "ev.failed"))
+                self._prompt(turn)
+                return
+            blob = await Media(turn.session).add_blob(
+                content=cleaned.content, mime=cleaned.mime, sha256=cleaned.sha256
+            )
+            item.media_kind = "photo"
+            item.blob_id = blob.id
+            item.text = clean_text(message.text or "")[:1000] or None
+        elif message.attachments or message.unsupported or message.contact is not None:
+            turn.say("relay.expecting")
+            self._prompt(turn)
+            return
+        else:
+            text = clean_text(message.text or "")
+            if not substance(text):
+                turn.say("relay.expecting")
+                self._prompt(turn)
+                return
+            if len(text) > DESCRIPTION_MAX:
+                turn.say("err.too_long", limit=DESCRIPTION_MAX)
+                self._prompt(turn)
+                return
+            item.text = text
+        turn.session.add(item)
+        await turn.session.flush()
+        Outbox(turn.session).enqueue(
+            kind="relay_to_officers",
+            destination=f"report:{report.id}",
+            payload={"relay_id": item.id, "addition": bool(relay.get("addition"))},
+            report_id=report.id,
+        ).priority = 6
+        reports = Reports(turn.session)
+        if report.status == "needs_info":
+            reports.add_event(
+                report,
+                action="answered",
+                actor_kind="citizen",
+                from_status="needs_info",
+                to_status="in_progress",
+            )
+            report.status = "in_progress"
+            report.updated_at = turn.now
+        else:
+            reports.add_event(report, action="added_info", actor_kind="citizen")
+        turn.data.pop("relay", None)
+        turn.say("relay.sent", code=format_code(report.code))
+        await self._resume(turn)
+
     async def _dummy_hash(self) -> str:
         if self._dummy_pin_hash is None:
             self._dummy_pin_hash = await asyncio.to_thread(self.pins.hash, "000000")
         return self._dummy_pin_hash
+
+    _message_handlers: ClassVar[
+        dict[State, Callable[[CitizenFlow, _Turn, Message, Prepared], Awaitable[None]]]
+    ] = {
+        State.IDLE: _msg_idle,
+        State.LANGUAGE: _msg_buttons_only,
+        State.CATEGORY: _msg_buttons_only,
+        State.PLACE: _msg_place,
+        State.WHEN: _msg_buttons_only,
+        State.WHEN_TEXT: _msg_when_text,
+        State.DESCRIPTION: _msg_description,
+        State.EVIDENCE: _msg_evidence,
+        State.CONTACT: _msg_buttons_only,
+        State.CONTACT_PHONE: _msg_contact_phone,
+        State.SUMMARY: _msg_buttons_only,
+        State.EDIT: _msg_buttons_only,
+        State.STATUS_CODE: _msg_status_code,
+        State.STATUS_PIN: _msg_status_pin,
+        State.RELAY: _msg_relay,
+        State.RELAY_CODE: _msg_relay_code,
+        State.RELAY_PIN: _msg_relay_pin,
+        State.ACC_PLACE: _msg_acc_place,
+        State.ACC_INJURED: _msg_buttons_only,
+        State.ACC_PHOTO: _msg_acc_photo,
+    }
 
 
 _IMAGE_REFUSALS = {
