@@ -6,7 +6,7 @@ The dispatcher owns the sessions and the commits; the flow and its repositories 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,7 +15,13 @@ from sqlalchemy.orm.exc import StaleDataError
 from handlers.citizen import CitizenFlow, DuplicateUpdate, MediaFetcher
 from handlers.events import Event, Outcome, Reply
 from handlers.i18n import pick_locale, t
-from handlers.triage import DuplicateOfficerUpdate, OfficerOutcome, OfficerPress, Triage
+from handlers.triage import (
+    DuplicateOfficerUpdate,
+    OfficerMessage,
+    OfficerOutcome,
+    OfficerPress,
+    Triage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +47,24 @@ class Dispatcher:
 
     async def process_officer(self, press: OfficerPress) -> OfficerOutcome | None:
         """Handle an officer's press; ``None`` for a duplicate delivery."""
+        return await self._officer(press.update_id, lambda s: self.triage.handle_press(s, press))
+
+    async def process_officer_message(self, message: OfficerMessage) -> OfficerOutcome | None:
+        """Handle a command or typed answer in an officers' chat."""
+        return await self._officer(
+            message.update_id, lambda s: self.triage.handle_message(s, message)
+        )
+
+    async def _officer(
+        self,
+        update_id: int,
+        handle: Callable[[AsyncSession], Awaitable[OfficerOutcome]],
+    ) -> OfficerOutcome | None:
         try:
             for attempt in range(1, RETRIES + 1):
                 try:
                     async with self.session_factory() as session, session.begin():
-                        outcome = await self.triage.handle_press(session, press)
+                        outcome = await handle(session)
                     self._committed()
                     return outcome
                 except DuplicateOfficerUpdate:
@@ -54,7 +73,7 @@ class Dispatcher:
                     if attempt == RETRIES:
                         raise
         except Exception:
-            log.exception("officer update %s failed", press.update_id)
+            log.exception("officer update %s failed", update_id)
             return OfficerOutcome(notice=t(self.triage.locale, "err.internal"), alert=True)
         raise AssertionError("unreachable")
 

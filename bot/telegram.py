@@ -48,12 +48,12 @@ from handlers.events import (
     Sender,
     SharedContact,
 )
-from handlers.triage import OfficerPress
+from handlers.triage import CardRefresh, OfficerMessage, OfficerOutcome, OfficerPress
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "telegram"
-ALLOWED_UPDATES = ["message", "callback_query"]
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 UNSUPPORTED_KINDS = ("sticker", "poll", "dice", "game", "story", "invoice", "paid_media")
 
 
@@ -178,6 +178,40 @@ def to_officer_press(update: Update) -> OfficerPress | None:
     )
 
 
+def to_officer_message(update: Update, bot_id: int) -> OfficerMessage | None:
+    """A message in a group that reached the bot: a command, or a reply to the bot."""
+    message = update.message
+    if message is None or message.chat.type not in (ChatType.GROUP, ChatType.SUPERGROUP):
+        return None
+    user = message.from_user
+    if user is None or user.is_bot:
+        return None
+    command = _command(message)
+    if command is not None and "@" in (message.text or "").split(" ", 1)[0]:
+        addressed = (message.text or "").split(" ", 1)[0].split("@", 1)[1]
+        if message.get_bot().username and addressed.lower() != message.get_bot().username.lower():
+            command = None  # another bot's command
+    reply = message.reply_to_message
+    reply_user = reply.from_user if reply is not None else None
+    thread_id = message.message_thread_id if message.is_topic_message else None
+    return OfficerMessage(
+        update_id=update.update_id,
+        channel=CHANNEL,
+        chat_id=message.chat.id,
+        thread_id=thread_id,
+        message_id=message.message_id,
+        user_id=user.id,
+        user_name=user.full_name[:100],
+        text=message.text if message.text is not None else message.caption,
+        command=command[0] if command else None,
+        args=command[1] if command else "",
+        reply_to_message_id=reply.message_id if reply is not None else None,
+        reply_to_user_id=reply_user.id if reply_user is not None else None,
+        reply_to_user_name=reply_user.full_name[:100] if reply_user is not None else None,
+        reply_to_is_bot=reply_user is not None and reply_user.id == bot_id,
+    )
+
+
 def _markup(
     reply: Reply,
 ) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None:
@@ -202,7 +236,11 @@ def _markup(
 
 
 class CardRefresher(Protocol):
-    async def refresh(self, report_id: int) -> None: ...
+    async def refresh(self, item: CardRefresh) -> None: ...
+
+    async def edit_message(
+        self, chat_id: int, message_id: int, text: str, buttons: list[list[dict[str, str]]]
+    ) -> None: ...
 
 
 class TelegramFetcher:
@@ -216,12 +254,100 @@ class TelegramFetcher:
         return bytes(await file.download_as_bytearray())
 
 
+TEXT_LIMIT = 4096
+
+
+def _has_markup(reply: Reply) -> bool:
+    return bool(reply.buttons) or reply.keyboard is not None or reply.remove_keyboard
+
+
+def merge_replies(replies: list[Reply]) -> list[Reply]:
+    """Fold consecutive replies into as few messages as Telegram allows.
+
+    A message carries one markup, so plain texts are joined onto the next reply that has one;
+    trailing plain texts become one message. Nothing is merged past 4096 characters.
+    """
+    merged: list[Reply] = []
+    pending: list[str] = []
+
+    def flush_into(reply: Reply | None) -> None:
+        texts = [*pending, reply.text] if reply is not None else list(pending)
+        pending.clear()
+        if not texts:
+            return
+        joined = "\n\n".join(texts)
+        if len(joined) > TEXT_LIMIT:
+            merged.extend(Reply(text=text) for text in texts[:-1])
+            last = texts[-1]
+        else:
+            last = joined
+        if reply is None:
+            merged.append(Reply(text=last))
+        else:
+            merged.append(
+                Reply(
+                    text=last,
+                    buttons=reply.buttons,
+                    keyboard=reply.keyboard,
+                    remove_keyboard=reply.remove_keyboard,
+                )
+            )
+
+    for reply in replies:
+        if _has_markup(reply):
+            flush_into(reply)
+        else:
+            pending.append(reply.text)
+    flush_into(None)
+    return merged
+
+
+def _pressed_label(update: Update) -> str | None:
+    query = update.callback_query
+    if query is None or query.message is None:
+        return None
+    markup = getattr(query.message, "reply_markup", None)
+    for row in getattr(markup, "inline_keyboard", ()) or ():
+        for button in row:
+            if button.callback_data == query.data:
+                return str(button.text)
+    return None
+
+
 class Renderer:
+    """Sends an outcome with as few Bot API calls as possible.
+
+    On a button press the pressed message is edited in place into the next prompt (with the
+    chosen answer kept as its first line), instead of clearing its buttons and sending anew.
+    """
+
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
 
-    async def send(self, chat_id: str, outcome: Outcome) -> None:
-        for reply in outcome.replies:
+    async def send(self, chat_id: str, outcome: Outcome, update: Update | None = None) -> None:
+        replies = merge_replies(outcome.replies)
+        query = update.callback_query if update is not None else None
+        if query is not None and outcome.clear_buttons and query.message is not None:
+            first = replies[0] if replies else None
+            label = _pressed_label(update) if update is not None else None
+            if first is not None and first.keyboard is None and not first.remove_keyboard:
+                text = f"✓ {label}\n\n{first.text}" if label else first.text
+                if len(text) > TEXT_LIMIT:
+                    text = first.text
+                markup = _markup(first)
+                try:
+                    await self.bot.edit_message_text(
+                        chat_id=query.message.chat.id,
+                        message_id=query.message.message_id,
+                        text=text,
+                        reply_markup=markup if isinstance(markup, InlineKeyboardMarkup) else None,
+                    )
+                    replies = replies[1:]
+                except BadRequest:
+                    await self._clear(query.message.chat.id, query.message.message_id)
+            else:
+                await self._clear(query.message.chat.id, query.message.message_id)
+        for reply in replies:
             try:
                 await self.bot.send_message(
                     chat_id=int(chat_id), text=reply.text, reply_markup=_markup(reply)
@@ -229,6 +355,12 @@ class Renderer:
             except Forbidden:
                 log.info("a citizen has blocked the bot; reply dropped")
                 return
+
+    async def _clear(self, chat_id: int, message_id: int) -> None:
+        with contextlib.suppress(BadRequest):
+            await self.bot.edit_message_reply_markup(
+                chat_id=chat_id, message_id=message_id, reply_markup=None
+            )
 
     async def answer(self, update: Update, outcome: Outcome | None) -> None:
         query = update.callback_query
@@ -239,13 +371,6 @@ class Renderer:
                 text=outcome.notice if outcome else None,
                 show_alert=bool(outcome and outcome.alert),
             )
-        if outcome is not None and outcome.clear_buttons and query.message is not None:
-            with contextlib.suppress(BadRequest):
-                await self.bot.edit_message_reply_markup(
-                    chat_id=query.message.chat.id,
-                    message_id=query.message.message_id,
-                    reply_markup=None,
-                )
 
 
 class TelegramChannel:
@@ -302,6 +427,12 @@ class TelegramChannel:
         if press is not None:
             await self._handle_officer(update, press)
             return
+        group_message = to_officer_message(update, self.application.bot.id)
+        if group_message is not None:
+            officer_outcome = await self.dispatcher.process_officer_message(group_message)
+            if officer_outcome is not None:
+                await self._apply_officer_outcome(officer_outcome)
+            return
         event = to_event(update)
         if event is None:
             if update.callback_query is not None:
@@ -311,7 +442,7 @@ class TelegramChannel:
         if isinstance(event, ButtonPress):
             await self.renderer.answer(update, outcome)
         if outcome is not None:
-            await self.renderer.send(event.sender.chat_id, outcome)
+            await self.renderer.send(event.sender.chat_id, outcome, update)
 
     async def _handle_officer(self, update: Update, press: OfficerPress) -> None:
         outcome = await self.dispatcher.process_officer(press)
@@ -322,9 +453,18 @@ class TelegramChannel:
                 text=outcome.notice if outcome else None,
                 show_alert=bool(outcome and outcome.alert),
             )
-        if outcome is not None and outcome.refresh and self.cards is not None:
-            for report_id in outcome.refresh:
-                await self.cards.refresh(report_id)
+        if outcome is None:
+            return
+        if outcome.edit is not None and self.cards is not None:
+            text, buttons = outcome.edit
+            await self.cards.edit_message(press.chat_id, press.message_id, text, buttons)
+        await self._apply_officer_outcome(outcome)
+
+    async def _apply_officer_outcome(self, outcome: OfficerOutcome) -> None:
+        if self.cards is None:
+            return
+        for item in outcome.refresh:
+            await self.cards.refresh(item)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         # Never log the update: it carries the citizen's ids.

@@ -229,6 +229,11 @@ class _Turn:
             label=t(self.locale, key, **values), data=f"{self.conversation.step}:{action}"
         )
 
+    def drop_keyboard(self, reply: Reply) -> None:
+        """Remove the reply keyboard with ``reply``, if one is showing."""
+        if self.data.get("kb"):
+            reply.remove_keyboard = True
+
     def notice(self, key: str, *, alert: bool = False, **values: Any) -> None:
         self.outcome.notice = t(self.locale, key, **values)
         self.outcome.alert = alert
@@ -298,10 +303,8 @@ class CitizenFlow:
     ) -> Outcome:
         """Handle one event inside the caller's transaction and return what to send back."""
         sender = event.sender
-        updates = UpdateLog(session)
-        if await updates.seen(sender.channel, event.update_id):
+        if not await UpdateLog(session).claim(sender.channel, event.update_id):
             raise DuplicateUpdate(event.update_id)
-        updates.record(sender.channel, event.update_id)
 
         key = self.keyring.sender_key(sender.channel, sender.user_id)
         locale = pick_locale(sender.language_code, self.settings.default_locale)
@@ -325,6 +328,11 @@ class CitizenFlow:
     # ------------------------------------------------------------------ persistence
 
     def _save(self, turn: _Turn) -> None:
+        for reply in turn.outcome.replies:
+            if reply.keyboard is not None:
+                turn.data["kb"] = True
+            elif reply.remove_keyboard:
+                turn.data["kb"] = False
         conversation = turn.conversation
         conversation.data = turn.data
         flag_modified(conversation, "data")
@@ -439,11 +447,11 @@ class CitizenFlow:
         if turn.has_draft:
             emergency = turn.draft.get("kind") == "emergency"
             await self._discard_draft(turn)
-            turn.say("acc.cancelled" if emergency else "tip.cancelled").remove_keyboard = True
+            turn.drop_keyboard(turn.say("acc.cancelled" if emergency else "tip.cancelled"))
             self._restore_stashed(turn)
         else:
             turn.state = State.IDLE
-            turn.say("common.nothing_to_cancel").remove_keyboard = True
+            turn.drop_keyboard(turn.say("common.nothing_to_cancel"))
         self._show_menu(turn)
 
     def _start_tip(self, turn: _Turn) -> None:
@@ -513,7 +521,7 @@ class CitizenFlow:
             unit = self._locate(message.location.latitude, message.location.longitude)
             if unit is not None:
                 draft["unit_code"] = unit
-            turn.say("acc.location_saved").remove_keyboard = True
+            turn.drop_keyboard(turn.say("acc.location_saved"))
         else:
             if self._wrong_type(turn, message, expects="place"):
                 self._prompt(turn)
@@ -529,7 +537,7 @@ class CitizenFlow:
             matches = self.places.search(text, limit=1)
             if matches and matches[0].score >= PLACE_MATCH_SURE:
                 draft["unit_code"] = matches[0].code
-            turn.say("acc.place_saved").remove_keyboard = True
+            turn.drop_keyboard(turn.say("acc.place_saved"))
         turn.state = State.ACC_INJURED
         self._prompt(turn)
 
@@ -590,7 +598,7 @@ class CitizenFlow:
         turn.data.pop("resume", None)
         turn.state = State.IDLE
         reply = turn.say("acc.submitted", code=format_code(stored.report.code), pin=stored.pin)
-        reply.remove_keyboard = True
+        turn.drop_keyboard(reply)
         self._restore_stashed(turn)
         self._show_menu(turn)
 
@@ -632,7 +640,7 @@ class CitizenFlow:
                 reply = turn.say("place.location_unit", name=self.catalogue.by_code[unit].name)
             else:
                 reply = turn.say("place.location_saved")
-            reply.remove_keyboard = True
+            turn.drop_keyboard(reply)
             self._advance(turn, State.WHEN)
             return
         if self._wrong_type(turn, message, expects="place"):
@@ -661,7 +669,7 @@ class CitizenFlow:
         for name in ("unit_code", "latitude", "longitude", "unit_preset"):
             draft.pop(name, None)
         draft["place_unknown"] = True
-        turn.say("place.unknown_saved").remove_keyboard = True
+        turn.drop_keyboard(turn.say("place.unknown_saved"))
         self._advance(turn, State.WHEN)
 
     async def _msg_when_text(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
@@ -758,12 +766,12 @@ class CitizenFlow:
             phone = clean_text(message.contact.phone)[:32]
             turn.draft["contact_mode"] = "phone"
             turn.draft["phone"] = self.keyring.encrypt({"phone": phone})
-            turn.say("contact.phone_saved").remove_keyboard = True
+            turn.drop_keyboard(turn.say("contact.phone_saved"))
             self._advance(turn, State.SUMMARY)
             return
         text = clean_text(message.text or "")
         if text and normalize(text) == normalize(t(turn.locale, "contact.back")):
-            turn.say("contact.back_done").remove_keyboard = True
+            turn.drop_keyboard(turn.say("contact.back_done"))
             turn.state = State.CONTACT
             self._prompt(turn)
             return
@@ -889,7 +897,7 @@ class CitizenFlow:
         draft["unit_code"] = unit.code
         for name in ("place_unknown", "unit_preset"):
             draft.pop(name, None)
-        turn.say("place.saved", name=unit.name).remove_keyboard = True
+        turn.drop_keyboard(turn.say("place.saved", name=unit.name))
         self._advance(turn, State.WHEN)
 
     async def _btn_place(self, turn: _Turn, arg: str) -> None:
@@ -1165,7 +1173,7 @@ class CitizenFlow:
         turn.data.pop("resume", None)
         turn.state = State.IDLE
         reply = turn.say("tip.submitted", code=format_code(stored.report.code), pin=stored.pin)
-        reply.remove_keyboard = True
+        turn.drop_keyboard(reply)
         self._restore_stashed(turn)
         self._show_menu(turn)
 

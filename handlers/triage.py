@@ -248,10 +248,8 @@ class Triage:
     # ------------------------------------------------------------------ presses
 
     async def handle_press(self, session: AsyncSession, press: OfficerPress) -> OfficerOutcome:
-        updates = UpdateLog(session)
-        if await updates.seen(press.channel, press.update_id):
+        if not await UpdateLog(session).claim(press.channel, press.update_id):
             raise DuplicateOfficerUpdate(press.update_id)
-        updates.record(press.channel, press.update_id)
         officer = await Registry(session).by_telegram(press.user_id)
         act = _Act(session, officer, press.channel, press.chat_id, press.thread_id)
         if press.data.startswith("q:"):
@@ -555,10 +553,8 @@ class Triage:
     async def handle_message(
         self, session: AsyncSession, message: OfficerMessage
     ) -> OfficerOutcome:
-        updates = UpdateLog(session)
-        if await updates.seen(message.channel, message.update_id):
+        if not await UpdateLog(session).claim(message.channel, message.update_id):
             raise DuplicateOfficerUpdate(message.update_id)
-        updates.record(message.channel, message.update_id)
         registry = Registry(session)
         officer = await registry.by_telegram(message.user_id)
         act = _Act(session, officer, message.channel, message.chat_id, message.thread_id)

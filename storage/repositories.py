@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
@@ -40,6 +42,18 @@ class UpdateLog:
 
     def record(self, channel: str, update_id: int) -> None:
         self.session.add(ProcessedUpdate(channel=channel, update_id=update_id))
+
+    async def claim(self, channel: str, update_id: int) -> bool:
+        """Record the update as handled in one statement; ``False`` if it already was."""
+        dialect = self.session.bind.dialect.name if self.session.bind is not None else ""
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        statement = (
+            insert(ProcessedUpdate)
+            .values(channel=channel, update_id=update_id, processed_at=utcnow())
+            .on_conflict_do_nothing()
+            .returning(ProcessedUpdate.update_id)
+        )
+        return (await self.session.execute(statement)).first() is not None
 
     async def purge_before(self, moment: datetime) -> int:
         result = await self.session.execute(

@@ -82,7 +82,7 @@ class Chat:
     def last_keyboard_message(self) -> ApiCall:
         for call in reversed(self.standin.calls):
             if (
-                call.method == "sendMessage"
+                call.method in ("sendMessage", "editMessageText")
                 and call.chat_id == self.user.id
                 and isinstance(call.params.get("reply_markup"), dict)
                 and "inline_keyboard" in call.params["reply_markup"]
@@ -104,4 +104,9 @@ class Chat:
         raise AssertionError(f"no button {label!r} in {labels}")
 
     def texts(self, calls: list[ApiCall]) -> list[str]:
-        return [c.text for c in calls if c.method == "sendMessage" and c.text is not None]
+        """What the citizen saw: new messages, and pressed messages edited into the next step."""
+        return [
+            c.text
+            for c in calls
+            if c.method in ("sendMessage", "editMessageText") and c.text is not None
+        ]

@@ -69,7 +69,7 @@ async def test_updates_arrive_by_webhook(standin, webhook_service):
     factory = UpdateFactory(standin)
     chat = Chat(standin, factory, service, factory.vi_user)
     calls = await chat.command("start")
-    assert chat.texts(calls)[0] == t("vi", "greet.intro")
+    assert chat.texts(calls)[0].startswith(t("vi", "greet.intro"))
 
 
 async def test_a_wrong_secret_is_refused(standin, webhook_service):
