@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import re
 import secrets
@@ -95,16 +94,30 @@ def inline_labels(call: ApiCall) -> list[str]:
     return [str(button.get("text")) for row in rows for button in row]
 
 
+#: What a citizen sees: a new message, or the pressed message edited into the next step.
+SHOWN = ("sendMessage", "editMessageText")
+
+
 def shows_button(label: str) -> Predicate:
     def check(call: ApiCall) -> bool:
-        return call.method == "sendMessage" and call.ok and label in inline_labels(call)
+        return call.method in SHOWN and call.ok and label in inline_labels(call)
 
     return check
 
 
 def says(expected: str) -> Predicate:
     def check(call: ApiCall) -> bool:
-        return call.method == "sendMessage" and call.ok and call.params.get("text") == expected
+        text = call.params.get("text")
+        return (
+            call.method in SHOWN and call.ok and isinstance(text, str) and text.endswith(expected)
+        )
+
+    return check
+
+
+def either(*predicates: Predicate) -> Predicate:
+    def check(call: ApiCall) -> bool:
+        return any(predicate(call) for predicate in predicates)
 
     return check
 
@@ -118,7 +131,7 @@ def any_answer(call: ApiCall) -> bool:
 
 
 def shows_code(call: ApiCall) -> bool:
-    return call.method == "sendMessage" and CODE_RE.search(call.text or "") is not None
+    return call.method in SHOWN and CODE_RE.search(call.text or "") is not None
 
 
 def _any_call(call: ApiCall) -> bool:
@@ -171,11 +184,11 @@ class Answers:
             waiters = self._waiters.get(key)
             if not waiters:
                 continue
-            for position, (since, predicate, future) in enumerate(waiters):
+            # One call may answer several waiters (the code and the menu come in one message).
+            for since, predicate, future in list(waiters):
                 if index >= since and not future.done() and predicate(call):
                     future.set_result(call)
-                    del waiters[position]
-                    break
+                    waiters.remove((since, predicate, future))
             if not waiters:
                 del self._waiters[key]
 
@@ -278,10 +291,15 @@ class Driver:
         try:
             call = await asyncio.wait_for(future, REPLY_TIMEOUT)
         except TimeoutError:
-            recent = "\n  ".join(c.summary() for c in self.standin.calls[-10:])
+            mine = [
+                c
+                for c in self.standin.calls
+                if key in (c.chat_id, c.params.get("callback_query_id"))
+            ]
+            recent = "\n  ".join(c.summary() for c in mine[-6:]) or "(none)"
             raise BenchFailure(
                 f"{run.label}: no answer to {what} within {REPLY_TIMEOUT:.0f}s; "
-                f"recent calls:\n  {recent}"
+                f"the last calls to this citizen:\n  {recent}"
             ) from None
         answered = time.perf_counter()
         run.last_answer = max(run.last_answer, answered)
@@ -293,6 +311,7 @@ class Driver:
         """File one tip; returns the tracking code the citizen was shown."""
         keyboard: ApiCall | None = None
         code_future: asyncio.Future[ApiCall] | None = None
+        failed = says(t(LOCALE, "err.internal"))
         for number, step in enumerate(steps, 1):
             if step.kind == "command":
                 update = self.factory.command(user, step.value)
@@ -304,9 +323,10 @@ class Driver:
                 update = self.factory.callback(user, data, message=message)
             if number == len(steps):
                 code_future = self.answers.expect(user.id, shows_code)
-            call = await self.exchange(
-                run, update, user.id, step.answer, f"step {number} ({step.kind} {step.value!r})"
-            )
+            what = f"step {number} ({step.kind} {step.value!r})"
+            call = await self.exchange(run, update, user.id, either(step.answer, failed), what)
+            if failed(call):
+                raise BenchFailure(f"{run.label}: tinbao answered {what} with {call.text!r}")
             if inline_labels(call):
                 keyboard = call
         assert code_future is not None
@@ -594,8 +614,8 @@ async def main_async(tips: int, backends: Sequence[str], concurrency: int) -> in
             return 1
         finally:
             await answers.stop()
-    print()
     if rows:
+        print()
         print_table(rows)
     return 0
 
