@@ -36,6 +36,7 @@ from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import Application, BaseUpdateProcessor, ContextTypes, TypeHandler
 
 from bot.dispatch import Dispatcher
+from bot.http import AiohttpRequest
 from config.settings import Settings
 from handlers.events import (
     Attachment,
@@ -388,7 +389,8 @@ class TelegramChannel:
             .base_url(settings.telegram_api_url)
             .base_file_url(settings.telegram_file_url)
             .concurrent_updates(PerChatUpdateProcessor(64))
-            .get_updates_read_timeout(settings.polling_timeout + 10)
+            .request(AiohttpRequest())
+            .get_updates_request(AiohttpRequest(connection_pool_size=1, read_timeout=10.0))
         )
         if settings.webhook_enabled:
             builder = builder.updater(None)
