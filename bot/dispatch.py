@@ -5,11 +5,12 @@ The dispatcher owns the sessions and the commits; the flow and its repositories 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from handlers.citizen import CitizenFlow, DuplicateUpdate, MediaFetcher
@@ -22,6 +23,7 @@ from handlers.triage import (
     OfficerPress,
     Triage,
 )
+from storage.db import writer
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,15 @@ class Dispatcher:
         triage: Triage | None = None,
     ) -> None:
         self.session_factory = session_factory
+        bind = session_factory.kw.get("bind")
+        self.engine: AsyncEngine | None = bind if isinstance(bind, AsyncEngine) else None
         self.flow = flow
         self.triage = triage or Triage()
         #: Called after a commit that may have queued officer-facing messages.
         self.after_commit: list[Callable[[], None]] = []
+
+    def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return writer(self.engine) if self.engine is not None else contextlib.nullcontext()
 
     def _committed(self) -> None:
         for callback in self.after_commit:
@@ -63,7 +70,7 @@ class Dispatcher:
         try:
             for attempt in range(1, RETRIES + 1):
                 try:
-                    async with self.session_factory() as session, session.begin():
+                    async with self._writer(), self.session_factory() as session, session.begin():
                         outcome = await handle(session)
                     self._committed()
                     return outcome
@@ -84,7 +91,7 @@ class Dispatcher:
                 prepared = await self.flow.prepare(session, event, fetcher)
             for attempt in range(1, RETRIES + 1):
                 try:
-                    async with self.session_factory() as session, session.begin():
+                    async with self._writer(), self.session_factory() as session, session.begin():
                         outcome = await self.flow.handle(session, event, prepared)
                     self._committed()
                     return outcome

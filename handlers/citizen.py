@@ -51,6 +51,7 @@ from handlers.security import (
     Keyring,
     PinHasher,
     format_code,
+    new_pin,
     parse_code,
     parse_pin,
 )
@@ -174,9 +175,10 @@ class CitizenSettings:
     max_media: int = 10
 
 
-#: What the read-only phase learned about the images in a message: the cleaned image, or the
-#: reason it was refused.
-Prepared = dict[str, "media_rules.CleanImage | str"]
+#: What the read-only phase prepared: for each image in the message, the cleaned image or the
+#: reason it was refused; under :data:`PREPARED_PIN`, a new PIN and its slow hash.
+Prepared = dict[str, Any]
+PREPARED_PIN = "_pin"
 
 
 @dataclass
@@ -191,6 +193,8 @@ class _Turn:
     data: dict[str, Any]
     outcome: Outcome = field(default_factory=Outcome)
     now: datetime = field(default_factory=utcnow)
+    #: A PIN and its hash made before the write transaction, if this event may submit.
+    prepared_pin: tuple[str, str] | None = None
 
     @property
     def locale(self) -> str:
@@ -272,6 +276,12 @@ class CitizenFlow:
         Downloading happens here so that the write transaction stays short.
         """
         prepared: Prepared = {}
+        if isinstance(event, ButtonPress) or (isinstance(event, Message) and event.attachments):
+            # The slow PIN hash is done here too, for a press that may submit a report.
+            parsed = _parse_button(event.data) if isinstance(event, ButtonPress) else None
+            if parsed is not None and (parsed[1], parsed[2]) in (("sum", "ok"), ("acc", "send")):
+                pin = new_pin()
+                prepared[PREPARED_PIN] = (pin, await asyncio.to_thread(self.pins.hash, pin))
         if not isinstance(event, Message) or not event.attachments:
             return prepared
         key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
@@ -282,6 +292,9 @@ class CitizenFlow:
             State.RELAY,
         ):
             return prepared
+        if conversation.state == State.ACC_PHOTO:
+            pin = new_pin()
+            prepared[PREPARED_PIN] = (pin, await asyncio.to_thread(self.pins.hash, pin))
         for attachment in event.attachments[: self.settings.max_media]:
             if not _is_image(attachment):
                 continue
@@ -318,6 +331,7 @@ class CitizenFlow:
             data=dict(conversation.data or {}),
         )
         await self._expire_draft(turn)
+        turn.prepared_pin = (prepared or {}).get(PREPARED_PIN)
         if isinstance(event, ButtonPress):
             await self._on_button(turn, event.data)
         else:
@@ -1187,6 +1201,7 @@ class CitizenFlow:
             pins=self.pins,
             settings=self.intake,
             now=turn.now,
+            pin=turn.prepared_pin,
         )
 
     # ------------------------------------------------------------------ status

@@ -63,14 +63,18 @@ async def store_report(
     pins: PinHasher,
     settings: IntakeSettings,
     now: datetime,
+    pin: tuple[str, str] | None = None,
 ) -> Stored:
     """Write a confirmed draft as a report, with everything that must land with it."""
     reports = Reports(session)
     code = new_tracking_code()
     while await reports.code_taken(code):
         code = new_tracking_code()
-    pin = new_pin()
-    pin_hash = await asyncio.to_thread(pins.hash, pin)
+    if pin is not None:
+        plain_pin, pin_hash = pin
+    else:
+        plain_pin = new_pin()
+        pin_hash = await asyncio.to_thread(pins.hash, plain_pin)
     mode = draft.get("contact_mode", DEFAULT_CONTACT_MODE)
     emergency = kind == REPORT_KIND_EMERGENCY
     report = Report(
@@ -142,4 +146,4 @@ async def store_report(
         due=due,
     )
     log.info("report %s stored (%s, unit %s)", report.id, kind, report.unit_code)
-    return Stored(report, pin)
+    return Stored(report, plain_pin)

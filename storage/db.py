@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,20 @@ async def check_database(engine: AsyncEngine) -> bool:
         log.warning("database check failed: %s: %s", type(exc).__name__, exc)
         return False
     return True
+
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def writer(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[object]:
+    """Serialise this process's write transactions on SQLite; a no-op on PostgreSQL.
+
+    SQLite has one writer at a time. Waiting on an in-process lock is cheaper and fairer than
+    SQLite's sleeping busy handler; other processes are still covered by ``busy_timeout``.
+    """
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    lock = _WRITE_LOCKS.get(engine.sync_engine)
+    if lock is None:
+        lock = _WRITE_LOCKS[engine.sync_engine] = asyncio.Lock()
+    return lock
