@@ -11,6 +11,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
+from config.queues import QueueMap
 from handlers.cards import report_card
 from handlers.events import Button
 from handlers.triage import CardRefresh
@@ -36,10 +37,12 @@ class TelegramCardView:
         session_factory: async_sessionmaker[AsyncSession],
         *,
         locale: str,
+        queues: QueueMap | None = None,
     ) -> None:
         self.bot = bot
         self.session_factory = session_factory
         self.locale = locale
+        self.queues = queues or QueueMap()
 
     async def refresh(self, item: CardRefresh) -> None:
         async with self.session_factory() as session:
@@ -53,8 +56,14 @@ class TelegramCardView:
             posts = (await session.scalars(query)).all()
             if not posts:
                 return
+            targets = [(q.key, q.name) for q in self.queues.all_queues]
             active = await report_card(
-                session, item.report_id, locale=self.locale, media=False, mode=item.mode
+                session,
+                item.report_id,
+                locale=self.locale,
+                media=False,
+                mode=item.mode,
+                transfer_targets=targets,
             )
             moved = None
             if any(not p.active for p in posts):

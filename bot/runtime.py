@@ -15,15 +15,23 @@ from datetime import timedelta
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.cardview import TelegramCardView
+from bot.delivery import DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
 from config.catalogue import Catalogue, load_catalogue
-from config.settings import Settings, resolve_secret_key
+from config.queues import QueueMap, load_queue_map
+from config.settings import ConfigError, Settings, resolve_secret_key
 from handlers.citizen import CitizenFlow, CitizenSettings
+from handlers.escalation import Timers
+from handlers.intake import IntakeSettings
 from handlers.maintenance import purge
+from handlers.officers import Registry
 from handlers.places import PlaceIndex
+from handlers.routing import UnitLocator
 from handlers.security import Keyring, PinHasher
+from handlers.triage import Triage
 from storage.db import create_engine, create_session_factory
 from storage.migrate import ensure_schema
 from storage.repositories import Units
@@ -56,6 +64,9 @@ class Service:
     flow: CitizenFlow
     dispatcher: Dispatcher
     telegram: TelegramChannel | None = None
+    delivery: DeliveryWorker | None = None
+    queues: QueueMap = field(default_factory=QueueMap)
+    keyring: Keyring | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -84,20 +95,72 @@ class Service:
                     ),
                     catalogue.province_code,
                 )
+            queues = load_queue_map(
+                settings.queues_file,
+                duty_chat_id=settings.duty_chat_id,
+                duty_thread_id=settings.duty_thread_id,
+                known_units=catalogue.by_code.keys(),
+            )
+            locator = (
+                UnitLocator.from_geojson(
+                    settings.geometry_file,
+                    known_units=catalogue.by_code.keys(),
+                    default_radius_km=settings.centre_radius_km,
+                )
+                if settings.geometry_file is not None
+                else UnitLocator.empty()
+            )
+            async with session_factory() as session, session.begin():
+                await Registry(session).ensure_admins(settings.admin_telegram_ids)
+        except ValueError as exc:
+            await engine.dispose()
+            raise ConfigError(str(exc)) from exc
         except BaseException:
             await engine.dispose()
             raise
+        if queues.duty is None:
+            log.warning(
+                "TINBAO_DUTY_CHAT_ID is not set: reports of units without a queue wait in the "
+                "outbox until a duty queue is configured."
+            )
         flow = CitizenFlow(
             settings=citizen_settings(settings),
             keyring=keyring,
             pins=PinHasher(),
             catalogue=catalogue,
             places=PlaceIndex(catalogue.units),
+            locator=locator,
+            intake=IntakeSettings(
+                emergency_ack_timeout=timedelta(minutes=settings.emergency_ack_minutes),
+                tip_claim_reminder=timedelta(hours=settings.tip_claim_reminder_hours),
+            ),
         )
-        dispatcher = Dispatcher(session_factory, flow)
+        triage = Triage(locale=settings.officer_locale, queues=queues)
+        dispatcher = Dispatcher(session_factory, flow, triage)
         service = cls(settings, engine, session_factory, catalogue, flow, dispatcher)
+        service.queues = queues
+        service.keyring = keyring
         if settings.telegram_token is not None:
-            service.telegram = TelegramChannel(settings, dispatcher)
+            channel = TelegramChannel(settings, dispatcher)
+            bot = channel.application.bot
+            channel.cards = TelegramCardView(
+                bot, session_factory, locale=settings.officer_locale, queues=queues
+            )
+            service.telegram = channel
+            service.delivery = DeliveryWorker(
+                session_factory,
+                bot,
+                queues,
+                locale=settings.officer_locale,
+                limits=FloodLimits(
+                    global_per_second=settings.delivery_global_per_second,
+                    chat_per_second=settings.delivery_chat_per_second,
+                    group_per_minute=settings.delivery_group_per_minute,
+                ),
+                timers=Timers(queues),
+                keyring=keyring,
+            )
+            dispatcher.after_commit.append(service.delivery.kick)
         else:
             log.warning(
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
@@ -114,7 +177,14 @@ class Service:
     async def start(self) -> None:
         if self.telegram is not None:
             self.telegram.start_background()
+            self._tasks.append(asyncio.create_task(self._start_delivery(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
+
+    async def _start_delivery(self) -> None:
+        """The outbox is delivered once the channel's bot is up."""
+        assert self.telegram is not None and self.delivery is not None
+        await self.telegram.ready.wait()
+        await self.delivery.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -123,6 +193,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.delivery is not None:
+            await self.delivery.stop()
         if self.telegram is not None:
             await self.telegram.stop()
         await self.engine.dispose()

@@ -400,6 +400,8 @@ class TelegramChannel:
         self.renderer = Renderer(self.application.bot)
         self.fetcher = TelegramFetcher(self.application.bot)
         self._task: asyncio.Task[None] | None = None
+        #: Set once the bot is initialised and updates flow.
+        self.ready = asyncio.Event()
         #: Re-renders posted cards after a state change (set by the composition root).
         self.cards: CardRefresher | None = None
         #: Updates fully handled (replies sent); waiters are woken on each one.
@@ -514,6 +516,7 @@ class TelegramChannel:
                 timeout=self.settings.polling_timeout, allowed_updates=ALLOWED_UPDATES
             )
             self.state = "polling"
+        self.ready.set()
         log.info("Telegram channel running (%s)", self.state)
 
     async def stop(self) -> None:

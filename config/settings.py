@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset(
     {
@@ -91,6 +92,8 @@ class Settings(BaseSettings):
     centre_radius_km: float = Field(default=5.0, gt=0)
 
     # --- officers and delivery ----------------------------------------------------------------
+    #: Telegram user ids of the first admins (comma-separated or a JSON list).
+    admin_telegram_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
     officer_locale: Literal["vi", "en"] = "vi"
     emergency_ack_minutes: float = Field(default=3.0, gt=0)
     tip_claim_reminder_hours: float = Field(default=24.0, gt=0)
@@ -100,6 +103,16 @@ class Settings(BaseSettings):
 
     # --- logging ----------------------------------------------------------------------------
     log_level: str = "INFO"
+
+    @field_validator("admin_telegram_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+        return value
 
     @field_validator("telegram_token", "webhook_secret", mode="before")
     @classmethod

@@ -26,11 +26,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from handlers import card_actions
 from handlers.domain import CATEGORIES, LOCALES, OCCURRED, REPORT_KIND_EMERGENCY, STATUSES
 from handlers.events import Button, GeoPoint
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
 from handlers.security import format_code
-from storage.models import MediaBlob, Report
+from storage.models import MediaBlob, Officer, Report
 from storage.types import utcnow
 
 #: Telegram's limit for a message text (UTF-16 code units), and for a caption.
@@ -148,7 +149,7 @@ def _header(locale: str, key: str | None) -> str | None:
         return None
     strings = catalogue(locale if locale in LOCALES else DEFAULT_LOCALE)
     for candidate in (key, f"officer.header.{key}"):
-        if candidate.startswith("officer.header.") and candidate in strings:
+        if candidate.startswith(("officer.header.", "card.header.")) and candidate in strings:
             return strings[candidate]
     return None
 
@@ -218,14 +219,19 @@ async def report_card(
     locale: str,
     header_key: str | None = None,
     media: bool = True,
+    mode: str | None = None,
+    moved: bool = False,
+    transfer_targets: Sequence[tuple[str, str]] = (),
 ) -> Card:
     """The full card of one report, with its map pin and evidence.
 
     ``header_key`` names a line shown first: ``escalated``, ``rerouted`` or ``reopened``
     (short for ``officer.header.<name>``), or any full catalogue key; an unknown one is left
     out. ``media=False`` leaves the evidence out of the returned card (to re-render a posted
-    card's text); the evidence count stays. Raises ``LookupError`` when the report does not
-    exist.
+    card's text); the evidence count stays. ``mode`` shows a picker instead of the actions
+    (``outcomes``, ``transfer`` with ``transfer_targets`` as (key, name) pairs, ``arrest``);
+    ``moved`` renders a card the report has left (transferred): no buttons, and where it went.
+    Raises ``LookupError`` when the report does not exist.
     """
     report = await _load_report(session, report_id, media=True)
     code = format_code(report.code)
@@ -254,12 +260,16 @@ async def report_card(
         head.append(t(locale, "officer.card.evidence", count=count))
     else:
         head.append(t(locale, "officer.card.no_evidence"))
-    status = t(
-        locale,
-        "officer.card.status",
-        status=_status(report, locale),
-        assignee=t(locale, "officer.card.unassigned"),
-    )
+    assignee = t(locale, "officer.card.unassigned")
+    if report.assigned_officer_id is not None:
+        officer = await session.get(Officer, report.assigned_officer_id)
+        if officer is not None:
+            assignee = _e(officer.display_name)
+    status = t(locale, "officer.card.status", status=_status(report, locale), assignee=assignee)
+    if report.outcome:
+        status += "\n" + t(locale, "card.outcome", outcome=t(locale, f"outcome.{report.outcome}"))
+    if moved:
+        status += "\n" + t(locale, "card.transferred_to", queue=_e(report.queue_key or "—"))
     top = "\n".join(head)
     text = f"{top}\n\n{status}"
     if report.description:
@@ -270,9 +280,15 @@ async def report_card(
         body = _fit_description(report.description, room, locale)
         text = f"{top}\n\n{label}\n{frame_open}{body}{frame_close}\n\n{status}"
     buttons: list[list[Button]] = []
-    if emergency and report.status == "new":
-        buttons.append(
-            [Button(t(locale, "officer.btn.ack"), callback_data(ACK_ACTION, report.id))]
+    if moved:
+        buttons = []
+    elif mode is not None:
+        buttons = card_actions.picker_buttons(
+            report_id=report.id, mode=mode, locale=locale, queues=transfer_targets
+        )
+    else:
+        buttons = card_actions.action_buttons(
+            report_id=report.id, kind=report.kind, status=report.status, locale=locale
         )
     evidence = await _evidence(session, report, locale) if media else []
     return Card(text=text, buttons=buttons, location=location, media=evidence)

@@ -440,7 +440,7 @@ class Triage:
         row = Outbox(act.session).enqueue(
             kind="report_card",
             destination=f"queue:{target.key}",
-            payload={"report_id": report.id, "header": "transferred"},
+            payload={"report_id": report.id, "header": "card.header.transferred"},
             report_id=report.id,
         )
         row.priority = PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN
