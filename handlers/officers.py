@@ -74,7 +74,10 @@ class Registry:
             officer = await self.by_telegram(user_id)
             if officer is None:
                 officer = Officer(
-                    display_name=f"Admin {user_id}", role="admin", telegram_user_id=user_id
+                    display_name=f"Admin {user_id}",
+                    role="admin",
+                    telegram_user_id=user_id,
+                    scopes=[],
                 )
                 self.session.add(officer)
                 await self.session.flush()
@@ -104,6 +107,7 @@ class Registry:
                 role=role,
                 telegram_user_id=telegram_user_id,
                 created_by_id=by.id if by else None,
+                scopes=[],
             )
             self.session.add(officer)
             await self.session.flush()
