@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     #: Telegram user ids of the first admins (comma-separated or a JSON list).
     admin_telegram_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
     officer_locale: Literal["vi", "en"] = "vi"
+    #: Where commanders decide rewards (falls back to the duty queue).
+    rewards_chat_id: int | None = None
+    rewards_thread_id: int | None = None
+    reward_cap_vnd: int = Field(default=10_000_000, gt=0)
+    #: TOML with payout instructions: ``default = "..."`` and ``[units] "30307" = "..."``.
+    reward_instructions_file: Path | None = None
     emergency_ack_minutes: float = Field(default=3.0, gt=0)
     tip_claim_reminder_hours: float = Field(default=24.0, gt=0)
     delivery_group_per_minute: int = Field(default=20, ge=1)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -317,6 +318,39 @@ class RelayMessage(Base):
     latitude: Mapped[float | None]
     longitude: Mapped[float | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Reward(Base):
+    """A reward for a tipster: proposed, then approved or rejected, then paid at most once."""
+
+    __tablename__ = "rewards"
+    __table_args__ = (
+        # At most one active (not rejected) reward per report.
+        Index(
+            "uq_rewards_active_report",
+            "report_id",
+            unique=True,
+            postgresql_where=text("status <> 'rejected'"),
+            sqlite_where=text("status <> 'rejected'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"))
+    amount_vnd: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    #: ``proposed``, ``approved``, ``rejected`` or ``paid``.
+    status: Mapped[str] = mapped_column(String(16), default="proposed")
+    proposed_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    proposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    decided_at: Mapped[datetime | None]
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    #: Keyed hash of the one-time claim code; the code itself is never stored.
+    claim_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    paid_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    paid_at: Mapped[datetime | None]
+    payout_reference: Mapped[str | None] = mapped_column(String(200))
 
 
 class RateHit(Base):
