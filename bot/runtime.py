@@ -22,6 +22,7 @@ from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
+from config.rewards import load_instructions
 from config.settings import ConfigError, Settings, resolve_secret_key
 from handlers.citizen import CitizenFlow, CitizenSettings
 from handlers.escalation import Timers
@@ -29,6 +30,7 @@ from handlers.intake import IntakeSettings
 from handlers.maintenance import purge
 from handlers.officers import Registry
 from handlers.places import PlaceIndex
+from handlers.rewards import RewardSettings
 from handlers.routing import UnitLocator
 from handlers.security import Keyring, PinHasher
 from handlers.triage import Triage
@@ -110,6 +112,9 @@ class Service:
                 if settings.geometry_file is not None
                 else UnitLocator.empty()
             )
+            instructions = load_instructions(
+                settings.reward_instructions_file, known_units=catalogue.by_code.keys()
+            )
             async with session_factory() as session, session.begin():
                 await Registry(session).ensure_admins(settings.admin_telegram_ids)
         except ValueError as exc:
@@ -134,8 +139,20 @@ class Service:
                 emergency_ack_timeout=timedelta(minutes=settings.emergency_ack_minutes),
                 tip_claim_reminder=timedelta(hours=settings.tip_claim_reminder_hours),
             ),
+            instructions=instructions,
         )
-        triage = Triage(locale=settings.officer_locale, queues=queues)
+        triage = Triage(
+            locale=settings.officer_locale,
+            queues=queues,
+            keyring=keyring,
+            rewards=RewardSettings(cap_vnd=settings.reward_cap_vnd),
+            instructions=instructions,
+            rewards_chat=(
+                (settings.rewards_chat_id, settings.rewards_thread_id)
+                if settings.rewards_chat_id is not None
+                else None
+            ),
+        )
         dispatcher = Dispatcher(session_factory, flow, triage)
         service = cls(settings, engine, session_factory, catalogue, flow, dispatcher)
         service.queues = queues

@@ -27,12 +27,25 @@ def data(action: str, report_id: int, arg: str | None = None) -> str:
     return value
 
 
-def action_buttons(*, report_id: int, kind: str, status: str, locale: str) -> list[list[Button]]:
+REWARDABLE = frozenset({"clarified", "handled"})
+
+
+def action_buttons(
+    *,
+    report_id: int,
+    kind: str,
+    status: str,
+    locale: str,
+    outcome: str | None = None,
+    reward_status: str | None = None,
+) -> list[list[Button]]:
     """The card's own actions for its current state."""
 
     def b(key: str, action: str) -> Button:
         return Button(t(locale, f"card.btn.{key}"), data(action, report_id))
 
+    if status == "resolved" and outcome in REWARDABLE and reward_status in (None, "rejected"):
+        return [[Button(t(locale, "reward.btn.propose"), data("rwd", report_id))]]
     if status in CLOSED_STATUSES:
         return []
     if kind == "emergency":

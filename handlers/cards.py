@@ -30,8 +30,9 @@ from handlers import card_actions
 from handlers.domain import CATEGORIES, LOCALES, OCCURRED, REPORT_KIND_EMERGENCY, STATUSES
 from handlers.events import Button, GeoPoint
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
+from handlers.rewards import format_vnd
 from handlers.security import format_code
-from storage.models import MediaBlob, Officer, Report
+from storage.models import MediaBlob, Officer, Report, Reward
 from storage.types import utcnow
 
 #: Telegram's limit for a message text (UTF-16 code units), and for a caption.
@@ -270,6 +271,16 @@ async def report_card(
         status += "\n" + t(locale, "card.outcome", outcome=t(locale, f"outcome.{report.outcome}"))
     if moved:
         status += "\n" + t(locale, "card.transferred_to", queue=_e(report.queue_key or "—"))
+    reward = await session.scalar(
+        select(Reward).where(Reward.report_id == report.id).order_by(Reward.id.desc())
+    )
+    if reward is not None:
+        status += "\n" + t(
+            locale,
+            "reward.card_line",
+            amount=format_vnd(reward.amount_vnd),
+            status=t(locale, f"reward.status.{reward.status}"),
+        )
     top = "\n".join(head)
     text = f"{top}\n\n{status}"
     if report.description:
@@ -288,7 +299,12 @@ async def report_card(
         )
     else:
         buttons = card_actions.action_buttons(
-            report_id=report.id, kind=report.kind, status=report.status, locale=locale
+            report_id=report.id,
+            kind=report.kind,
+            status=report.status,
+            locale=locale,
+            outcome=report.outcome,
+            reward_status=reward.status if reward is not None else None,
         )
     evidence = await _evidence(session, report, locale) if media else []
     return Card(text=text, buttons=buttons, location=location, media=evidence)

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
 
 from config.catalogue import Catalogue
+from config.rewards import PayoutInstructions
 from handlers import media as media_rules
 from handlers.domain import (
     CATEGORIES,
@@ -47,6 +48,7 @@ from handlers.events import (
 from handlers.i18n import pick_locale, t
 from handlers.intake import IntakeSettings, Origin, Stored, store_report
 from handlers.places import PlaceIndex, normalize
+from handlers.rewards import Rewards, RewardSettings, format_claim_code, format_vnd
 from handlers.security import (
     Keyring,
     PinHasher,
@@ -256,10 +258,12 @@ class CitizenFlow:
         places: PlaceIndex,
         locator: Locator | None = None,
         intake: IntakeSettings | None = None,
+        instructions: PayoutInstructions | None = None,
     ) -> None:
         self.settings = settings
         self.locator = locator
         self.intake = intake or IntakeSettings()
+        self.instructions = instructions or PayoutInstructions()
         self.keyring = keyring
         self.pins = pins
         self.catalogue = catalogue
@@ -1238,7 +1242,30 @@ class CitizenFlow:
         reply = turn.say("status.line", **values)
         if report.status == "resolved" and report.outcome:
             reply.text += "\n" + t(turn.locale, f"outcome.citizen.{report.outcome}")
+        await self._show_reward(turn, report)
         await self._resume(turn)
+
+    async def _show_reward(self, turn: _Turn, report: Report) -> None:
+        """The reward, for whoever proved the PIN: an approved one gets a fresh claim code."""
+        rewards = Rewards(turn.session, keyring=self.keyring, settings=RewardSettings())
+        reward = await rewards.active_for(report.id)
+        if reward is None or reward.status not in ("approved", "paid"):
+            return
+        amount = format_vnd(reward.amount_vnd)
+        if reward.status == "paid":
+            turn.say("reward.citizen.paid", amount=amount)
+            return
+        claim = await rewards.issue_claim_code(reward)
+        instructions = self.instructions.for_unit(report.unit_code) or t(
+            turn.locale, "reward.citizen.default_instructions"
+        )
+        turn.say(
+            "reward.citizen.approved",
+            code=format_code(report.code),
+            amount=amount,
+            claim=format_claim_code(claim),
+            instructions=instructions,
+        )
 
     async def _verify_pin(self, turn: _Turn, code: str, pin: str) -> Report | None:
         """The report for ``code`` if ``pin`` is right; rate-limited per code and per sender."""

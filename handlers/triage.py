@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
 
 from config.queues import Queue, QueueMap
+from config.rewards import PayoutInstructions
 from handlers import card_actions
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, OUTCOMES, STATUSES
@@ -29,7 +30,15 @@ from handlers.escalation import cancel_timers
 from handlers.i18n import t
 from handlers.intake import PRIORITY_EMERGENCY, TIMER_ESCALATE, TIMER_REMIND_UNCLAIMED
 from handlers.officers import Registry, may
-from handlers.security import format_code, parse_code
+from handlers.rewards import (
+    RewardError,
+    Rewards,
+    RewardSettings,
+    format_claim_code,
+    format_vnd,
+    parse_amount,
+)
+from handlers.security import Keyring, format_code, parse_code
 from handlers.text import clean_text, substance
 from storage.models import (
     CardPost,
@@ -39,6 +48,7 @@ from storage.models import (
     OutboxMessage,
     RelayMessage,
     Report,
+    Reward,
 )
 from storage.repositories import Conversations, Outbox, Reports, UpdateLog
 from storage.types import utcnow
@@ -137,9 +147,25 @@ class _Act:
 
 
 class Triage:
-    def __init__(self, *, locale: str = "vi", queues: QueueMap | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        locale: str = "vi",
+        queues: QueueMap | None = None,
+        keyring: Keyring | None = None,
+        rewards: RewardSettings | None = None,
+        instructions: PayoutInstructions | None = None,
+        rewards_chat: tuple[int, int | None] | None = None,
+    ) -> None:
         self.locale = locale
         self.queues = queues or QueueMap()
+        self.keyring = keyring
+        self.reward_settings = rewards or RewardSettings()
+        self.instructions = instructions or PayoutInstructions()
+        #: Where rewards are decided; the duty queue when not configured.
+        if rewards_chat is None and self.queues.duty is not None:
+            rewards_chat = (self.queues.duty.chat_id, self.queues.duty.thread_id)
+        self.rewards_chat = rewards_chat
 
     # ------------------------------------------------------------------ helpers
 
@@ -254,6 +280,8 @@ class Triage:
         act = _Act(session, officer, press.channel, press.chat_id, press.thread_id)
         if press.data.startswith("q:"):
             return await self._page_press(act, press)
+        if press.data.startswith("w:"):
+            return await self._reward_press(act, press)
         parsed = card_actions.parse(press.data)
         if parsed is None:
             return self._deny(act, "triage.unknown_button")
@@ -279,7 +307,7 @@ class Triage:
         handler = _PRESS_HANDLERS.get(action)
         if handler is None:
             return self._deny(act, "triage.unknown_button")
-        if action not in ("open", "back") and report.status in CLOSED_STATUSES:
+        if action not in ("open", "back", "rwd") and report.status in CLOSED_STATUSES:
             return self._deny(act, "triage.closed")
         outcome = await handler(self, act, report, arg, post)
         return outcome
@@ -596,7 +624,8 @@ class Triage:
             await self._set_pending(act, None)
             self._say(act, self._t("triage.not_permitted"))
             return act.outcome
-        if report.status in CLOSED_STATUSES:
+        action = pending.get("action")
+        if report.status in CLOSED_STATUSES and action not in ("reward", "reward_decision"):
             await self._set_pending(act, None)
             self._say(act, self._t("triage.closed"), report_id=report.id)
             return act.outcome
@@ -623,6 +652,10 @@ class Triage:
                 act, self._t("triage.rejected", code=format_code(report.code)), report_id=report.id
             )
             return act.outcome
+        if action == "reward":
+            return await self._reward_proposal(act, report, text)
+        if action == "reward_decision":
+            return await self._reward_decision(act, report, pending, text)
         if action == "duplicate":
             code = parse_code(text)
             original = await Reports(act.session).by_code(code) if code else None
@@ -722,6 +755,225 @@ class Triage:
         )
         return act.outcome
 
+    # ------------------------------------------------------------------ rewards
+
+    def _rewards(self, session: AsyncSession) -> Rewards:
+        if self.keyring is None:
+            raise RuntimeError("the rewards need the keyring")
+        return Rewards(session, keyring=self.keyring, settings=self.reward_settings)
+
+    def _rewards_destination(self) -> str:
+        if self.rewards_chat is None:
+            return "duty"
+        chat_id, thread_id = self.rewards_chat
+        return f"chat:{chat_id}" + (f"/{thread_id}" if thread_id is not None else "")
+
+    async def _press_reward(
+        self, act: _Act, report: Report, arg: str | None, post: CardPost
+    ) -> OfficerOutcome:
+        await self._set_pending(act, {"action": "reward", "report_id": report.id})
+        self._say(
+            act,
+            self._t(
+                "reward.prompt.propose",
+                code=format_code(report.code),
+                cap=format_vnd(self.reward_settings.cap_vnd),
+            ),
+            report_id=report.id,
+            force_reply=True,
+        )
+        return self._notice(act, "triage.prompt.sent")
+
+    async def _reward_proposal(self, act: _Act, report: Report, text: str) -> OfficerOutcome:
+        assert act.officer is not None
+        amount_text, _, reason = text.partition(" ")
+        amount = parse_amount(amount_text)
+        try:
+            if amount is None:
+                raise RewardError(
+                    "reward.bad_amount", cap=format_vnd(self.reward_settings.cap_vnd)
+                )
+            reward = await self._rewards(act.session).propose(
+                report, act.officer, amount, reason, queue_key=self._queue_key(report)
+            )
+        except RewardError as refused:
+            self._say(
+                act,
+                self._t(refused.key, **refused.values),
+                report_id=report.id,
+                force_reply=refused.key in ("reward.bad_amount", "reward.bad_reason"),
+            )
+            if refused.key not in ("reward.bad_amount", "reward.bad_reason"):
+                await self._set_pending(act, None)
+            return act.outcome
+        await self._set_pending(act, None)
+        values = {"code": format_code(report.code), "amount": format_vnd(reward.amount_vnd)}
+        row = Outbox(act.session).enqueue(
+            kind="chat_text",
+            destination=self._rewards_destination(),
+            payload={
+                "text": self._t(
+                    "reward.proposed_post",
+                    reason=reward.reason,
+                    officer=act.officer.display_name,
+                    **values,
+                ),
+                "force_reply": False,
+                "reply_to_report": None,
+                "buttons": [
+                    [
+                        {"label": self._t("reward.btn.approve"), "data": f"w:ok:{reward.id}"},
+                        {"label": self._t("reward.btn.reject"), "data": f"w:no:{reward.id}"},
+                    ]
+                ],
+            },
+            report_id=report.id,
+        )
+        row.priority = PRIORITY_CHAT
+        self._say(act, self._t("reward.proposed_done", **values), report_id=report.id)
+        self._refresh(act, report)
+        return act.outcome
+
+    async def _reward_press(self, act: _Act, press: OfficerPress) -> OfficerOutcome:
+        parts = press.data.split(":")
+        if len(parts) != 3 or parts[1] not in ("ok", "no") or not parts[2].isdigit():
+            return self._deny(act, "triage.unknown_button")
+        reward = await act.session.get(Reward, int(parts[2]))
+        if reward is None:
+            return self._deny(act, "triage.unknown_button")
+        post = await act.session.scalar(
+            select(CardPost).where(
+                CardPost.chat_id == press.chat_id,
+                CardPost.message_id == press.message_id,
+                CardPost.report_id == reward.report_id,
+            )
+        )
+        if post is None or self.rewards_chat is None or press.chat_id != self.rewards_chat[0]:
+            return self._deny(act, "reward.not_reward_chat")
+        report = await act.session.get(Report, reward.report_id)
+        assert report is not None
+        if not may(act.officer, "reward_decide", self._queue_key(report)):
+            return self._deny(act)
+        if act.officer is not None and reward.proposed_by_id == act.officer.id:
+            return self._deny(act, "reward.four_eyes")
+        if reward.status != "proposed":
+            return self._deny(act, f"reward.already_{reward.status}")
+        approve = parts[1] == "ok"
+        await self._set_pending(
+            act,
+            {
+                "action": "reward_decision",
+                "report_id": report.id,
+                "reward_id": reward.id,
+                "approve": approve,
+            },
+        )
+        decision = self._t("reward.decision.approve" if approve else "reward.decision.reject")
+        self._say(
+            act,
+            self._t(
+                "reward.prompt.reason",
+                decision=decision,
+                code=format_code(report.code),
+                amount=format_vnd(reward.amount_vnd),
+            ),
+            report_id=report.id,
+            force_reply=True,
+        )
+        return self._notice(act, "triage.prompt.sent")
+
+    async def _reward_decision(
+        self, act: _Act, report: Report, pending: dict[str, Any], text: str
+    ) -> OfficerOutcome:
+        assert act.officer is not None
+        rewards = self._rewards(act.session)
+        try:
+            reward = await rewards.decide(
+                int(pending["reward_id"]),
+                act.officer,
+                approve=bool(pending["approve"]),
+                reason=text,
+                queue_key=self._queue_key(report),
+            )
+        except RewardError as refused:
+            self._say(
+                act,
+                self._t(refused.key, **refused.values),
+                report_id=report.id,
+                force_reply=refused.key == "reward.bad_reason",
+            )
+            if refused.key != "reward.bad_reason":
+                await self._set_pending(act, None)
+            return act.outcome
+        await self._set_pending(act, None)
+        values = {"code": format_code(report.code), "amount": format_vnd(reward.amount_vnd)}
+        if reward.status == "approved":
+            self._say(act, self._t("reward.approved_done", **values), report_id=report.id)
+            if report.contact_mode != "none":
+                await self.notify_reward(act.session, report, reward)
+        else:
+            self._say(act, self._t("reward.rejected_done", **values), report_id=report.id)
+        self._refresh(act, report)
+        return act.outcome
+
+    async def notify_reward(self, session: AsyncSession, report: Report, reward: Reward) -> None:
+        """Tell the tipster of an approved reward, with a new one-time claim code.
+
+        The code travels encrypted in the outbox row and is wiped once delivered; only its
+        keyed hash stays in the database.
+        """
+        assert self.keyring is not None
+        code = await self._rewards(session).issue_claim_code(reward)
+        Outbox(session).enqueue(
+            kind="citizen_message",
+            destination=f"report:{report.id}",
+            payload={
+                "key": "reward.citizen.approved",
+                "values": {
+                    "code": format_code(report.code),
+                    "amount": format_vnd(reward.amount_vnd),
+                    "instructions": self.instructions.for_unit(report.unit_code)
+                    or t(report.locale, "reward.citizen.default_instructions"),
+                },
+                "secret": self.keyring.encrypt({"claim": format_claim_code(code)}),
+            },
+            report_id=report.id,
+        ).priority = PRIORITY_CHAT
+
+    async def _cmd_payout(
+        self, act: _Act, message: OfficerMessage, queue: Queue | None
+    ) -> OfficerOutcome:
+        if act.officer is None or not act.officer.active:
+            return self._say_denied(act)
+        parts = message.args.split()
+        if len(parts) < 2:
+            self._say(act, self._t("reward.payout_usage"))
+            return act.outcome
+        claim, reference = parts[0], " ".join(parts[1:])
+        try:
+            reward = await self._rewards(act.session).pay(
+                act.officer, claim, reference, queue_of=self._queue_key
+            )
+        except RewardError as refused:
+            self._say(act, self._t(refused.key, **refused.values))
+            return act.outcome
+        report = await act.session.get(Report, reward.report_id)
+        assert report is not None
+        self._say(
+            act,
+            self._t(
+                "reward.paid_done",
+                code=format_code(report.code),
+                amount=format_vnd(reward.amount_vnd),
+                reference=reference,
+            ),
+        )
+        self._notify_citizen(
+            act, report, "reward.citizen.paid", amount=format_vnd(reward.amount_vnd)
+        )
+        self._refresh(act, report)
+        return act.outcome
+
     # ------------------------------------------------------------------ commands
 
     async def _command(
@@ -731,7 +983,8 @@ class Triage:
         handler = _COMMANDS.get(command)
         if handler is None:
             return act.outcome  # another bot's command, or a typo: stay quiet in groups
-        if queue is None and not (act.officer is not None and act.officer.role == "admin"):
+        anywhere = command == "payout" or (act.officer is not None and act.officer.role == "admin")
+        if queue is None and not anywhere:
             if act.officer is not None and act.officer.active:
                 self._say(act, self._t("triage.not_a_queue"))
             return act.outcome
@@ -995,8 +1248,11 @@ _PRESS_PERMISSION = {
     "arr": "resolve",
     "rej": "reject",
     "dup": "duplicate",
+    "rwd": "reward_propose",
 }
 _PENDING_PERMISSION = {
+    "reward": "reward_propose",
+    "reward_decision": "reward_decide",
     "ask": "ask",
     "reject": "reject",
     "duplicate": "duplicate",
@@ -1017,6 +1273,7 @@ _PRESS_HANDLERS = {
     "rej": Triage._press_reject,
     "dup": Triage._press_duplicate,
     "back": Triage._press_back,
+    "rwd": Triage._press_reward,
 }
 _COMMANDS = {
     "queue": Triage._cmd_queue,
@@ -1027,4 +1284,5 @@ _COMMANDS = {
     "enroll": Triage._cmd_enrol,
     "revoke": Triage._cmd_revoke,
     "officers": Triage._cmd_officers,
+    "payout": Triage._cmd_payout,
 }
