@@ -64,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from telegram import (
     Bot,
+    ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     InputMediaPhoto,
@@ -94,8 +95,17 @@ from handlers.cards import (
 )
 from handlers.domain import REPORT_KIND_EMERGENCY
 from handlers.events import Button
+from handlers.i18n import t
 from handlers.intake import PRIORITY_EMERGENCY
-from storage.models import CardPost, OutboxMessage, Report, ReportMedia
+from handlers.security import format_code
+from storage.models import (
+    CardPost,
+    MediaBlob,
+    OutboxMessage,
+    RelayMessage,
+    Report,
+    ReportMedia,
+)
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -113,7 +123,16 @@ KIND_REMINDER: Final = "reminder"
 KIND_ALERT: Final = "alert"
 TIMER_PREFIX: Final = "timer."
 #: Every kind this worker claims; rows of other kinds are left untouched for their own sender.
-SENT_KINDS: Final = (KIND_CARD, KIND_DIGEST, KIND_REMINDER, KIND_ALERT)
+KIND_CHAT_TEXT: Final = "chat_text"
+KIND_RELAY: Final = "relay_to_officers"
+SENT_KINDS: Final = (
+    KIND_CARD,
+    KIND_DIGEST,
+    KIND_REMINDER,
+    KIND_ALERT,
+    KIND_CHAT_TEXT,
+    KIND_RELAY,
+)
 
 PENDING: Final = "pending"
 SENDING: Final = "sending"
@@ -633,6 +652,8 @@ class DeliveryWorker:
             queue = self.queue_map.duty
         elif kind == "unit" and rest:
             queue = self.queue_map.resolve(rest)
+        elif kind == "queue" and rest:
+            queue = self.queue_map.by_key(rest)
         elif kind == "chat" and rest:
             chat, _, thread = rest.partition("/")
             chat_id = int(chat)
@@ -1061,8 +1082,134 @@ class DeliveryWorker:
             await self._send_digest(job)
         elif kind in (KIND_REMINDER, KIND_ALERT):
             await self._send_notice(job)
+        elif kind == KIND_CHAT_TEXT:
+            await self._send_chat_text(job)
+        elif kind == KIND_RELAY:
+            await self._send_relay(job)
         else:
             raise LookupError(f"unknown outbox kind {kind!r}")
+
+    async def _card_message(self, job: _Job, report_id: object) -> int | None:
+        """The message id of the report's active card in this chat, to reply to."""
+        if not isinstance(report_id, int):
+            return None
+        async with self.session_factory() as session:
+            found = await session.scalar(
+                select(CardPost.message_id)
+                .where(
+                    CardPost.report_id == report_id,
+                    CardPost.chat_id == job.target.chat_id,
+                    CardPost.kind == "card",
+                    CardPost.active.is_(True),
+                )
+                .order_by(CardPost.id.desc())
+            )
+        return int(found) if found is not None else None
+
+    async def _send_chat_text(self, job: _Job) -> None:
+        """A plain message to officers: a prompt (force reply), a list, a confirmation."""
+        payload = job.payload
+        text = str(payload.get("text") or "")[:4096]
+        markup: InlineKeyboardMarkup | ForceReply | None = None
+        rows = payload.get("buttons") or []
+        if rows:
+            markup = InlineKeyboardMarkup(
+                [
+                    [
+                        InlineKeyboardButton(str(b["label"]), callback_data=str(b["data"]))
+                        for b in row
+                    ]
+                    for row in rows
+                ]
+            )
+        elif payload.get("force_reply"):
+            markup = ForceReply(selective=False)
+        reply_to = await self._card_message(job, payload.get("reply_to_report"))
+        reply = (
+            ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
+            if reply_to is not None
+            else None
+        )
+        common = self._common(job)
+        await self._part(
+            job,
+            "text",
+            1,
+            lambda: self.bot.send_message(
+                text=text, reply_markup=markup, reply_parameters=reply, **common
+            ),
+            finish=True,
+        )
+
+    async def _send_relay(self, job: _Job) -> None:
+        """A tipster's answer or addition, as a reply to the report's card. Photos are the
+        cleaned bytes; nothing in it identifies the tipster."""
+        relay_id = job.payload.get("relay_id")
+        async with self.session_factory() as session:
+            relay = (
+                await session.get(RelayMessage, relay_id) if isinstance(relay_id, int) else None
+            )
+            if relay is None:
+                raise LookupError("relay row without its message")
+            report = await session.get(Report, relay.report_id)
+            if report is None:
+                raise LookupError("relay row without its report")
+            content = (
+                await session.scalar(
+                    select(MediaBlob.content).where(MediaBlob.id == relay.blob_id)
+                )
+                if relay.blob_id is not None
+                else None
+            )
+        key = (
+            "relay.addition_from_tipster" if job.payload.get("addition") else "relay.from_tipster"
+        )
+        head = t(self.locale, key, code=format_code(report.code))
+        reply_to = await self._card_message(job, report.id)
+        reply = (
+            ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
+            if reply_to is not None
+            else None
+        )
+        common = self._common(job)
+        if relay.latitude is not None and relay.longitude is not None:
+            lat, lon = relay.latitude, relay.longitude
+            await self._part(
+                job,
+                "text",
+                1,
+                lambda: self.bot.send_message(text=head, reply_parameters=reply, **common),
+            )
+            await self._part(
+                job,
+                "loc",
+                1,
+                lambda: self.bot.send_location(
+                    latitude=lat, longitude=lon, reply_parameters=reply, **common
+                ),
+                finish=True,
+            )
+            return
+        body = f"{head}\n{relay.text}" if relay.text else head
+        if content is not None:
+            photo = content
+            await self._part(
+                job,
+                "photo",
+                1,
+                lambda: self.bot.send_photo(
+                    photo=photo, caption=body[:1024], reply_parameters=reply, **common
+                ),
+                finish=True,
+            )
+            return
+        await self._part(
+            job,
+            "text",
+            1,
+            lambda: self.bot.send_message(text=body[:4096], reply_parameters=reply, **common),
+            finish=True,
+        )
 
     async def _render(self, build: Callable[[AsyncSession], Awaitable[Card]]) -> Card:
         async with self.session_factory() as session:
@@ -1434,6 +1581,10 @@ class DeliveryWorker:
         elif job.row.kind == KIND_DIGEST:
             reports = [i for i in job.payload.get("report_ids", []) if isinstance(i, int)]
             kind = "digest"
+        elif job.row.kind == KIND_CHAT_TEXT and job.payload.get("buttons") and job.row.report_id:
+            # Presses on its buttons (a yes/no, a reward decision) are checked against it.
+            reports = [job.row.report_id]
+            kind = "note"
 
         async def finish(session: AsyncSession) -> int:
             result = await session.execute(

@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.cardview import TelegramCardView
+from bot.citizen_delivery import CitizenMessenger
 from bot.delivery import DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
 from bot.logs import install_scrubber, quiet_library_loggers
@@ -67,6 +68,7 @@ class Service:
     dispatcher: Dispatcher
     telegram: TelegramChannel | None = None
     delivery: DeliveryWorker | None = None
+    messenger: CitizenMessenger | None = None
     queues: QueueMap = field(default_factory=QueueMap)
     keyring: Keyring | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -178,6 +180,10 @@ class Service:
                 keyring=keyring,
             )
             dispatcher.after_commit.append(service.delivery.kick)
+            service.messenger = CitizenMessenger(
+                session_factory, bot, keyring, officer_locale=settings.officer_locale
+            )
+            dispatcher.after_commit.append(service.messenger.kick)
         else:
             log.warning(
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
@@ -202,6 +208,8 @@ class Service:
         assert self.telegram is not None and self.delivery is not None
         await self.telegram.ready.wait()
         await self.delivery.start()
+        if self.messenger is not None:
+            await self.messenger.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -210,6 +218,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.messenger is not None:
+            await self.messenger.stop()
         if self.delivery is not None:
             await self.delivery.stop()
         if self.telegram is not None:

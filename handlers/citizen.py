@@ -46,7 +46,13 @@ from handlers.events import (
     Reply,
 )
 from handlers.i18n import pick_locale, t
-from handlers.intake import IntakeSettings, Origin, Stored, store_report
+from handlers.intake import (
+    IntakeSettings,
+    Origin,
+    Stored,
+    officers_destination,
+    store_report,
+)
 from handlers.places import PlaceIndex, normalize
 from handlers.rewards import Rewards, RewardSettings, format_claim_code, format_vnd
 from handlers.security import (
@@ -1410,7 +1416,7 @@ class CitizenFlow:
         await turn.session.flush()
         Outbox(turn.session).enqueue(
             kind="relay_to_officers",
-            destination=f"report:{report.id}",
+            destination=await officers_destination(turn.session, report),
             payload={"relay_id": item.id, "addition": bool(relay.get("addition"))},
             report_id=report.id,
         ).priority = 6

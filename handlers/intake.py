@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.domain import DEFAULT_CONTACT_MODE, REPORT_KIND_EMERGENCY
 from handlers.security import Keyring, PinHasher, new_pin, new_tracking_code
-from storage.models import Report, ReportMedia
+from storage.models import CardPost, Report, ReportMedia
 from storage.repositories import Outbox, Reports
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,25 @@ class Stored:
 
 def destination_for(unit_code: str | None) -> str:
     return f"unit:{unit_code}" if unit_code else "duty"
+
+
+async def officers_destination(session: AsyncSession, report: Report) -> str:
+    """Where officers follow this report now: the chat of its active card, else its queue."""
+    post = await session.scalar(
+        select(CardPost)
+        .where(
+            CardPost.report_id == report.id,
+            CardPost.kind == "card",
+            CardPost.active.is_(True),
+        )
+        .order_by(CardPost.id.desc())
+    )
+    if post is not None:
+        thread = f"/{post.thread_id}" if post.thread_id is not None else ""
+        return f"chat:{post.chat_id}{thread}"
+    if report.queue_key:
+        return f"queue:{report.queue_key}"
+    return destination_for(report.unit_code)
 
 
 async def store_report(

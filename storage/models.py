@@ -245,7 +245,8 @@ class CardPost(Base):
     """Where a report's card (or a digest listing it) was posted, so it can be edited."""
 
     __tablename__ = "card_posts"
-    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
+    #: One row per report and message: a digest message lists many reports.
+    __table_args__ = (UniqueConstraint("chat_id", "message_id", "report_id"),)
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
     report_id: Mapped[int] = mapped_column(

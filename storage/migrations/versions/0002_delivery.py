@@ -7,7 +7,8 @@ Revises: 0001
 - ``outbox.chat_key`` / ``outbox.message_count``: the chat a row was sent to and what it cost,
   so every worker process sees the same per-group flood budget (index on chat and time).
 - ``outbox.claimed_until``: a worker's lease; a crashed worker's rows return to the queue.
-- ``card_posts``: the chat and message id of every card and digest, to edit them in place.
+- ``card_posts``: the chat and message id of every card and digest (one row per report listed),
+  to edit them in place and to check that a press belongs to the report it names.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_card_posts")),
-        sa.UniqueConstraint("chat_id", "message_id", name=op.f("uq_card_posts_chat_id")),
+        sa.UniqueConstraint(
+            "chat_id", "message_id", "report_id", name=op.f("uq_card_posts_chat_id")
+        ),
     )
     op.create_index(op.f("ix_card_posts_report_id"), "card_posts", ["report_id"])
 
