@@ -256,4 +256,4 @@ class CitizenMessenger:
                     report_id=report.id,
                     dedupe_key=f"blocked:{report.id}",
                 )
-        log.info("a tipster blocked the bot (report %s)", row_id)
+        log.info("a tipster blocked the bot (outbox row %s)", row_id)
