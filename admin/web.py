@@ -1,4 +1,5 @@
-"""The aiohttp application served by ``tinbao run``."""
+"""The aiohttp application served by ``tinbao run``: ``/healthz``, the webhook, and the panel
+at ``/admin`` (:mod:`admin.panel`)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if database_ok else 503)
 
 
+async def admin_root(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/admin/")
+
+
 def build_web_app(service: Service) -> web.Application:
+    from admin.panel import build_admin_app
+
     app = web.Application(client_max_size=1024**2)
     app[SERVICE_KEY] = service
     app.router.add_get("/healthz", healthz)
+    if service.keyring is not None:
+        app.router.add_get("/admin", admin_root)
+        app.add_subapp("/admin", build_admin_app(service))
     if service.telegram is not None and service.settings.webhook_enabled:
         app.router.add_post(service.telegram.webhook_path, service.telegram.handle_webhook)
     return app

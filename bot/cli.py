@@ -26,6 +26,9 @@ tinbao: anonymous crime tip-offs and traffic-accident emergency reports.
                    Run it before 'tinbao run' against PostgreSQL.
   tinbao units generate --province 91
                    regenerate the unit catalogue from the vietnam-provinces package.
+  tinbao admin create-user --username U --role admin|commander|officer [--queue KEY]
+                   create a web panel account (the password is asked for, or read from
+                   TINBAO_ADMIN_PASSWORD); prints nothing secret.
 
 Settings come from TINBAO_* environment variables or a .env file; see README.md.
 """
@@ -47,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--province", type=int, default=91, help="province code (default 91)")
     generate.add_argument("--out", type=Path, default=None, help="output file")
+    admin = commands.add_parser("admin", help="web panel accounts")
+    admin_commands = admin.add_subparsers(dest="admin_command", metavar="ACTION")
+    admin_commands.add_parser(
+        "create-user", help="create a web panel account (see: tinbao admin create-user --help)"
+    )
     return parser
 
 
@@ -89,10 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     from bot.logs import setup_logging
     from storage.migrate import SchemaMismatch
 
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    if argv_list[:2] == ["admin", "create-user"]:
+        from admin.cli import create_user
+
+        return create_user(argv_list[2:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv_list)
     if args.command is None:
         parser.print_help()
+        return 2
+    if args.command == "admin":
+        parser.parse_args(["admin", "--help"])
         return 2
     if args.command == "units":
         from config.catalogue import main as catalogue_main

@@ -66,6 +66,13 @@ class Report(Base):
         Index("ix_reports_status_created", "status", "created_at"),
         Index("ix_reports_unit_created", "unit_code", "created_at"),
         Index("ix_reports_created_id", "created_at", "id"),
+        # Statistics count resolutions by month and year.
+        Index(
+            "ix_reports_resolved_at",
+            "resolved_at",
+            postgresql_where=text("status = 'resolved'"),
+            sqlite_where=text("status = 'resolved'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
