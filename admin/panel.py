@@ -31,7 +31,6 @@ from aiohttp import web
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin.actions import ActionError, WebTriage
 from admin.auth import (
     CSRF_FIELD,
     LANG_COOKIE,
@@ -63,6 +62,8 @@ from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, LOCALES, OUTCOMES, STATUSES
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
 from handlers.officers import ROLES, Registry, may, rank
+from handlers.report_actions import ActionError
+from handlers.report_actions import ReportActions as WebTriage
 from handlers.rewards import REWARDABLE_OUTCOMES, format_vnd
 from handlers.security import format_code, parse_code
 from handlers.triage import CardRefresh, Triage

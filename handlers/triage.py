@@ -14,6 +14,7 @@ collected as replies to the bot's prompt; what an officer is being asked is kept
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,17 @@ from config.rewards import PayoutInstructions
 from handlers import card_actions
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, OUTCOMES, STATUSES
-from handlers.escalation import cancel_timers
 from handlers.i18n import t
-from handlers.intake import PRIORITY_EMERGENCY, TIMER_ESCALATE, TIMER_REMIND_UNCLAIMED
+from handlers.intake import PRIORITY_EMERGENCY
 from handlers.officers import Registry, may
+from handlers.report_actions import (
+    PRIORITY_OPEN,
+    QUESTION_MAX,
+    REASON_MAX,
+    ActionError,
+    ReportActions,
+    relay_problem,
+)
 from handlers.rewards import (
     RewardError,
     Rewards,
@@ -39,14 +47,12 @@ from handlers.rewards import (
     parse_amount,
 )
 from handlers.security import Keyring, format_code, parse_code
-from handlers.text import clean_text, substance
+from handlers.text import clean_text
 from storage.models import (
     CardPost,
-    ContactRoute,
     Conversation,
     Officer,
     OutboxMessage,
-    RelayMessage,
     Report,
     Reward,
 )
@@ -55,10 +61,7 @@ from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
-PRIORITY_OPEN = 5
 PRIORITY_CHAT = 6
-QUESTION_MAX = 1000
-REASON_MAX = 500
 PAGE_SIZE = 10
 
 
@@ -322,19 +325,26 @@ class Triage:
         else:
             act.outcome.refresh.append(CardRefresh(report.id))
 
+    def _actions(self, act: _Act) -> ReportActions:
+        assert act.officer is not None
+        return ReportActions(act.session, act.officer, self, via="chat")
+
+    async def _act(
+        self, act: _Act, report: Report, work: Awaitable[object], notice: str, **values: object
+    ) -> OfficerOutcome:
+        """Run a shared report action; a refusal becomes an alert, success a notice."""
+        try:
+            await work
+        except ActionError as refused:
+            return self._deny_with(act, refused.key, **refused.values)
+        self._refresh(act, report)
+        return self._notice(act, notice, **values)
+
     async def _press_ack(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
     ) -> OfficerOutcome:
-        if report.kind != "emergency":
-            return self._deny(act, "triage.not_emergency")
-        if report.status != "new":
-            return self._deny(act, "triage.already_acknowledged")
-        report.acknowledged_at = utcnow()
-        self._event(act, report, "acknowledged", to_status="acknowledged", data=act.actor)
-        await cancel_timers(act.session, report.id, TIMER_ESCALATE)
-        self._notify_citizen(act, report, "notify.acknowledged", code=format_code(report.code))
-        self._refresh(act, report)
-        return self._notice(act, "triage.acknowledged")
+        work = self._actions(act).acknowledge(report)
+        return await self._act(act, report, work, "triage.acknowledged")
 
     async def _press_open(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
@@ -367,21 +377,7 @@ class Triage:
     async def _press_claim(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
     ) -> OfficerOutcome:
-        assert act.officer is not None
-        if report.status != "new" and report.assigned_officer_id is not None:
-            holder = await act.session.get(Officer, report.assigned_officer_id)
-            return self._deny_with(
-                act, "triage.already_claimed", name=holder.display_name if holder else "?"
-            )
-        if report.status not in ("new", "needs_info"):
-            return self._deny(act, "triage.wrong_state")
-        report.assigned_officer_id = act.officer.id
-        report.claimed_at = utcnow()
-        self._event(act, report, "claimed", to_status="assigned", data=act.actor)
-        await cancel_timers(act.session, report.id, TIMER_REMIND_UNCLAIMED)
-        self._notify_citizen(act, report, "notify.assigned", code=format_code(report.code))
-        self._refresh(act, report)
-        return self._notice(act, "triage.claimed")
+        return await self._act(act, report, self._actions(act).claim(report), "triage.claimed")
 
     def _deny_with(self, act: _Act, key: str, **values: object) -> OfficerOutcome:
         act.outcome.notice = self._t(key, **values)
@@ -391,14 +387,8 @@ class Triage:
     async def _press_progress(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
     ) -> OfficerOutcome:
-        assert act.officer is not None
-        if report.status not in ("assigned", "needs_info"):
-            return self._deny(act, "triage.wrong_state")
-        if report.assigned_officer_id is None:
-            report.assigned_officer_id = act.officer.id
-        self._event(act, report, "in_progress", to_status="in_progress", data=act.actor)
-        self._refresh(act, report)
-        return self._notice(act, "triage.in_progress")
+        work = self._actions(act).progress(report)
+        return await self._act(act, report, work, "triage.in_progress")
 
     async def _press_ask(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
@@ -416,16 +406,7 @@ class Triage:
         return self._notice(act, "triage.prompt.sent")
 
     async def _relay_problem(self, session: AsyncSession, report: Report) -> str | None:
-        if report.contact_mode == "none":
-            return "triage.no_relay"
-        route = await session.scalar(
-            select(ContactRoute).where(ContactRoute.report_id == report.id)
-        )
-        if route is None:
-            return "triage.no_relay"
-        if route.blocked_at is not None:
-            return "triage.blocked"
-        return None
+        return await relay_problem(session, report)
 
     async def _press_transfer(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
@@ -437,43 +418,10 @@ class Triage:
         self, act: _Act, report: Report, arg: str | None, post: CardPost
     ) -> OfficerOutcome:
         target = self.queues.by_key(arg or "")
-        current = self.queue_of(report)
         if target is None:
             return self._deny(act, "triage.unknown_button")
-        if current is not None and target.key == current.key:
-            return self._deny(act, "triage.same_queue")
-        old_key = current.key if current else None
-        report.queue_key = target.key
-        report.assigned_officer_id = None
-        status = (
-            "acknowledged"
-            if report.kind == "emergency" and report.status == "acknowledged"
-            else "new"
-        )
-        self._event(
-            act,
-            report,
-            "transferred",
-            to_status=status,
-            reason=f"{old_key} → {target.key}",
-            data={**act.actor, "from": old_key, "to": target.key},
-        )
-        posts = (
-            await act.session.scalars(
-                select(CardPost).where(CardPost.report_id == report.id, CardPost.active.is_(True))
-            )
-        ).all()
-        for old in posts:
-            old.active = False
-        row = Outbox(act.session).enqueue(
-            kind="report_card",
-            destination=f"queue:{target.key}",
-            payload={"report_id": report.id, "header": "card.header.transferred"},
-            report_id=report.id,
-        )
-        row.priority = PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN
-        self._refresh(act, report)
-        return self._notice(act, "triage.transferred", queue=target.name)
+        work = self._actions(act).transfer(report, target.key)
+        return await self._act(act, report, work, "triage.transferred", queue=target.name)
 
     async def _press_resolve(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
@@ -515,35 +463,10 @@ class Triage:
         ):
             return self._deny(act, "triage.stale_button")
         await self._set_pending(act, None)
-        self._resolve(act, report, pending["outcome"], int(pending["subjects"]), arg == "y")
-        return self._notice(act, "triage.resolved")
-
-    def _resolve(
-        self,
-        act: _Act,
-        report: Report,
-        outcome: str,
-        subjects: int,
-        assisted: bool,
-        duplicate_of: Report | None = None,
-    ) -> None:
-        report.outcome = outcome
-        report.subjects_handled = subjects
-        report.citizen_assisted_arrest = assisted
-        report.resolved_at = utcnow()
-        if duplicate_of is not None:
-            report.duplicate_of_id = duplicate_of.id
-        data = {
-            **act.actor,
-            "outcome": outcome,
-            "subjects_handled": subjects,
-            "citizen_assisted_arrest": assisted,
-        }
-        if duplicate_of is not None:
-            data["duplicate_of"] = duplicate_of.code
-        self._event(act, report, "resolved", to_status="resolved", reason=outcome, data=data)
-        self._notify_citizen(act, report, f"outcome.citizen.{outcome}")
-        self._refresh(act, report)
+        work = self._actions(act).resolve(
+            report, pending["outcome"], str(pending["subjects"]), arg == "y"
+        )
+        return await self._act(act, report, work, "triage.resolved")
 
     async def _press_reject(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
@@ -635,7 +558,9 @@ class Triage:
             await self._set_pending(act, None)
             return await self._relay_question(act, report, text)
         if action == "reject":
-            if substance(text) < 3 or len(text) > REASON_MAX:
+            try:
+                await self._actions(act).reject(report, text)
+            except ActionError:
                 self._say(
                     act,
                     self._t("triage.prompt.reject_again", limit=REASON_MAX),
@@ -644,9 +569,6 @@ class Triage:
                 )
                 return act.outcome
             await self._set_pending(act, None)
-            report.reject_reason = text
-            self._event(act, report, "rejected", to_status="rejected", reason=text, data=act.actor)
-            self._notify_citizen(act, report, "notify.rejected", code=format_code(report.code))
             self._refresh(act, report)
             self._say(
                 act, self._t("triage.rejected", code=format_code(report.code)), report_id=report.id
@@ -657,9 +579,9 @@ class Triage:
         if action == "reward_decision":
             return await self._reward_decision(act, report, pending, text)
         if action == "duplicate":
-            code = parse_code(text)
-            original = await Reports(act.session).by_code(code) if code else None
-            if original is None or original.id == report.id:
+            try:
+                await self._actions(act).resolve(report, "duplicate", "", False, text)
+            except ActionError:
                 self._say(
                     act,
                     self._t("triage.prompt.duplicate_again"),
@@ -668,13 +590,14 @@ class Triage:
                 )
                 return act.outcome
             await self._set_pending(act, None)
-            self._resolve(act, report, "duplicate", 0, False, duplicate_of=original)
+            self._refresh(act, report)
+            original = await act.session.get(Report, report.duplicate_of_id)
             self._say(
                 act,
                 self._t(
                     "triage.duplicate_done",
                     code=format_code(report.code),
-                    original=format_code(original.code),
+                    original=format_code(original.code if original else "?"),
                 ),
                 report_id=report.id,
             )
@@ -711,42 +634,20 @@ class Triage:
         return act.outcome
 
     async def _relay_question(self, act: _Act, report: Report, text: str) -> OfficerOutcome:
-        if not may(act.officer, "ask", self._queue_key(report)):
-            self._say(act, self._t("triage.not_permitted"))
+        try:
+            await self._actions(act).ask(report, text)
+        except ActionError as refused:
+            if refused.key == "admin.error.question":
+                await self._set_pending(act, {"action": "ask", "report_id": report.id})
+                self._say(
+                    act,
+                    self._t("triage.prompt.ask_again", limit=QUESTION_MAX),
+                    report_id=report.id,
+                    force_reply=True,
+                )
+            else:
+                self._say(act, self._t(refused.key, **refused.values), report_id=report.id)
             return act.outcome
-        problem = await self._relay_problem(act.session, report)
-        if problem:
-            self._say(act, self._t(problem), report_id=report.id)
-            return act.outcome
-        if report.status in CLOSED_STATUSES:
-            self._say(act, self._t("triage.closed"), report_id=report.id)
-            return act.outcome
-        text = clean_text(text)
-        if not substance(text) or len(text) > QUESTION_MAX:
-            self._say(
-                act,
-                self._t("triage.prompt.ask_again", limit=QUESTION_MAX),
-                report_id=report.id,
-                force_reply=True,
-            )
-            await self._set_pending(act, {"action": "ask", "report_id": report.id})
-            return act.outcome
-        relay = RelayMessage(
-            report_id=report.id,
-            direction="to_citizen",
-            officer_id=act.officer.id if act.officer else None,
-            text=text,
-        )
-        act.session.add(relay)
-        await act.session.flush()
-        Outbox(act.session).enqueue(
-            kind="citizen_message",
-            destination=f"report:{report.id}",
-            payload={"relay_id": relay.id},
-            report_id=report.id,
-        )
-        to_status = "needs_info" if report.status in ("new", "assigned", "in_progress") else None
-        self._event(act, report, "asked", to_status=to_status, reason=text, data=act.actor)
         self._refresh(act, report)
         self._say(
             act,

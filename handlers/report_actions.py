@@ -1,18 +1,16 @@
-"""The chat's report actions, taken from the web panel.
+"""An officer's actions on a report, channel-neutral: the chat and the web panel both call them.
 
-``handlers/triage.py`` implements them as reactions to button presses and typed replies (its
-steps are private and post prompts to the officers' chat). Until they are factored into a
-channel-neutral service there, this module repeats each state change exactly: the same checks
-(:func:`handlers.officers.may` on the report's queue, the same state rules), the same audit event
-(action, actor ``officer`` with their id, from/to status, reason, data), the same notice to the
-tipster through the outbox, and the same timers cancelled. Rewards go through
-:class:`handlers.rewards.Rewards` itself, and an approval's claim code through
-:meth:`handlers.triage.Triage.notify_reward`. Nothing here commits: the caller does.
+Each action checks :func:`handlers.officers.may` on the report's queue and the state rules, writes
+one audit event (action, actor ``officer`` with their id, from/to status, reason, data with the
+channel it came through), tells the tipster through the outbox where their contact mode allows,
+and cancels the timers it makes moot. Rewards go through :class:`handlers.rewards.Rewards`, and an
+approval's claim code through :meth:`handlers.triage.Triage.notify_reward`. Nothing here commits:
+the caller does.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,12 +23,29 @@ from handlers.officers import may
 from handlers.rewards import RewardError, Rewards, format_vnd, parse_amount
 from handlers.security import format_code, parse_code
 from handlers.text import clean_text, substance
-from handlers.triage import PRIORITY_OPEN, QUESTION_MAX, REASON_MAX, Triage
 from storage.models import CardPost, ContactRoute, Officer, RelayMessage, Report, Reward
 from storage.repositories import Outbox, Reports
 from storage.types import utcnow
 
+if TYPE_CHECKING:
+    from handlers.triage import Triage
+
 SUBJECTS_MAX = 99_999
+QUESTION_MAX = 1000
+REASON_MAX = 500
+PRIORITY_OPEN = 5
+
+
+async def relay_problem(session: AsyncSession, report: Report) -> str | None:
+    """Why nothing can be relayed to the report's tipster (a catalogue key), or ``None``."""
+    if report.contact_mode == "none":
+        return "triage.no_relay"
+    route = await session.scalar(select(ContactRoute).where(ContactRoute.report_id == report.id))
+    if route is None:
+        return "triage.no_relay"
+    if route.blocked_at is not None:
+        return "triage.blocked"
+    return None
 
 
 class ActionError(Exception):
@@ -42,13 +57,16 @@ class ActionError(Exception):
         self.values = values
 
 
-class WebTriage:
+class ReportActions:
     """One officer's actions on reports, within the caller's transaction."""
 
-    def __init__(self, session: AsyncSession, officer: Officer, triage: Triage) -> None:
+    def __init__(
+        self, session: AsyncSession, officer: Officer, triage: Triage, *, via: str = "web"
+    ) -> None:
         self.session = session
         self.officer = officer
         self.triage = triage
+        self.via = via
 
     # ------------------------------------------------------------------ helpers
 
@@ -67,7 +85,7 @@ class WebTriage:
 
     @property
     def _actor(self) -> dict[str, Any]:
-        return {"officer_id": self.officer.id, "via": "web"}
+        return {"officer_id": self.officer.id, "via": self.via}
 
     def _event(
         self,
@@ -227,16 +245,7 @@ class WebTriage:
         self._notify_citizen(report, "notify.rejected", code=format_code(report.code))
 
     async def relay_problem(self, report: Report) -> str | None:
-        if report.contact_mode == "none":
-            return "triage.no_relay"
-        route = await self.session.scalar(
-            select(ContactRoute).where(ContactRoute.report_id == report.id)
-        )
-        if route is None:
-            return "triage.no_relay"
-        if route.blocked_at is not None:
-            return "triage.blocked"
-        return None
+        return await relay_problem(self.session, report)
 
     async def ask(self, report: Report, question: str) -> None:
         self._check("ask", report)
