@@ -218,42 +218,6 @@ class Triage:
         )
         row.priority = PRIORITY_CHAT
 
-    def _event(
-        self,
-        act: _Act,
-        report: Report,
-        action: str,
-        *,
-        to_status: str | None = None,
-        reason: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        from_status = report.status
-        if to_status is not None:
-            report.status = to_status
-        report.updated_at = utcnow()
-        Reports(act.session).add_event(
-            report,
-            action=action,
-            actor_kind="officer",
-            actor_id=act.officer.id if act.officer else None,
-            from_status=from_status,
-            to_status=to_status,
-            reason=reason,
-            data=data,
-        )
-
-    def _notify_citizen(self, act: _Act, report: Report, key: str, **values: Any) -> None:
-        """Tell the tipster (in their language, as far as their contact mode allows)."""
-        if report.contact_mode == "none":
-            return
-        Outbox(act.session).enqueue(
-            kind="citizen_message",
-            destination=f"report:{report.id}",
-            payload={"key": key, "values": values},
-            report_id=report.id,
-        )
-
     async def _officer_state(self, act: _Act) -> Conversation | None:
         if act.officer is None:
             return None
@@ -852,10 +816,8 @@ class Triage:
             return act.outcome
         claim, reference = parts[0], " ".join(parts[1:])
         try:
-            reward = await self._rewards(act.session).pay(
-                act.officer, claim, reference, queue_of=self._queue_key
-            )
-        except RewardError as refused:
+            reward = await self._actions(act).pay_reward(claim, reference)
+        except ActionError as refused:
             self._say(act, self._t(refused.key, **refused.values))
             return act.outcome
         report = await act.session.get(Report, reward.report_id)
@@ -868,9 +830,6 @@ class Triage:
                 amount=format_vnd(reward.amount_vnd),
                 reference=reference,
             ),
-        )
-        self._notify_citizen(
-            act, report, "reward.citizen.paid", amount=format_vnd(reward.amount_vnd)
         )
         self._refresh(act, report)
         return act.outcome
