@@ -68,6 +68,7 @@ from handlers.rewards import REWARDABLE_OUTCOMES, format_vnd
 from handlers.security import format_code, parse_code
 from handlers.triage import CardRefresh, Triage
 from storage.models import (
+    AuditEvent,
     MediaBlob,
     Officer,
     RelayMessage,
@@ -389,6 +390,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             log.info("admin login refused")
             return render(request, "login.html", status=401, next=target, error="admin.login.bad")
         await panel.throttle.succeeded(db, username)
+        Registry(db).audit("signed_in", by=officer, via="web", subject=officer)
     log.info("admin login: officer %s", officer.id)
     state = state_of(request)
     if state is not None:
@@ -921,6 +923,7 @@ async def officer_enrol(request: web.Request) -> web.StreamResponse:
             role=role,
             queue_key=queue_key,
             by=await Registry(db).by_id(officer.id),
+            via="web",
         )
         enrolled_id = enrolled.id
     log.info("officer %s enrolled in %s by officer %s (web)", enrolled_id, queue_key, officer.id)
@@ -942,7 +945,7 @@ async def officer_revoke(request: web.Request) -> web.StreamResponse:
         target = await registry.by_id(target_id)
         if target is None:
             raise web.HTTPNotFound()
-        await registry.revoke(target)
+        await registry.revoke(target, by=await registry.by_id(officer.id), via="web")
     log.info("officer %s revoked by officer %s (web)", target_id, officer.id)
     raise web.HTTPSeeOther(f"{PREFIX}/officers?done=1")
 
@@ -1032,7 +1035,14 @@ async def audit(request: web.Request) -> web.StreamResponse:
             before_id=int(before) if before.isdigit() else None,
             size=panel.settings.page_size,
         )
-        names = await _officer_names(db, {e.actor_id for e, _ in rows if e.actor_id})
+        registry_events = (
+            await db.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(50))
+        ).all()
+        names = await _officer_names(
+            db,
+            {e.actor_id for e, _ in rows if e.actor_id}
+            | {a for e in registry_events for a in (e.actor_id, e.subject_id) if a},
+        )
         actions = (await db.scalars(select(ReportEvent.action).group_by(ReportEvent.action))).all()
         people = (
             await db.execute(
@@ -1050,6 +1060,7 @@ async def audit(request: web.Request) -> web.StreamResponse:
         actions=sorted(actions),
         people=people,
         next_url=next_url,
+        registry_events=registry_events if may(officer_of(request), "enrol", None) else [],
     )
 
 

@@ -13,7 +13,7 @@ from typing import Final
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Officer, OfficerScope
+from storage.models import AuditEvent, Officer, OfficerScope
 from storage.types import utcnow
 
 ROLES: Final = ("officer", "commander", "admin")
@@ -96,6 +96,7 @@ class Registry:
         role: str,
         queue_key: str,
         by: Officer | None,
+        via: str = "chat",
     ) -> Officer:
         """Add an officer, or re-activate one, and let them serve ``queue_key``."""
         if role not in ROLES:
@@ -119,11 +120,36 @@ class Registry:
         if queue_key not in {s.queue_key for s in officer.scopes}:
             officer.scopes.append(OfficerScope(queue_key=queue_key))
         await self.session.flush()
+        self.audit("enrolled", by=by, via=via, subject=officer, role=role, queue=queue_key)
         return officer
 
-    async def revoke(self, officer: Officer) -> None:
+    def audit(
+        self,
+        action: str,
+        *,
+        by: Officer | None,
+        via: str,
+        subject: Officer | None = None,
+        **data: object,
+    ) -> None:
+        """One audit event about the registry or the panel (not about a report)."""
+        self.session.add(
+            AuditEvent(
+                at=utcnow(),
+                actor_id=by.id if by is not None else None,
+                via=via,
+                action=action,
+                subject_id=subject.id if subject is not None else None,
+                data=data or None,
+            )
+        )
+
+    async def revoke(
+        self, officer: Officer, *, by: Officer | None = None, via: str = "chat"
+    ) -> None:
         officer.active = False
         officer.revoked_at = utcnow()
+        self.audit("revoked", by=by, via=via, subject=officer)
 
     async def serving(self, queue_key: str) -> Sequence[Officer]:
         result = await self.session.scalars(

@@ -1077,7 +1077,7 @@ class Triage:
         if officer is None:
             self._say(act, self._t("triage.no_such_officer"))
             return act.outcome
-        await registry.revoke(officer)
+        await registry.revoke(officer, by=act.officer, via="chat")
         self._say(act, self._t("triage.revoked", name=officer.display_name))
         return act.outcome
 

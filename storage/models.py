@@ -361,6 +361,22 @@ class Reward(Base):
     payout_reference: Mapped[str | None] = mapped_column(String(200))
 
 
+class AuditEvent(Base):
+    """An audit event that is not about one report: enrolments, revocations, panel sign-ins."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    #: ``chat``, ``web`` or ``cli``.
+    via: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
+    data: Mapped[dict[str, Any] | None]
+
+
 class RateHit(Base):
     """One counted attempt (a submitted report, a wrong PIN) under a hashed key."""
 

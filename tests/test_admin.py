@@ -23,6 +23,7 @@ from config.catalogue import load_catalogue
 from config.settings import Settings
 from handlers.security import new_tracking_code
 from storage.models import (
+    AuditEvent,
     ContactRoute,
     Officer,
     OfficerScope,
@@ -354,6 +355,19 @@ async def test_admin_enrols_and_revokes_through_the_registry(env: Env) -> None:
     async with env.service.session_factory() as db:
         revoked = await db.get(Officer, enrolled_id)
         assert revoked is not None and not revoked.active
+        chief = await db.scalar(select(Officer).where(Officer.username == "chief"))
+        events = (await db.scalars(select(AuditEvent).order_by(AuditEvent.id))).all()
+    assert chief is not None
+    # Sign-in, enrolment and revocation are audit events: who, when, on whom, through what.
+    assert [(e.action, e.via, e.subject_id) for e in events] == [
+        ("signed_in", "web", chief.id),
+        ("enrolled", "web", enrolled_id),
+        ("revoked", "web", enrolled_id),
+    ]
+    assert all(e.actor_id == chief.id for e in events)
+    page = await env.client.get("/admin/audit")
+    assert page.status == 200
+    assert "Nguyễn Bình" in await page.text()
 
 
 # --------------------------------------------------------------------------- actions
