@@ -24,6 +24,7 @@ from handlers.triage import (
     Triage,
 )
 from storage.db import writer
+from storage.repositories import OUTBOX_ENQUEUED
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,11 @@ class Dispatcher:
     def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
         return writer(self.engine) if self.engine is not None else contextlib.nullcontext()
 
-    def _committed(self) -> None:
-        for callback in self.after_commit:
-            callback()
+    def _committed(self, session: AsyncSession) -> None:
+        """Wake the delivery workers, if the transaction gave them something to deliver."""
+        if session.info.pop(OUTBOX_ENQUEUED, False):
+            for callback in self.after_commit:
+                callback()
 
     async def process_officer(self, press: OfficerPress) -> OfficerOutcome | None:
         """Handle an officer's press; ``None`` for a duplicate delivery."""
@@ -72,7 +75,7 @@ class Dispatcher:
                 try:
                     async with self._writer(), self.session_factory() as session, session.begin():
                         outcome = await handle(session)
-                    self._committed()
+                    self._committed(session)
                     return outcome
                 except DuplicateOfficerUpdate:
                     return None
@@ -93,7 +96,7 @@ class Dispatcher:
                 try:
                     async with self._writer(), self.session_factory() as session, session.begin():
                         outcome = await self.flow.handle(session, event, prepared)
-                    self._committed()
+                    self._committed(session)
                     return outcome
                 except DuplicateUpdate:
                     log.info("duplicate update %s ignored", event.update_id)

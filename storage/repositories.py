@@ -29,6 +29,9 @@ from storage.models import (
 )
 from storage.types import utcnow
 
+#: Set in ``session.info`` when a transaction enqueued an outbox message.
+OUTBOX_ENQUEUED = "outbox_enqueued"
+
 
 class UpdateLog:
     """Which channel updates were already handled."""
@@ -221,6 +224,8 @@ class Outbox:
         dedupe_key: str | None = None,
         due: datetime | None = None,
     ) -> OutboxMessage:
+        # Tells the caller, after its commit, that there is something to deliver.
+        self.session.info[OUTBOX_ENQUEUED] = True
         message = OutboxMessage(
             kind=kind,
             destination=destination,
