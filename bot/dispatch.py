@@ -90,8 +90,10 @@ class Dispatcher:
     async def process(self, event: Event, fetcher: MediaFetcher) -> Outcome | None:
         """Handle ``event``; ``None`` when it is a duplicate delivery and nothing must be sent."""
         try:
-            async with self.session_factory() as session:
-                prepared = await self.flow.prepare(session, event, fetcher)
+            prepared: dict[str, object] = {}
+            if self.flow.needs_preparing(event):
+                async with self.session_factory() as session:
+                    prepared = await self.flow.prepare(session, event, fetcher)
             for attempt in range(1, RETRIES + 1):
                 try:
                     async with self._writer(), self.session_factory() as session, session.begin():

@@ -187,6 +187,8 @@ class CitizenSettings:
 #: reason it was refused; under :data:`PREPARED_PIN`, a new PIN and its slow hash.
 Prepared = dict[str, Any]
 PREPARED_PIN = "_pin"
+#: Presses that may store a report (their PIN is hashed before the write transaction).
+SUBMITTING_PRESSES = frozenset({("sum", "ok"), ("acc", "send")})
 
 
 @dataclass
@@ -278,6 +280,14 @@ class CitizenFlow:
 
     # ------------------------------------------------------------------ the two phases
 
+    @staticmethod
+    def needs_preparing(event: Event) -> bool:
+        """Whether :meth:`prepare` has work: media to fetch, or a press that may submit."""
+        if isinstance(event, ButtonPress):
+            parsed = _parse_button(event.data)
+            return parsed is not None and (parsed[1], parsed[2]) in SUBMITTING_PRESSES
+        return bool(event.attachments)
+
     async def prepare(
         self, session: AsyncSession, event: Event, fetcher: MediaFetcher
     ) -> Prepared:
@@ -289,7 +299,7 @@ class CitizenFlow:
         if isinstance(event, ButtonPress) or (isinstance(event, Message) and event.attachments):
             # The slow PIN hash is done here too, for a press that may submit a report.
             parsed = _parse_button(event.data) if isinstance(event, ButtonPress) else None
-            if parsed is not None and (parsed[1], parsed[2]) in (("sum", "ok"), ("acc", "send")):
+            if parsed is not None and (parsed[1], parsed[2]) in SUBMITTING_PRESSES:
                 pin = new_pin()
                 prepared[PREPARED_PIN] = (pin, await asyncio.to_thread(self.pins.hash, pin))
         if not isinstance(event, Message) or not event.attachments:
