@@ -285,11 +285,14 @@ class ReportActions:
                 raise RewardError(
                     "reward.bad_amount", cap=format_vnd(self.triage.reward_settings.cap_vnd)
                 )
-            return await self.rewards().propose(
+            reward = await self.rewards().propose(
                 report, self.officer, amount, reason, queue_key=self.queue_key(report)
             )
         except RewardError as refused:
             raise ActionError(refused.key, **refused.values) from refused
+        await self.session.flush()
+        self.triage.post_reward_proposal(self.session, report, reward, self.officer)
+        return reward
 
     async def decide_reward(self, reward_id: int, *, approve: bool, reason: str) -> Reward:
         reward = await self.session.get(Reward, reward_id)

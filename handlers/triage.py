@@ -44,7 +44,6 @@ from handlers.rewards import (
     RewardSettings,
     format_claim_code,
     format_vnd,
-    parse_amount,
 )
 from handlers.security import Keyring, format_code, parse_code
 from handlers.text import clean_text
@@ -650,37 +649,39 @@ class Triage:
         return self._notice(act, "triage.prompt.sent")
 
     async def _reward_proposal(self, act: _Act, report: Report, text: str) -> OfficerOutcome:
-        assert act.officer is not None
         amount_text, _, reason = text.partition(" ")
-        amount = parse_amount(amount_text)
         try:
-            if amount is None:
-                raise RewardError(
-                    "reward.bad_amount", cap=format_vnd(self.reward_settings.cap_vnd)
-                )
-            reward = await self._rewards(act.session).propose(
-                report, act.officer, amount, reason, queue_key=self._queue_key(report)
-            )
-        except RewardError as refused:
+            reward = await self._actions(act).propose_reward(report, amount_text, reason)
+        except ActionError as refused:
+            again = refused.key in ("reward.bad_amount", "reward.bad_reason")
             self._say(
                 act,
                 self._t(refused.key, **refused.values),
                 report_id=report.id,
-                force_reply=refused.key in ("reward.bad_amount", "reward.bad_reason"),
+                force_reply=again,
             )
-            if refused.key not in ("reward.bad_amount", "reward.bad_reason"):
+            if not again:
                 await self._set_pending(act, None)
             return act.outcome
         await self._set_pending(act, None)
         values = {"code": format_code(report.code), "amount": format_vnd(reward.amount_vnd)}
-        row = Outbox(act.session).enqueue(
+        self._say(act, self._t("reward.proposed_done", **values), report_id=report.id)
+        self._refresh(act, report)
+        return act.outcome
+
+    def post_reward_proposal(
+        self, session: AsyncSession, report: Report, reward: Reward, proposer: Officer
+    ) -> None:
+        """Put a new proposal before the commanders in the rewards chat, with its buttons."""
+        values = {"code": format_code(report.code), "amount": format_vnd(reward.amount_vnd)}
+        row = Outbox(session).enqueue(
             kind="chat_text",
             destination=self._rewards_destination(),
             payload={
                 "text": self._t(
                     "reward.proposed_post",
                     reason=reward.reason,
-                    officer=act.officer.display_name,
+                    officer=proposer.display_name,
                     **values,
                 ),
                 "force_reply": False,
@@ -695,9 +696,6 @@ class Triage:
             report_id=report.id,
         )
         row.priority = PRIORITY_CHAT
-        self._say(act, self._t("reward.proposed_done", **values), report_id=report.id)
-        self._refresh(act, report)
-        return act.outcome
 
     async def _reward_press(self, act: _Act, press: OfficerPress) -> OfficerOutcome:
         parts = press.data.split(":")
