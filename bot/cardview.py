@@ -68,7 +68,12 @@ class TelegramCardView:
             moved = None
             if any(not p.active for p in posts):
                 moved = await report_card(
-                    session, item.report_id, locale=self.locale, media=False, moved=True
+                    session,
+                    item.report_id,
+                    locale=self.locale,
+                    media=False,
+                    moved=True,
+                    transfer_targets=targets,
                 )
         for post in posts:
             card = active if post.active else moved

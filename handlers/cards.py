@@ -234,6 +234,7 @@ async def report_card(
     ``moved`` renders a card the report has left (transferred): no buttons, and where it went.
     Raises ``LookupError`` when the report does not exist.
     """
+    queue_names = dict(transfer_targets)
     report = await _load_report(session, report_id, media=True)
     code = format_code(report.code)
     emergency = _is_emergency(report)
@@ -270,7 +271,8 @@ async def report_card(
     if report.outcome:
         status += "\n" + t(locale, "card.outcome", outcome=t(locale, f"outcome.{report.outcome}"))
     if moved:
-        status += "\n" + t(locale, "card.transferred_to", queue=_e(report.queue_key or "—"))
+        where = queue_names.get(report.queue_key or "", report.queue_key or "—")
+        status += "\n" + t(locale, "card.transferred_to", queue=_e(where))
     reward = await session.scalar(
         select(Reward).where(Reward.report_id == report.id).order_by(Reward.id.desc())
     )
