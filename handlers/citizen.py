@@ -1318,7 +1318,9 @@ class CitizenFlow:
         return await turn.session.get(Report, report_id)
 
     async def _start_relay(self, turn: _Turn, arg: str) -> None:
-        report = await self._own_report(turn, int(arg)) if arg.isdigit() else None
+        report = (
+            await self._own_report(turn, int(arg)) if arg.isdigit() and len(arg) <= 18 else None
+        )
         if report is None:
             turn.notice("relay.not_yours", alert=True)
             return

@@ -699,7 +699,12 @@ class Triage:
 
     async def _reward_press(self, act: _Act, press: OfficerPress) -> OfficerOutcome:
         parts = press.data.split(":")
-        if len(parts) != 3 or parts[1] not in ("ok", "no") or not parts[2].isdigit():
+        if (
+            len(parts) != 3
+            or parts[1] not in ("ok", "no")
+            or not parts[2].isdigit()
+            or len(parts[2]) > 18
+        ):
             return self._deny(act, "triage.unknown_button")
         reward = await act.session.get(Reward, int(parts[2]))
         if reward is None:
@@ -861,7 +866,8 @@ class Triage:
             return act.outcome
         if not may(act.officer, "view", queue.key):
             return self._say_denied(act)
-        page = int(message.args) if message.args.strip().isdigit() else 1
+        arg = message.args.strip()
+        page = int(arg) if arg.isdigit() and len(arg) <= 6 else 1
         text, buttons = await self.queue_page(act.session, queue, page=max(page, 1), mine=None)
         self._say(act, text, buttons=buttons)
         return act.outcome
@@ -938,6 +944,7 @@ class Triage:
             len(parts) != 3
             or parts[1] not in ("q", "m")
             or not parts[2].isdigit()
+            or len(parts[2]) > 6
             or queue is None
         ):
             return self._deny(act, "triage.unknown_button")
@@ -1037,7 +1044,7 @@ class Triage:
         )
         target_id = message.reply_to_user_id
         name = message.reply_to_user_name or ""
-        numeric = [a for a in args if a.lstrip("-").isdigit()]
+        numeric = [a for a in args if a.lstrip("-").isdigit() and len(a) <= 18]
         if target_id is None and numeric:
             target_id = int(numeric[0])
             name = " ".join(a for a in args[1:] if not a.lstrip("-").isdigit()) or f"#{target_id}"
@@ -1068,7 +1075,8 @@ class Triage:
         if not may(act.officer, "revoke", queue.key if queue else None):
             return self._say_denied(act)
         target_id = message.reply_to_user_id
-        if target_id is None and message.args.strip().lstrip("-").isdigit():
+        text = message.args.strip()
+        if target_id is None and text.lstrip("-").isdigit() and len(text) <= 18:
             target_id = int(message.args.strip())
         registry = Registry(act.session)
         officer = await registry.by_telegram(target_id) if target_id is not None else None

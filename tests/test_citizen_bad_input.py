@@ -108,6 +108,8 @@ async def test_forged_and_twice_pressed_buttons_at_every_step(session_factory, s
         "ñ:cat:drugs",
         f"{step + 1000}:sum:ok",
         f"{step}:m:evil",
+        "0:rel:" + "9" * 40,
+        "0:rel:-1",
     ]
     for data in forged:
         outcome = await c.press_data(data)

@@ -299,7 +299,17 @@ async def test_double_press_and_forged_data(world):
     forged = await world.press(OFFICER, f"r:claim:{other.id}", card)
     assert forged.notice == t("vi", "triage.not_here")
     assert (await world.report(other.id)).status == "new"
-    for data in ("r:claim", "r::1", "x:claim:1", "r:claim:1:2:3", f"r:nuke:{report.id}", "🙂"):
+    for data in (
+        "r:claim",
+        "r::1",
+        "x:claim:1",
+        "r:claim:1:2:3",
+        f"r:nuke:{report.id}",
+        "🙂",
+        "r:claim:" + "9" * 40,
+        "w:ok:" + "9" * 40,
+        "q:q:" + "9" * 40,
+    ):
         outcome = await world.press(OFFICER, data, card)
         assert outcome.alert
     # A press in another unit's chat on this card's message id: not that chat's card.
