@@ -14,6 +14,7 @@ from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from config.queues import QueueMap
 from handlers.cards import report_card
 from handlers.events import Button
+from handlers.security import Keyring
 from handlers.triage import CardRefresh
 from storage.models import CardPost
 
@@ -38,11 +39,13 @@ class TelegramCardView:
         *,
         locale: str,
         queues: QueueMap | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self.bot = bot
         self.session_factory = session_factory
         self.locale = locale
         self.queues = queues or QueueMap()
+        self.keyring = keyring
 
     async def refresh(self, item: CardRefresh) -> None:
         async with self.session_factory() as session:
@@ -64,6 +67,7 @@ class TelegramCardView:
                 media=False,
                 mode=item.mode,
                 transfer_targets=targets,
+                keyring=self.keyring,
             )
             moved = None
             if any(not p.active for p in posts):

@@ -1233,6 +1233,7 @@ class DeliveryWorker:
                 report_id,
                 locale=self.locale,
                 header_key=header if isinstance(header, str) else None,
+                keyring=self.keyring,
             )
         )
         common = self._common(job)

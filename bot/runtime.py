@@ -163,7 +163,11 @@ class Service:
             channel = TelegramChannel(settings, dispatcher)
             bot = channel.application.bot
             channel.cards = TelegramCardView(
-                bot, session_factory, locale=settings.officer_locale, queues=queues
+                bot,
+                session_factory,
+                locale=settings.officer_locale,
+                queues=queues,
+                keyring=keyring,
             )
             service.telegram = channel
             service.delivery = DeliveryWorker(

@@ -31,8 +31,8 @@ from handlers.domain import CATEGORIES, LOCALES, OCCURRED, REPORT_KIND_EMERGENCY
 from handlers.events import Button, GeoPoint
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
 from handlers.rewards import format_vnd
-from handlers.security import format_code
-from storage.models import MediaBlob, Officer, Report, Reward
+from handlers.security import Keyring, format_code
+from storage.models import ContactRoute, MediaBlob, Officer, Report, Reward
 from storage.types import utcnow
 
 #: Telegram's limit for a message text (UTF-16 code units), and for a caption.
@@ -223,6 +223,7 @@ async def report_card(
     mode: str | None = None,
     moved: bool = False,
     transfer_targets: Sequence[tuple[str, str]] = (),
+    keyring: Keyring | None = None,
 ) -> Card:
     """The full card of one report, with its map pin and evidence.
 
@@ -273,6 +274,14 @@ async def report_card(
     if moved:
         where = queue_names.get(report.queue_key or "", report.queue_key or "—")
         status += "\n" + t(locale, "card.transferred_to", queue=_e(where))
+    if report.contact_mode == "phone" and keyring is not None:
+        # The one identifying detail officers may see: a number the tipster chose to leave.
+        route = await session.scalar(
+            select(ContactRoute).where(ContactRoute.report_id == report.id)
+        )
+        if route is not None and route.phone:
+            phone = keyring.decrypt(route.phone).get("phone", "")
+            status += "\n" + t(locale, "card.phone", phone=_e(str(phone)))
     reward = await session.scalar(
         select(Reward).where(Reward.report_id == report.id).order_by(Reward.id.desc())
     )

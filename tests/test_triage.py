@@ -481,3 +481,24 @@ async def test_commands_enrol_revoke_and_stats(world):
     await world.say(OFFICER, "/stats", command="stats", reply_to_bot=False)
     stats = (await world.outbox("chat_text"))[-1].payload["text"]
     assert "1" in stats.splitlines()[0] and t("vi", "cat.drugs") in stats
+
+
+async def test_a_phone_the_tipster_chose_to_leave_is_on_the_card(world):
+    from handlers.cards import report_card
+    from handlers.security import Keyring
+    from tests.driver import TEST_KEY
+
+    report, _ = await world.tip(7020)
+    keyring = Keyring(TEST_KEY)
+    async with world.session_factory() as session, session.begin():
+        stored = await session.get(Report, report.id)
+        stored.contact_mode = "phone"
+        route = await session.scalar(
+            select(ContactRoute).where(ContactRoute.report_id == report.id)
+        )
+        route.phone = keyring.encrypt({"phone": "+84901234567"})
+    async with world.session_factory() as session:
+        with_key = await report_card(session, report.id, locale="vi", keyring=keyring)
+        without = await report_card(session, report.id, locale="vi")
+    assert "+84901234567" in with_key.text
+    assert "+84901234567" not in without.text
