@@ -577,8 +577,7 @@ class CitizenFlow:
 
     async def _btn_acc_injured(self, turn: _Turn, arg: str) -> None:
         if arg not in INJURED:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         turn.draft["injured"], turn.draft["injured_count"] = INJURED[arg]
         turn.state = State.ACC_PHOTO
@@ -612,8 +611,7 @@ class CitizenFlow:
 
     async def _btn_acc_send(self, turn: _Turn, arg: str) -> None:
         if arg != "send":
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         await self._submit_emergency(turn)
 
@@ -831,6 +829,11 @@ class CitizenFlow:
             return
         await self._check_status(turn, code, pin)
 
+    def _unknown_button(self, turn: _Turn) -> None:
+        """A press this step cannot take (forged or garbled): say so, and ask again."""
+        turn.notice("err.button_unknown", alert=True)
+        self._prompt(turn)
+
     def _wrong_type(self, turn: _Turn, message: Message, *, expects: str) -> bool:
         """Answer content of the wrong kind; ``True`` when the message cannot be used."""
         if message.unsupported:
@@ -862,8 +865,7 @@ class CitizenFlow:
     async def _on_button(self, turn: _Turn, data: str) -> None:
         parsed = _parse_button(data)
         if parsed is None:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         step, action, arg = parsed
         if action == "m":  # the menu works from any old message: it only navigates
@@ -877,8 +879,7 @@ class CitizenFlow:
             return
         handler = self._button_handlers.get((turn.state, action))
         if handler is None:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         turn.outcome.clear_buttons = True
         await handler(self, turn, arg)
@@ -901,13 +902,11 @@ class CitizenFlow:
             await self._resume(turn)
         else:
             turn.outcome.clear_buttons = False
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
 
     async def _btn_language(self, turn: _Turn, arg: str) -> None:
         if arg not in LOCALES:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         turn.conversation.locale = arg
         turn.say("lang.changed")
@@ -915,8 +914,7 @@ class CitizenFlow:
 
     async def _btn_category(self, turn: _Turn, arg: str) -> None:
         if arg not in CATEGORIES:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         turn.draft["category"] = arg
         self._advance(turn, State.PLACE)
@@ -924,8 +922,7 @@ class CitizenFlow:
     async def _btn_unit(self, turn: _Turn, arg: str) -> None:
         unit = self.catalogue.by_code.get(arg)
         if unit is None:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         draft = turn.draft
         draft["unit_code"] = unit.code
@@ -940,13 +937,11 @@ class CitizenFlow:
         elif arg == "keep" and turn.draft.get("unit_code"):
             self._advance(turn, State.WHEN)
         else:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
 
     async def _btn_when(self, turn: _Turn, arg: str) -> None:
         if arg not in OCCURRED:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         if arg == "earlier":
             turn.state = State.WHEN_TEXT
@@ -966,13 +961,11 @@ class CitizenFlow:
             turn.say("ev.cleared")
             self._prompt(turn)
         else:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
 
     async def _btn_contact(self, turn: _Turn, arg: str) -> None:
         if arg not in CONTACT_MODES:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
             return
         if arg == "phone":
             turn.state = State.CONTACT_PHONE
@@ -991,8 +984,7 @@ class CitizenFlow:
         elif arg == "cancel":
             await self._cancel(turn)
         else:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
 
     async def _btn_edit(self, turn: _Turn, arg: str) -> None:
         target = EDITABLE.get(arg)
@@ -1000,8 +992,7 @@ class CitizenFlow:
             turn.state = State.SUMMARY
             self._prompt(turn)
         elif target is None:
-            turn.notice("err.button_unknown", alert=True)
-            self._prompt(turn)
+            self._unknown_button(turn)
         else:
             turn.draft["editing"] = True
             turn.state = target
