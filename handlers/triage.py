@@ -853,6 +853,14 @@ class Triage:
             return act.outcome
         return await handler(self, act, message, queue)
 
+    def _viewable_queue(self, act: _Act, queue: Queue | None) -> Queue | None:
+        """This chat's queue if the officer may look at it; otherwise say why and ``None``."""
+        queue = self._queue_or_say(act, queue)
+        if queue is not None and not may(act.officer, "view", queue.key):
+            self._say_denied(act)
+            return None
+        return queue
+
     def _queue_or_say(self, act: _Act, queue: Queue | None) -> Queue | None:
         if queue is None:
             self._say(act, self._t("triage.not_a_queue"))
@@ -861,11 +869,9 @@ class Triage:
     async def _cmd_queue(
         self, act: _Act, message: OfficerMessage, queue: Queue | None
     ) -> OfficerOutcome:
-        queue = self._queue_or_say(act, queue)
+        queue = self._viewable_queue(act, queue)
         if queue is None:
             return act.outcome
-        if not may(act.officer, "view", queue.key):
-            return self._say_denied(act)
         arg = message.args.strip()
         page = int(arg) if arg.isdigit() and len(arg) <= 6 else 1
         text, buttons = await self.queue_page(act.session, queue, page=max(page, 1), mine=None)
@@ -988,11 +994,9 @@ class Triage:
     async def _cmd_stats(
         self, act: _Act, message: OfficerMessage, queue: Queue | None
     ) -> OfficerOutcome:
-        queue = self._queue_or_say(act, queue)
+        queue = self._viewable_queue(act, queue)
         if queue is None:
             return act.outcome
-        if not may(act.officer, "view", queue.key):
-            return self._say_denied(act)
         now = utcnow()
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         base = select(Report).where(self._in_queue(queue), Report.created_at >= start).subquery()
@@ -1090,11 +1094,9 @@ class Triage:
     async def _cmd_officers(
         self, act: _Act, message: OfficerMessage, queue: Queue | None
     ) -> OfficerOutcome:
-        queue = self._queue_or_say(act, queue)
+        queue = self._viewable_queue(act, queue)
         if queue is None:
             return act.outcome
-        if not may(act.officer, "view", queue.key):
-            return self._say_denied(act)
         officers = await Registry(act.session).serving(queue.key)
         lines = [self._t("triage.officers_title", queue=queue.name)]
         lines += [f"• {o.display_name} ({self._t(f'role.{o.role}')})" for o in officers]
