@@ -69,6 +69,7 @@ from handlers.security import format_code, parse_code
 from handlers.triage import CardRefresh, Triage
 from storage.models import (
     AuditEvent,
+    ContactRoute,
     MediaBlob,
     Officer,
     RelayMessage,
@@ -556,6 +557,14 @@ async def report_detail(
         )
         can["ask"] = can["ask"] and relay_problem is None
         current_queue = web_triage.queue_key(report)
+        phone = None
+        if report.contact_mode == "phone" and panel.service.keyring is not None:
+            # The one identifying detail officers may see: a number the tipster chose to leave.
+            route = await db.scalar(
+                select(ContactRoute).where(ContactRoute.report_id == report.id)
+            )
+            if route is not None and route.phone:
+                phone = panel.service.keyring.decrypt(route.phone).get("phone")
     return render(
         request,
         "report.html",
@@ -568,6 +577,7 @@ async def report_detail(
         names=names,
         can=can,
         relay_problem=relay_problem,
+        phone=phone,
         queues=[q for q in panel.triage.queues.all_queues if q.key != current_queue],
         current_queue=current_queue,
         outcomes=OUTCOMES,

@@ -265,6 +265,20 @@ async def test_tip_text_is_escaped(env: Env) -> None:
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in body
 
 
+async def test_a_phone_the_tipster_chose_to_leave_is_shown(env: Env) -> None:
+    await env.add_officer("chief", "admin")
+    report = await env.add_report(env.unit_a, contact_mode="phone")
+    keyring = env.service.keyring
+    assert keyring is not None
+    async with env.service.session_factory() as db, db.begin():
+        route = await db.scalar(select(ContactRoute).where(ContactRoute.report_id == report.id))
+        assert route is not None
+        route.phone = keyring.encrypt({"phone": "+84912345678"})
+    assert await env.login("chief") == 303
+    body = await (await env.client.get(f"/admin/reports/{report.code}")).text()
+    assert 'href="tel:+84912345678"' in body
+
+
 async def test_language_switch(env: Env) -> None:
     await env.add_officer("chief", "admin")
     assert await env.login("chief") == 303
