@@ -42,7 +42,13 @@ units = ["30307", "30292"]
 
 
 @pytest.fixture
-async def service(standin, db_url, engine, tmp_path):
+def ack_minutes() -> float:
+    """Long enough that a test acknowledging in time never races the escalation."""
+    return 1.0
+
+
+@pytest.fixture
+async def service(standin, db_url, engine, tmp_path, ack_minutes):
     settings = service_settings(
         standin,
         db_url,
@@ -51,7 +57,7 @@ async def service(standin, db_url, engine, tmp_path):
         duty_chat_id=DUTY_CHAT,
         geometry_file=DATA / "geometry_small.geojson",
         admin_telegram_ids=[424242],
-        emergency_ack_minutes=0.02,
+        emergency_ack_minutes=ack_minutes,
     )
     async with running_service(settings) as running:
         yield running
@@ -120,6 +126,7 @@ async def test_an_emergency_reaches_its_unit_and_is_acknowledged(standin, servic
     assert not standin.calls_for("forwardMessage")
 
 
+@pytest.mark.parametrize("ack_minutes", [0.02])
 async def test_an_unacknowledged_emergency_escalates_once(standin, service):
     factory = UpdateFactory(standin)
     chat = Chat(standin, factory, service, factory.en_user)
