@@ -71,7 +71,6 @@ from storage.repositories import (
     Outbox,
     RateLimits,
     Reports,
-    UpdateLog,
 )
 from storage.types import utcnow
 
@@ -152,6 +151,8 @@ INJURED = {
 #: A typed accident place names a commune when a unit name is in it (not merely fuzzy).
 PLACE_MATCH_SURE = 80.0
 
+#: How many of a citizen's latest update ids are kept to recognise a duplicate delivery.
+SEEN_UPDATES = 64
 RATE_REPORT = "report"
 RATE_PIN_SENDER = "pin_sender"
 RATE_PIN_CODE = "pin_code"
@@ -336,12 +337,14 @@ class CitizenFlow:
     ) -> Outcome:
         """Handle one event inside the caller's transaction and return what to send back."""
         sender = event.sender
-        if not await UpdateLog(session).claim(sender.channel, event.update_id):
-            raise DuplicateUpdate(event.update_id)
-
         key = self.keyring.sender_key(sender.channel, sender.user_id)
         locale = pick_locale(sender.language_code, self.settings.default_locale)
         conversation = await Conversations(session).get_or_create(key, locale)
+        # A citizen's updates are handled in order, one at a time (per chat), so the update ids
+        # kept on the conversation are enough to drop a duplicate delivery: no extra statement.
+        seen = list((conversation.data or {}).get("seen") or [])
+        if event.update_id in seen:
+            raise DuplicateUpdate(event.update_id)
         turn = _Turn(
             session=session,
             conversation=conversation,
@@ -350,6 +353,7 @@ class CitizenFlow:
             chat_id=sender.chat_id,
             data=dict(conversation.data or {}),
         )
+        turn.data["seen"] = [*seen, event.update_id][-SEEN_UPDATES:]
         await self._expire_draft(turn)
         turn.prepared_pin = (prepared or {}).get(PREPARED_PIN)
         if isinstance(event, ButtonPress):
