@@ -124,18 +124,7 @@ async def seed(url: str, count: int) -> None:
     await upgrade(engine)
     catalogue = load_catalogue()
     async with create_session_factory(engine)() as session, session.begin():
-        await Units(session).sync(
-            (
-                {
-                    "code": u.code,
-                    "name": u.name,
-                    "division_type": u.division_type,
-                    "codename": u.codename,
-                }
-                for u in catalogue.units
-            ),
-            catalogue.province_code,
-        )
+        await Units(session).sync(catalogue)
     await engine.dispose()
     units = [u.code for u in catalogue.units]
     now = datetime.now(UTC)

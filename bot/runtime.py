@@ -87,18 +87,7 @@ class Service:
             catalogue = load_catalogue(settings.units_file)
             session_factory = create_session_factory(engine)
             async with session_factory() as session, session.begin():
-                await Units(session).sync(
-                    (
-                        {
-                            "code": u.code,
-                            "name": u.name,
-                            "division_type": u.division_type,
-                            "codename": u.codename,
-                        }
-                        for u in catalogue.units
-                    ),
-                    catalogue.province_code,
-                )
+                await Units(session).sync(catalogue)
             queues = load_queue_map(
                 settings.queues_file,
                 duty_chat_id=settings.duty_chat_id,
@@ -175,11 +164,7 @@ class Service:
                 bot,
                 queues,
                 locale=settings.officer_locale,
-                limits=FloodLimits(
-                    global_per_second=settings.delivery_global_per_second,
-                    chat_per_second=settings.delivery_chat_per_second,
-                    group_per_minute=settings.delivery_group_per_minute,
-                ),
+                limits=FloodLimits.from_settings(settings),
                 timers=Timers(queues),
                 keyring=keyring,
             )

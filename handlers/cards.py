@@ -73,11 +73,6 @@ class Card:
     media: list[CardMedia] = field(default_factory=list)
 
 
-def callback_data(action: str, report_id: int) -> str:
-    """``r:<action>:<report id>``; ≤ 64 bytes for any 64-bit id."""
-    return f"r:{action}:{report_id}"
-
-
 def utf16_len(text: str) -> int:
     """Length as Telegram counts it (UTF-16 code units)."""
     return len(text.encode("utf-16-le")) // 2
@@ -360,7 +355,7 @@ async def digest_card(session: AsyncSession, report_ids: Sequence[int], *, local
     buttons: list[list[Button]] = []
     row: list[Button] = []
     for report in reports:
-        row.append(Button(format_code(report.code), callback_data(OPEN_ACTION, report.id)))
+        row.append(Button(format_code(report.code), card_actions.data(OPEN_ACTION, report.id)))
         if len(row) == 3:
             buttons.append(row)
             row = []
@@ -401,11 +396,13 @@ async def reminder_card(
         code=code,
         elapsed=_elapsed(report.created_at, now or utcnow(), locale),
     )
-    row = [Button(t(locale, "officer.btn.open", code=code), callback_data(OPEN_ACTION, report.id))]
+    row = [
+        Button(t(locale, "officer.btn.open", code=code), card_actions.data(OPEN_ACTION, report.id))
+    ]
     buttons = [row]
     if _is_emergency(report) and report.status == "new":
         buttons.insert(
-            0, [Button(t(locale, "officer.btn.ack"), callback_data(ACK_ACTION, report.id))]
+            0, [Button(t(locale, "officer.btn.ack"), card_actions.data(ACK_ACTION, report.id))]
         )
     return Card(text=text, buttons=buttons)
 

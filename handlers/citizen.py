@@ -822,16 +822,22 @@ class CitizenFlow:
         await self._start_status(turn, clean_text(message.text or ""), asked=True)
 
     async def _msg_status_pin(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
+        entered = self._read_pin(turn, message, "status_code")
+        if entered is not None:
+            await self._check_status(turn, *entered)
+
+    def _read_pin(self, turn: _Turn, message: Message, code_key: str) -> tuple[str, str] | None:
+        """The code remembered under ``code_key`` and the PIN typed; else say why, ask again."""
         if self._wrong_type(turn, message, expects="text"):
             self._prompt(turn)
-            return
+            return None
         pin = parse_pin(clean_text(message.text or "")[:40])
-        code = turn.data.get("status_code")
+        code = turn.data.get(code_key)
         if pin is None or not isinstance(code, str):
             turn.say("status.bad_pin")
             self._prompt(turn)
-            return
-        await self._check_status(turn, code, pin)
+            return None
+        return code, pin
 
     def _unknown_button(self, turn: _Turn) -> None:
         """A press this step cannot take (forged or garbled): say so, and ask again."""
@@ -1357,16 +1363,10 @@ class CitizenFlow:
         await self._start_add(turn, message.text or "")
 
     async def _msg_relay_pin(self, turn: _Turn, message: Message, prepared: Prepared) -> None:
-        if self._wrong_type(turn, message, expects="text"):
-            self._prompt(turn)
+        entered = self._read_pin(turn, message, "relay_code")
+        if entered is None:
             return
-        pin = parse_pin(clean_text(message.text or "")[:40])
-        code = turn.data.get("relay_code")
-        if pin is None or not isinstance(code, str):
-            turn.say("status.bad_pin")
-            self._prompt(turn)
-            return
-        report = await self._verify_pin(turn, code, pin)
+        report = await self._verify_pin(turn, *entered)
         turn.data.pop("relay_code", None)
         if report is None:
             await self._resume(turn)

@@ -26,18 +26,20 @@ async def purge(session: AsyncSession, *, now: datetime, draft_ttl: timedelta) -
     """Delete what has outlived its purpose, inside the caller's transaction."""
     drafts = 0
     media = Media(session)
+    blob_ids: list[int | None] = []
     for conversation in await Conversations(session).expired_drafts(now):
         data = dict(conversation.data or {})
         draft = data.pop("draft", None)
         data.pop("resume", None)
         if isinstance(draft, dict):
-            await media.delete_blobs(m.get("blob_id") for m in draft.get("media", []))
+            blob_ids += [m.get("blob_id") for m in draft.get("media", [])]
         conversation.data = data
         flag_modified(conversation, "data")
         conversation.state = "idle"
         conversation.expires_at = None
         drafts += 1
     await session.flush()
+    await media.delete_blobs(blob_ids)  # one statement for every expired draft's images
     rate_hits = await RateLimits(session).purge_before(now - RATE_HIT_RETENTION)
     update_ids = await UpdateLog(session).purge_before(now - UPDATE_ID_RETENTION)
     blobs = await media.delete_orphan_blobs(now - draft_ttl - timedelta(days=1))

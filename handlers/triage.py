@@ -121,12 +121,6 @@ class DuplicateOfficerUpdate(Exception):
     pass
 
 
-def parse_card_button(data: str) -> tuple[str, int] | None:
-    """``"r:<action>:<report id>"`` → ``(action, id)`` (kept for callers of the routing stage)."""
-    parsed = card_actions.parse(data)
-    return (parsed[0], parsed[1]) if parsed else None
-
-
 @dataclass
 class _Act:
     """One officer interaction being handled."""
@@ -356,7 +350,7 @@ class Triage:
     async def _press_ask(
         self, act: _Act, report: Report, arg: str | None, post: CardPost
     ) -> OfficerOutcome:
-        problem = await self._relay_problem(act.session, report)
+        problem = await relay_problem(act.session, report)
         if problem:
             return self._deny(act, problem)
         await self._set_pending(act, {"action": "ask", "report_id": report.id})
@@ -367,9 +361,6 @@ class Triage:
             force_reply=True,
         )
         return self._notice(act, "triage.prompt.sent")
-
-    async def _relay_problem(self, session: AsyncSession, report: Report) -> str | None:
-        return await relay_problem(session, report)
 
     async def _press_transfer(
         self, act: _Act, report: Report, arg: str | None, post: CardPost

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,6 +29,9 @@ from storage.models import (
 )
 from storage.types import utcnow
 
+if TYPE_CHECKING:
+    from config.catalogue import Catalogue
+
 #: Set in ``session.info`` when a transaction enqueued an outbox message.
 OUTBOX_ENQUEUED = "outbox_enqueued"
 
@@ -38,13 +41,6 @@ class UpdateLog:
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    async def seen(self, channel: str, update_id: int) -> bool:
-        row = await self.session.get(ProcessedUpdate, (channel, update_id))
-        return row is not None
-
-    def record(self, channel: str, update_id: int) -> None:
-        self.session.add(ProcessedUpdate(channel=channel, update_id=update_id))
 
     async def claim(self, channel: str, update_id: int) -> bool:
         """Record the update as handled in one statement; ``False`` if it already was."""
@@ -246,21 +242,21 @@ class Units:
     async def get(self, code: str) -> Unit | None:
         return await self.session.get(Unit, code)
 
-    async def sync(self, entries: Iterable[dict[str, Any]], province_code: int) -> int:
+    async def sync(self, catalogue: Catalogue) -> int:
         """Upsert the catalogue; units missing from it are marked inactive, never deleted."""
         existing = {u.code: u for u in (await self.session.scalars(select(Unit))).all()}
         seen: set[str] = set()
-        for entry in entries:
-            code = str(entry["code"])
+        for entry in catalogue.units:
+            code = entry.code
             seen.add(code)
             unit = existing.get(code)
             if unit is None:
                 unit = Unit(code=code)
                 self.session.add(unit)
-            unit.name = entry["name"]
-            unit.division_type = entry["division_type"]
-            unit.codename = entry["codename"]
-            unit.province_code = province_code
+            unit.name = entry.name
+            unit.division_type = entry.division_type
+            unit.codename = entry.codename
+            unit.province_code = catalogue.province_code
             unit.active = True
         for code, unit in existing.items():
             if code not in seen:

@@ -151,15 +151,4 @@ async def sync_units(session_factory: async_sessionmaker[AsyncSession]) -> None:
 
     catalogue = load_catalogue()
     async with session_factory() as session, session.begin():
-        await Units(session).sync(
-            (
-                {
-                    "code": u.code,
-                    "name": u.name,
-                    "division_type": u.division_type,
-                    "codename": u.codename,
-                }
-                for u in catalogue.units
-            ),
-            catalogue.province_code,
-        )
+        await Units(session).sync(catalogue)
