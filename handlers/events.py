@@ -62,6 +62,11 @@ class Message:
     contact: SharedContact | None = None
     #: A kind of content the flow cannot use (``sticker``, ``poll``, ``dice``...).
     unsupported: str | None = None
+    #: The channel's id of the bot message this one replies to (Telegram's swipe-to-reply),
+    #: on channels that have reply-to; ``None`` otherwise.
+    reply_to: str | None = None
+    #: True when this is an edit of a message the citizen sent earlier.
+    edited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
