@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
+from handlers.citizen.relay import SENT_MESSAGE_ID
 from handlers.i18n import t
 from handlers.intake import officers_destination
 from handlers.security import Keyring, format_code
@@ -156,7 +157,7 @@ class CitizenMessenger:
             text, markup = await self._render(session, row, report)
             chat_id = int(self.keyring.decrypt(route.route)["chat_id"])
         try:
-            await self.bot.send_message(chat_id=chat_id, text=text, reply_markup=markup)
+            sent = await self.bot.send_message(chat_id=chat_id, text=text, reply_markup=markup)
         except Forbidden:
             await self._blocked(row_id)
             return
@@ -172,7 +173,7 @@ class CitizenMessenger:
             await self._retry(row_id, None, type(exc).__name__)
             return
         self.sent += 1
-        await self._finish(row_id, "sent", None)
+        await self._finish(row_id, "sent", None, message_id=sent.message_id)
 
     async def _render(
         self, session: AsyncSession, row: OutboxMessage, report: Report
@@ -207,11 +208,16 @@ class CitizenMessenger:
             row.sent_at = self.clock()
             row.message_count = 1
 
-    async def _finish(self, row_id: int, status: str, error: str | None) -> None:
+    async def _finish(
+        self, row_id: int, status: str, error: str | None, *, message_id: int | None = None
+    ) -> None:
         async with self.session_factory() as session, session.begin():
             row = await session.get(OutboxMessage, row_id)
             if row is not None:
                 self._settle(row, status, error)
+                if message_id is not None and "relay_id" in (row.payload or {}):
+                    # A reply to this question is its answer (handlers/citizen/relay.py).
+                    row.payload = {**row.payload, SENT_MESSAGE_ID: message_id}
 
     async def _retry(self, row_id: int, after: float | None, error: str) -> None:
         async with self.session_factory() as session, session.begin():

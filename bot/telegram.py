@@ -38,6 +38,7 @@ from telegram.ext import Application, BaseUpdateProcessor, ContextTypes, TypeHan
 from bot.dispatch import Dispatcher
 from bot.http import AiohttpRequest
 from config.settings import Settings
+from handlers.channels import CAPABILITIES, ChannelName
 from handlers.events import (
     Attachment,
     ButtonPress,
@@ -49,6 +50,7 @@ from handlers.events import (
     Sender,
     SharedContact,
 )
+from handlers.render import render
 from handlers.triage import CardRefresh, OfficerMessage, OfficerOutcome, OfficerPress
 
 log = logging.getLogger(__name__)
@@ -126,10 +128,11 @@ def to_event(update: Update) -> Event | None:
             CHANNEL, str(query.from_user.id), str(chat.id), query.from_user.language_code
         )
         return ButtonPress(update.update_id, sender, query.data or "")
-    message = update.message
+    message = update.message or update.edited_message
     if message is None or message.chat.type != ChatType.PRIVATE or message.from_user is None:
         return None
     user = message.from_user
+    replied = message.reply_to_message
     sender = Sender(CHANNEL, str(user.id), str(message.chat.id), user.language_code)
     command = _command(message)
     location = None
@@ -152,6 +155,9 @@ def to_event(update: Update) -> Event | None:
         attachments=_attachments(message),
         contact=contact,
         unsupported=unsupported,
+        reply_to=str(replied.message_id) if replied is not None else None,
+        edited=update.edited_message is not None and update.message is None,
+        message_id=str(message.message_id),
     )
 
 
@@ -326,7 +332,7 @@ class Renderer:
         self.bot = bot
 
     async def send(self, chat_id: str, outcome: Outcome, update: Update | None = None) -> None:
-        replies = merge_replies(outcome.replies)
+        replies = merge_replies(render(outcome.replies, CAPABILITIES[ChannelName.TELEGRAM]))
         query = update.callback_query if update is not None else None
         if query is not None and outcome.clear_buttons and query.message is not None:
             first = replies[0] if replies else None

@@ -67,6 +67,8 @@ class Message:
     reply_to: str | None = None
     #: True when this is an edit of a message the citizen sent earlier.
     edited: bool = False
+    #: The channel's id of this message (of the edited one, for an edit), where it has one.
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

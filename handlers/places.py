@@ -178,3 +178,34 @@ def _unit_key(unit: UnitEntry) -> str:
     if own_word and folded.startswith(own_word + " "):
         return folded[len(own_word) + 1 :]
     return normalize(unit.name)
+
+
+def pick_label(query: str, labels: list[str]) -> int | None:
+    """The index of the one label ``query`` names, ignoring accents, case and small typos.
+
+    The same folding as the commune search: an exact folded match wins; else the label that
+    starts with the query (four letters at least), or that the query holds as whole words;
+    else the closest fuzzy match of at least ``FUZZY_CUTOFF``. Two equally good labels are
+    no answer (``None``): the citizen is asked again rather than guessed for.
+    """
+    q = fold(query)[:MAX_QUERY_LENGTH]
+    if not q:
+        return None
+    keys = [fold(label) for label in labels]
+    scores: list[float] = []
+    for key in keys:
+        if not key:
+            scores.append(0.0)
+        elif q == key:
+            scores.append(100.0)
+        elif len(q) >= 4 and key.startswith(q):
+            scores.append(90.0 + 9.0 * len(q) / len(key))
+        elif len(key) >= 4 and f" {key} " in f" {q} ":
+            scores.append(85.0 + 4.9 * len(key) / len(q))
+        else:
+            similarity = max(fuzz.ratio(q, key), fuzz.token_sort_ratio(q, key))
+            scores.append(similarity * 0.8 if similarity >= FUZZY_CUTOFF else 0.0)
+    best = max(scores, default=0.0)
+    if best <= 0.0 or scores.count(best) > 1:
+        return None
+    return scores.index(best)
