@@ -311,4 +311,3 @@ class CitizenFlow(FlowCore):
         else:
             turn.outcome.clear_buttons = False
             self.unknown_button(turn)
-

@@ -47,9 +47,7 @@ SENT_MESSAGE_ID = "sent_message_id"
 CLOSED = ("resolved", "rejected")
 
 
-def question_reply(
-    locale: str, report_id: int, code: str, text: str, caps: Capabilities
-) -> Reply:
+def question_reply(locale: str, report_id: int, code: str, text: str, caps: Capabilities) -> Reply:
     """A relayed question as the citizen sees it, for a channel's capabilities.
 
     With buttons: a «Reply» button. Without reply-to: "type your answer now".

@@ -111,7 +111,9 @@ async def verify_pin(flow: FlowCore, turn: Turn, code: str, pin: str) -> Report 
     return report
 
 
-def read_pin(flow: FlowCore, turn: Turn, message: Message, code_key: str) -> tuple[str, str] | None:
+def read_pin(
+    flow: FlowCore, turn: Turn, message: Message, code_key: str
+) -> tuple[str, str] | None:
     """The code remembered under ``code_key`` and the PIN typed; else say why, ask again."""
     if flow.wrong_type(turn, message, expects="text"):
         flow.prompt(turn)
@@ -155,7 +157,9 @@ class StatusPin(Step):
         self, flow: FlowCore, turn: Turn, message: Message, prepared: Prepared
     ) -> None:
         text = clean_text(message.text or "")
-        if (text == "0" or not text.isdigit()) and await flow.typed_choice(turn, text, fuzzy=False):
+        if (text == "0" or not text.isdigit()) and await flow.typed_choice(
+            turn, text, fuzzy=False
+        ):
             return
         entered = read_pin(flow, turn, message, "status_code")
         if entered is not None:
