@@ -23,7 +23,7 @@ from handlers.domain import LOCALES
 from handlers.events import Button
 from handlers.i18n import t
 from handlers.places import fold, pick_label
-from handlers.render import WAY_OUT_NUMBER, is_way_out, number_buttons
+from handlers.render import WAY_OUT_NUMBER, number_buttons
 
 #: What typing "0" or a cancel word means, whatever the step offers.
 WAY_OUT = "way_out"
@@ -99,11 +99,3 @@ def pick(text: str, choices: Iterable[list[Any]], *, fuzzy: bool = True) -> str 
     index = pick_label(text, [str(c[2]) for c in options])
     return str(options[index][1]) if index is not None else None
 
-
-def way_out_button(choices: Iterable[list[Any]]) -> str | None:
-    """The data of the way-out button among ``choices``, if there is one."""
-    for choice in choices:
-        if isinstance(choice, list) and len(choice) == 3:
-            if is_way_out(Button(label=str(choice[2]), data=str(choice[1]))):
-                return str(choice[1])
-    return None
