@@ -98,4 +98,3 @@ def pick(text: str, choices: Iterable[list[Any]], *, fuzzy: bool = True) -> str 
                 return meant[0]
     index = pick_label(text, [str(c[2]) for c in options])
     return str(options[index][1]) if index is not None else None
-
