@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from config.catalogue import Catalogue
 from config.rewards import PayoutInstructions
-from handlers.citizen import answers
+from handlers.citizen.answers import WAY_OUT, pick
 from handlers.citizen.base import (
     DRAFT_STATES,
     SIDE_TRIPS,
@@ -195,10 +195,10 @@ class FlowCore:
 
     async def typed_choice(self, turn: Turn, text: str, *, fuzzy: bool) -> bool:
         """Act on ``text`` if it names one of the offered choices or the way out."""
-        data = answers.pick(text, turn.choices, fuzzy=fuzzy)
+        data = pick(text, turn.choices, fuzzy=fuzzy)
         if data is None:
             return False
-        if data == answers.WAY_OUT:
+        if data == WAY_OUT:
             await self.cancel(turn)
         else:
             await self.press(turn, data)

@@ -21,7 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
 
 from handlers import media as media_rules
-from handlers.citizen import accident, answers, menu, relay, status, tip
+from handlers.citizen.accident import STEPS as ACCIDENT_STEPS
+from handlers.citizen.accident import start_accident
+from handlers.citizen.answers import record
 from handlers.citizen.base import (
     DRAFT_STATES,
     PREPARED_PIN,
@@ -38,6 +40,21 @@ from handlers.citizen.base import (
 )
 from handlers.citizen.core import FlowCore, Step
 from handlers.citizen.draft import check_description, check_short_text
+from handlers.citizen.menu import STEPS as MENU_STEPS
+from handlers.citizen.relay import (
+    RELAY_STATES,
+    answer_out_of_turn,
+    hint_pending,
+    pending_question,
+    replied_question,
+    start_add,
+    start_relay,
+)
+from handlers.citizen.relay import STEPS as RELAY_STEPS
+from handlers.citizen.status import STEPS as STATUS_STEPS
+from handlers.citizen.status import start_status
+from handlers.citizen.tip import STEPS as TIP_STEPS
+from handlers.citizen.tip import start_tip
 from handlers.events import ButtonPress, Event, Message, Outcome
 from handlers.i18n import pick_locale
 from handlers.security import new_pin
@@ -61,7 +78,7 @@ class CitizenFlow(FlowCore):
 
     steps: Mapping[State, Step] = {
         step.state: step
-        for step in (*menu.STEPS, *tip.STEPS, *accident.STEPS, *status.STEPS, *relay.STEPS)
+        for step in (*MENU_STEPS, *TIP_STEPS, *ACCIDENT_STEPS, *STATUS_STEPS, *RELAY_STEPS)
     }
 
     # ------------------------------------------------------------------ the two phases
@@ -161,7 +178,7 @@ class CitizenFlow(FlowCore):
         if turn.outcome.replies:
             # The choices a typed answer is read against: those of the last prompt.
             buttons = next((r.buttons for r in reversed(turn.outcome.replies) if r.buttons), [])
-            turn.data["choices"] = answers.record(buttons)
+            turn.data["choices"] = record(buttons)
         if not turn.missed:
             turn.data.pop("misses", None)
         conversation = turn.conversation
@@ -187,15 +204,15 @@ class CitizenFlow(FlowCore):
             await self._on_command(turn, message.command, message.args)
             return
         if message.reply_to is not None and turn.caps.reply_to:
-            report = await relay.replied_question(turn, message.reply_to)
+            report = await replied_question(turn, message.reply_to)
             if report is not None:
-                await relay.answer_out_of_turn(self, turn, report, message, prepared)
+                await answer_out_of_turn(self, turn, report, message, prepared)
                 return
-        if not turn.caps.reply_to and turn.state not in relay.RELAY_STATES:
+        if not turn.caps.reply_to and turn.state not in RELAY_STATES:
             if turn.state in DRAFT_STATES:
-                await relay.hint_pending(turn)
-            elif (report := await relay.pending_question(turn)) is not None:
-                await relay.answer_out_of_turn(self, turn, report, message, prepared)
+                await hint_pending(turn)
+            elif (report := await pending_question(turn)) is not None:
+                await answer_out_of_turn(self, turn, report, message, prepared)
                 return
         await self.steps[turn.state].on_message(self, turn, message, prepared)
 
@@ -242,13 +259,13 @@ class CitizenFlow(FlowCore):
         elif command in ("cancel", "huy"):
             await self.cancel(turn)
         elif command in ("status", "tracuu"):
-            await status.start_status(self, turn, args)
+            await start_status(self, turn, args)
         elif command in ("report", "tip", "tobao", "baotin"):
-            tip.start_tip(self, turn)
+            start_tip(self, turn)
         elif command in ("accident", "tainan", "capcuu"):
-            accident.start_accident(self, turn)
+            start_accident(self, turn)
         elif command in ("add", "bosung"):
-            await relay.start_add(self, turn, args)
+            await start_add(self, turn, args)
         else:
             turn.say("err.unknown_command")
             self.prompt(turn)
@@ -278,7 +295,7 @@ class CitizenFlow(FlowCore):
             await self._on_menu(turn, arg)
             return
         if action == "rel":  # "Reply" under a question from the police, however old
-            await relay.start_relay(self, turn, arg)
+            await start_relay(self, turn, arg)
             return
         if step != turn.conversation.step:
             turn.notice("err.button_stale", alert=True)
@@ -295,11 +312,11 @@ class CitizenFlow(FlowCore):
     async def _on_menu(self, turn: Turn, arg: str) -> None:
         turn.outcome.clear_buttons = True
         if arg == "tip":
-            tip.start_tip(self, turn)
+            start_tip(self, turn)
         elif arg == "acc":
-            accident.start_accident(self, turn)
+            start_accident(self, turn)
         elif arg == "status":
-            await status.start_status(self, turn, "")
+            await start_status(self, turn, "")
         elif arg == "lang":
             self.side_trip(turn)
             turn.state = State.LANGUAGE
