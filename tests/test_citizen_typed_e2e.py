@@ -52,10 +52,11 @@ async def reports(service) -> list[Report]:
 
 
 async def draft(service) -> dict:
+    """The open draft, if any (officers' chats may keep conversations of their own)."""
     async with service.session_factory() as session:
-        conversation = await session.scalar(select(Conversation))
-        assert conversation is not None
-        return dict(conversation.data.get("draft") or {})
+        conversations = (await session.scalars(select(Conversation))).all()
+        drafts = [dict(c.data.get("draft") or {}) for c in conversations]
+        return next((d for d in drafts if d), {})
 
 
 def no_presses(standin: BotAPIStandIn) -> None:
