@@ -108,14 +108,14 @@ class ZaloAdapter:
         self._tasks.clear()
 
     async def _work(self) -> None:
-        for row_id, update in await self.inbox.pending():
-            self._spawn(row_id, update)
+        for row_id, pending in await self.inbox.pending():
+            self._spawn(row_id, pending)
         last_purge = asyncio.get_running_loop().time()
         while True:
             row_id = await self._queue.get()
-            update = await self.inbox.get(row_id)
-            if update is not None:
-                self._spawn(row_id, update)
+            stored = await self.inbox.get(row_id)
+            if stored is not None:
+                self._spawn(row_id, stored)
             now = asyncio.get_running_loop().time()
             if now - last_purge > PURGE_INTERVAL:
                 last_purge = now

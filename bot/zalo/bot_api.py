@@ -9,6 +9,7 @@ is part of the URL only, and aiohttp's errors are re-raised without the URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -50,10 +51,10 @@ class ZaloBotClient:
         return "ZaloBotClient(…)"
 
     async def call(
-        self, method: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None
+        self, method: str, payload: dict[str, Any] | None = None, *, seconds: float | None = None
     ) -> Any:
-        """Call ``method``; its ``result``, or :class:`ZaloBotApiError`."""
-        wait = aiohttp.ClientTimeout(total=timeout or self.request_timeout)
+        """Call ``method`` (waiting at most ``seconds``); its ``result``, or an error."""
+        wait = aiohttp.ClientTimeout(total=seconds or self.request_timeout)
         try:
             async with self.session.post(
                 self._base + method, json=payload or {}, timeout=wait
@@ -63,7 +64,7 @@ class ZaloBotClient:
                     body = await response.json(content_type=None)
                 except ValueError:
                     body = None
-        except TimeoutError as exc:
+        except TimeoutError:
             raise ZaloBotApiError(None, f"{method}: timed out") from None
         except aiohttp.ClientError as exc:
             raise ZaloBotApiError(None, f"{method}: {type(exc).__name__}") from None
@@ -75,10 +76,12 @@ class ZaloBotClient:
         return_code = int(code) if isinstance(code, int | str) and str(code).isdigit() else status
         raise ZaloBotApiError(return_code, str(body.get("description") or f"HTTP {status}"))
 
-    async def get_update(self, timeout: int) -> Any | None:
-        """One update by long polling, or ``None`` when none arrived in ``timeout`` seconds."""
+    async def get_update(self, poll_seconds: int) -> Any | None:
+        """One update by long polling, or ``None`` when none arrived in ``poll_seconds``."""
         try:
-            return await self.call("getUpdates", {"timeout": timeout}, timeout=timeout + 10)
+            return await self.call(
+                "getUpdates", {"timeout": poll_seconds}, seconds=poll_seconds + 10
+            )
         except ZaloBotApiError as exc:
             if exc.error_code == NO_UPDATE:
                 return None
@@ -91,10 +94,9 @@ class ZaloBotClient:
             raise as_send_error(exc) from None
 
     async def send_chat_action(self, chat_id: str, action: str = "typing") -> None:
-        try:
+        # optional: a missing "typing…" must never stop the answer
+        with contextlib.suppress(ZaloBotApiError):
             await self.call("sendChatAction", {"chat_id": chat_id, "action": action})
-        except ZaloBotApiError:
-            pass  # optional: a missing "typing…" must never stop the answer
 
     async def set_webhook(self, url: str, secret_token: str) -> None:
         await self.call("setWebhook", {"url": url, "secret_token": secret_token})

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import SendError
 from bot.dispatch import Dispatcher
@@ -31,12 +32,11 @@ from config.settings import Settings
 from handlers.channels import ChannelName
 from handlers.events import Attachment, Message, Sender
 from handlers.security import Keyring
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/zalo/bot/webhook"
-SECRET_HEADER = "X-Bot-Api-Secret-Token"
+SECRET_HEADER = "X-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 
 TEXT = "message.text.received"
 IMAGE = "message.image.received"
@@ -72,6 +72,10 @@ def _event_name(update: dict[str, Any], message: dict[str, Any]) -> str:
     return UNSUPPORTED
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _str(value: Any) -> str | None:
     if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
         return str(value)
@@ -94,8 +98,8 @@ def to_message(update: dict[str, Any]) -> Message | None:
     message = _message(update)
     if message is None:
         return None
-    sender = message.get("from") if isinstance(message.get("from"), dict) else {}
-    chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
+    sender = _dict(message.get("from"))
+    chat = _dict(message.get("chat"))
     user_id, chat_id, message_id = (
         _str(sender.get("id")),
         _str(chat.get("id")),
@@ -150,11 +154,14 @@ class ZaloBotChannel(ZaloAdapter):
         self._poller: asyncio.Task[None] | None = None
         self.client: ZaloBotClient | None = None
         inbox = Inbox(session_factory, keyring, ChannelName.ZALO_BOT)
-        super().__init__(dispatcher, inbox, _LazyFetcher(self))
+        super().__init__(dispatcher, inbox, NotStarted())
 
     @property
     def webhook_enabled(self) -> bool:
         return bool(self.settings.zalo_bot_webhook_url)
+
+    def to_message(self, update: dict[str, Any]) -> Message | None:
+        return to_message(update)
 
     def message_id(self, update: dict[str, Any]) -> str | None:
         message = _message(update)
@@ -250,11 +257,8 @@ class ZaloBotChannel(ZaloAdapter):
         return web.Response(text="ok")
 
 
-class _LazyFetcher:
-    """The channel's fetcher once it is started (it needs the channel's HTTP session)."""
-
-    def __init__(self, channel: ZaloAdapter) -> None:
-        self.channel = channel
+class NotStarted:
+    """The fetcher of a channel that is not started yet (its HTTP session does not exist)."""
 
     async def fetch(self, attachment: Attachment) -> bytes:
         raise RuntimeError("the Zalo channel is not started")

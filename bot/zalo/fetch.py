@@ -23,9 +23,7 @@ class DownloadFailed(Exception):
 class UrlFetcher:
     """A :class:`~handlers.citizen.MediaFetcher` for files that a Zalo API hands out by URL."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, *, max_bytes: int, timeout: float
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, max_bytes: int, timeout: float) -> None:
         self.session = session
         self.max_bytes = min(max_bytes, media_rules.MAX_DOWNLOAD_BYTES)
         self.timeout = aiohttp.ClientTimeout(total=timeout)

@@ -158,7 +158,9 @@ class TokenStore:
     def _decode(self, row: ZaloToken) -> TokenPair:
         data = self.keyring.decrypt(row.tokens)
         return TokenPair(
-            str(data.get("access_token") or ""), str(data.get("refresh_token") or ""), row.expires_at
+            str(data.get("access_token") or ""),
+            str(data.get("refresh_token") or ""),
+            row.expires_at,
         )
 
     async def _ensure_row(self) -> None:
