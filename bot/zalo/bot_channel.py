@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -34,6 +35,8 @@ from handlers.events import Attachment, Message, Sender
 from handlers.security import Keyring
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WEBHOOK_PATH = "/zalo/bot/webhook"
 SECRET_HEADER = "X-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
@@ -238,6 +241,10 @@ class ZaloBotChannel(ZaloAdapter):
         self._state = "stopped"
 
     # ------------------------------------------------------------------ webhook
+
+    def webhook_routes(self) -> list[tuple[str, Handler]]:
+        """The routes tinbao's web server adds for this channel."""
+        return [(WEBHOOK_PATH, self.handle_webhook)] if self.webhook_enabled else []
 
     async def handle_webhook(self, request: web.Request) -> web.Response:
         """Check the secret header (constant time), reject bad JSON with 400, store, answer."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,8 @@ from handlers.security import Keyring
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WEBHOOK_PATH = "/zalo/oa/webhook"
 SIGNATURE_HEADER = "X-ZEvent-Signature"
@@ -239,6 +242,10 @@ class ZaloOAChannel(ZaloAdapter):
             await self._session.close()
             self._session = None
         self._state = "stopped"
+
+    def webhook_routes(self) -> list[tuple[str, Handler]]:
+        """The routes tinbao's web server adds for this channel."""
+        return [(WEBHOOK_PATH, self.handle_webhook)]
 
     async def handle_webhook(self, request: web.Request) -> web.Response:
         """Verify the signature over the raw body, refuse replays, store, answer at once."""
