@@ -22,9 +22,9 @@ from typing import Any
 from aiohttp import web
 
 APP_ID = "4321098765"
-APP_SECRET = "app-secret-standin-0123456789"  # noqa: S105 (test values)
-OA_SECRET_KEY = "oa-secret-key-standin-9876543210"  # noqa: S105
-FIRST_REFRESH_TOKEN = "refresh-0"  # noqa: S105
+APP_SECRET = "app-secret-standin-0123456789"
+OA_SECRET_KEY = "oa-secret-key-standin-9876543210"
+FIRST_REFRESH_TOKEN = "refresh-0"
 WINDOW_MS = 7 * 24 * 3600 * 1000
 
 
@@ -57,7 +57,7 @@ class ZaloOAStandIn:
         await site.start()
         server = site._server
         assert server is not None
-        self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
