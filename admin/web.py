@@ -22,7 +22,7 @@ async def healthz(request: web.Request) -> web.Response:
     body = {
         "status": "ok" if database_ok else "degraded",
         "database": "ok" if database_ok else "unreachable",
-        "channels": {"telegram": service.telegram_state},
+        "channels": {"telegram": service.telegram_state, **service.channels.states()},
     }
     return web.json_response(body, status=200 if database_ok else 503)
 
@@ -42,4 +42,13 @@ def build_web_app(service: Service) -> web.Application:
         app.add_subapp("/admin", build_admin_app(service))
     if service.telegram is not None and service.settings.webhook_enabled:
         app.router.add_post(service.telegram.webhook_path, service.telegram.handle_webhook)
+    add_zalo_routes(app, service)
     return app
+
+
+def add_zalo_routes(app: web.Application, service: Service) -> None:
+    """The webhooks of the citizen channels besides Telegram (``/zalo/bot/webhook``,
+    ``/zalo/oa/webhook``), as each channel declares them."""
+    for channel in service.channels:
+        for path, handler in getattr(channel, "webhook_routes", list)():
+            app.router.add_post(path, handler)

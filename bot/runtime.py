@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.cardview import TelegramCardView
+from bot.channel import ChannelRegistry
 from bot.citizen_delivery import CitizenMessenger
 from bot.delivery import DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
@@ -71,6 +72,8 @@ class Service:
     messenger: CitizenMessenger | None = None
     queues: QueueMap = field(default_factory=QueueMap)
     keyring: Keyring | None = None
+    #: The citizen channels besides Telegram (Zalo), started and stopped with the service.
+    channels: ChannelRegistry = field(default_factory=ChannelRegistry)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -178,6 +181,7 @@ class Service:
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
                 "@BotFather to receive reports; the web server keeps running meanwhile."
             )
+        add_zalo_channels(service, keyring)
         return service
 
     @property
@@ -191,6 +195,7 @@ class Service:
             self.telegram.start_background()
             self._tasks.append(asyncio.create_task(self._start_delivery(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
+        await self.channels.start()
 
     async def _start_delivery(self) -> None:
         """The outbox is delivered once the channel's bot is up."""
@@ -207,6 +212,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.channels.stop()
         if self.messenger is not None:
             await self.messenger.stop()
         if self.delivery is not None:
@@ -235,6 +241,21 @@ class Service:
             except Exception:
                 log.exception("maintenance failed; trying again later")
             await asyncio.sleep(MAINTENANCE_INTERVAL)
+
+
+def add_zalo_channels(service: Service, keyring: Keyring) -> None:
+    """The Zalo Bot Platform and the Zalo OA, each when its settings are set."""
+    from bot.zalo import ZaloBotChannel, ZaloOAChannel
+
+    settings = service.settings
+    if settings.zalo_bot_enabled:
+        service.channels.add(
+            ZaloBotChannel(settings, service.dispatcher, service.session_factory, keyring)
+        )
+    if settings.zalo_oa_enabled:
+        service.channels.add(
+            ZaloOAChannel(settings, service.dispatcher, service.session_factory, keyring)
+        )
 
 
 def attach(app: web.Application, service: Service) -> None:

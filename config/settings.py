@@ -61,6 +61,24 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     polling_timeout: int = Field(default=30, ge=0, le=60)
 
+    # --- Zalo Bot Platform (docs/zalo.md) ---------------------------------------------------
+    zalo_bot_token: SecretStr | None = None
+    zalo_bot_api_url: str = "https://bot-api.zaloplatforms.com/bot"
+    zalo_bot_webhook_url: str | None = None
+    zalo_bot_webhook_secret: SecretStr | None = None
+    zalo_bot_polling_timeout: int = Field(default=30, ge=1, le=60)
+
+    # --- Zalo Official Account (docs/zalo.md) -----------------------------------------------
+    zalo_oa_app_id: str | None = None
+    zalo_oa_secret_key: SecretStr | None = None
+    zalo_app_secret: SecretStr | None = None
+    zalo_oa_refresh_token: SecretStr | None = None
+    zalo_oa_api_url: str = "https://openapi.zalo.me"
+    zalo_oauth_url: str = "https://oauth.zaloapp.com"
+    #: Largest image a Zalo citizen may send (bytes); larger downloads are cut off and refused.
+    zalo_media_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    zalo_media_timeout: float = Field(default=30.0, gt=0)
+
     # --- storage ----------------------------------------------------------------------------
     data_dir: Path = Path("var")
     database_url: str | None = None
@@ -127,6 +145,22 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator(
+        "zalo_bot_token",
+        "zalo_bot_webhook_url",
+        "zalo_bot_webhook_secret",
+        "zalo_oa_app_id",
+        "zalo_oa_secret_key",
+        "zalo_app_secret",
+        "zalo_oa_refresh_token",
+        mode="before",
+    )
+    @classmethod
+    def _empty_zalo_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -166,11 +200,51 @@ class Settings(BaseSettings):
                     "TINBAO_TELEGRAM_TOKEN does not look like a bot token from @BotFather "
                     "(expected '<digits>:<letters>')."
                 )
+        self._check_zalo()
         if not self.database_url_is_async:
             raise ConfigError(
                 "TINBAO_DATABASE_URL must use an async driver: "
                 "'sqlite+aiosqlite:///path.db' or 'postgresql+asyncpg://user@host/db'."
             )
+
+    @property
+    def zalo_bot_enabled(self) -> bool:
+        return self.zalo_bot_token is not None
+
+    @property
+    def zalo_oa_enabled(self) -> bool:
+        return self.zalo_oa_app_id is not None
+
+    def _check_zalo(self) -> None:
+        """The Zalo channels: a token that looks like one, and an OA with all its keys."""
+        if self.zalo_bot_token is not None:
+            token = self.zalo_bot_token.get_secret_value()
+            if token.lower() in PLACEHOLDER_SECRETS or ":" not in token:
+                raise ConfigError(
+                    "TINBAO_ZALO_BOT_TOKEN does not look like a token from Zalo Bot Creator "
+                    "(expected '<bot id>:<secret>')."
+                )
+        if self.zalo_bot_webhook_url and self.zalo_bot_webhook_secret is None:
+            raise ConfigError(
+                "TINBAO_ZALO_BOT_WEBHOOK_URL is set but TINBAO_ZALO_BOT_WEBHOOK_SECRET is not: "
+                "set a random secret of 16-256 characters."
+            )
+        if self.zalo_bot_webhook_secret is not None:
+            value = self.zalo_bot_webhook_secret.get_secret_value()
+            if value.lower() in PLACEHOLDER_SECRETS or not 16 <= len(value) <= 256:
+                raise ConfigError(
+                    "TINBAO_ZALO_BOT_WEBHOOK_SECRET is a placeholder or not 16-256 characters "
+                    "long: set a random secret."
+                )
+        if self.zalo_oa_app_id is None:
+            return
+        for name in ("zalo_oa_secret_key", "zalo_app_secret"):
+            secret = getattr(self, name)
+            if secret is None or secret.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+                raise ConfigError(
+                    f"TINBAO_ZALO_OA_APP_ID is set but TINBAO_{name.upper()} is missing or a "
+                    "placeholder: copy it from the Zalo for Developers app settings."
+                )
 
     @property
     def database_url_is_async(self) -> bool:

@@ -387,3 +387,39 @@ class RateHit(Base):
     scope: Mapped[str] = mapped_column(String(32))
     key: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ZaloToken(Base):
+    """The Zalo OA's OAuth tokens, encrypted; one row per OA (``key`` is the app id's hash).
+
+    The refresh token is single-use and rotates: the new pair is saved here, in the same
+    transaction that holds this row locked, before the new access token is used.
+    """
+
+    __tablename__ = "zalo_tokens"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Fernet token of ``{"access_token": ..., "refresh_token": ...}``.
+    tokens: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime]
+    refreshed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ZaloInbox(Base):
+    """Zalo updates written down before anything is done with them (polling and webhooks).
+
+    ``msg_key`` is a hash of the channel's message id, unique per channel, so a redelivery is
+    recognised; the update itself is encrypted (it carries the citizen's Zalo id) and dropped
+    once handled.
+    """
+
+    __tablename__ = "zalo_inbox"
+    __table_args__ = (UniqueConstraint("channel", "msg_key"),)
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    msg_key: Mapped[str] = mapped_column(String(64))
+    #: Fernet token of the raw update; ``None`` once handled.
+    payload: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    handled_at: Mapped[datetime | None]

@@ -1,0 +1,176 @@
+"""What both Zalo channels share: the durable inbox, ordered handling per chat, the dispatcher,
+and plain-text replies.
+
+An update is stored in the :class:`~bot.zalo.inbox.Inbox` first, then handled by a worker:
+updates of one chat in order, different chats concurrently. The update becomes a neutral
+:class:`~handlers.events.Message` (the Zalo user id only reaches the flow, which keeps its keyed
+hash and encrypts the route back); the :class:`~handlers.events.Outcome` is rendered as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from bot.channel import SendError
+from bot.dispatch import Dispatcher
+from bot.zalo.inbox import Inbox
+from bot.zalo.text import render_texts
+from handlers.channels import CAPABILITIES, Capabilities, ChannelName
+from handlers.citizen import MediaFetcher
+from handlers.events import Message, Reply
+
+log = logging.getLogger(__name__)
+
+#: How often handled message ids older than a week are forgotten.
+PURGE_INTERVAL = 6 * 3600.0
+
+
+class ZaloAdapter:
+    """The shared half of a Zalo channel; a subclass parses updates and sends text."""
+
+    channel_name: ChannelName
+
+    def __init__(self, dispatcher: Dispatcher, inbox: Inbox, fetcher: MediaFetcher) -> None:
+        self.dispatcher = dispatcher
+        self.inbox = inbox
+        self.fetcher = fetcher
+        self._state = "starting"
+        self._queue: asyncio.Queue[int] = asyncio.Queue()
+        self._chat_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._worker: asyncio.Task[None] | None = None
+        #: Updates fully handled (replies sent); waiters are woken on each one (tests).
+        self.updates_handled = 0
+        self._handled = asyncio.Condition()
+
+    # ------------------------------------------------------------------ what a subclass gives
+
+    def message_id(self, update: dict[str, Any]) -> str | None:
+        """The update's own message id (the key for deduplication); ``None`` to ignore it."""
+        raise NotImplementedError
+
+    def to_message(self, update: dict[str, Any]) -> Message | None:
+        """The update as a citizen's message; ``None`` for anything the flow skips."""
+        raise NotImplementedError
+
+    async def send_text(self, chat_id: str, text: str) -> None:
+        """Send one text of at most ``max_text`` characters; raise :class:`SendError`."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ CitizenSender
+
+    @property
+    def name(self) -> ChannelName:
+        return self.channel_name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES[self.channel_name]
+
+    async def send(self, chat_id: str, replies: Sequence[Reply]) -> None:
+        """Send ``replies`` to a citizen's chat, rendered as text; raise :class:`SendError`."""
+        for text in render_texts(replies, self.capabilities):
+            await self.send_text(chat_id, text)
+
+    def state(self) -> str:
+        return self._state
+
+    # ------------------------------------------------------------------ receiving
+
+    async def accept(self, update: dict[str, Any]) -> bool:
+        """Store ``update`` and queue it; ``False`` when it was ignored or seen before."""
+        message_id = self.message_id(update)
+        if message_id is None:
+            return False
+        row_id = await self.inbox.put(message_id, update)
+        if row_id is None:
+            log.info("%s: a redelivered message was ignored", self.channel_name)
+            return False
+        self._queue.put_nowait(row_id)
+        return True
+
+    def start_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._work(), name=f"{self.channel_name}-inbox")
+
+    async def stop_worker(self) -> None:
+        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._worker = None
+        self._tasks.clear()
+
+    async def _work(self) -> None:
+        for row_id, pending in await self.inbox.pending():
+            self._spawn(row_id, pending)
+        last_purge = asyncio.get_running_loop().time()
+        while True:
+            row_id = await self._queue.get()
+            stored = await self.inbox.get(row_id)
+            if stored is not None:
+                self._spawn(row_id, stored)
+            now = asyncio.get_running_loop().time()
+            if now - last_purge > PURGE_INTERVAL:
+                last_purge = now
+                with contextlib.suppress(Exception):
+                    await self.inbox.purge()
+
+    def _spawn(self, row_id: int, update: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._handle(row_id, update))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, row_id: int, update: dict[str, Any]) -> None:
+        try:
+            message = self.to_message(update)
+            if message is None:
+                await self.inbox.done(row_id)
+                return
+            async with self._chat_lock(message.sender.chat_id):
+                await self._process(message)
+                await self.inbox.done(row_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the update stays in the inbox and is tried again at the next start
+            log.exception("%s: an update could not be handled", self.channel_name)
+        finally:
+            async with self._handled:
+                self.updates_handled += 1
+                self._handled.notify_all()
+
+    async def _process(self, message: Message) -> None:
+        outcome = await self.dispatcher.process(message, self.fetcher)
+        if outcome is None or not outcome.replies:
+            return
+        try:
+            await self.send(message.sender.chat_id, outcome.replies)
+        except SendError as exc:
+            # The flow's state is committed; the citizen sees the next prompt on their next
+            # message. Never log the chat id.
+            log.warning("%s: a reply was not delivered: %s", self.channel_name, exc.reason)
+
+    @contextlib.asynccontextmanager
+    async def _chat_lock(self, chat_id: str) -> Any:
+        lock, users = self._chat_locks.get(chat_id, (asyncio.Lock(), 0))
+        self._chat_locks[chat_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._chat_locks[chat_id]
+            if users <= 1:
+                del self._chat_locks[chat_id]
+            else:
+                self._chat_locks[chat_id] = (lock, users - 1)
+
+    async def wait_handled(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until ``count`` updates in all have been handled (tests)."""
+        async with asyncio.timeout(timeout), self._handled:
+            await self._handled.wait_for(lambda: self.updates_handled >= count)

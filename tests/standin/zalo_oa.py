@@ -1,0 +1,144 @@
+"""A stand-in for the Zalo Official Account API and its OAuth server over HTTP, reached through
+``TINBAO_ZALO_OA_API_URL`` and ``TINBAO_ZALO_OAUTH_URL``.
+
+* ``POST /v4/oa/access_token`` (header ``secret_key``, form ``app_id``, ``grant_type``,
+  ``refresh_token``): each refresh token works once; the answer rotates both tokens and gives
+  ``expires_in`` as a string, as Zalo does.
+* ``POST /v3.0/oa/message/cs`` (header ``access_token``): ``-216`` for an unknown or revoked
+  access token, ``-230`` when the user has not written within 7 days; sends are recorded.
+* :func:`signed` builds a webhook body and its ``X-ZEvent-Signature`` for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+APP_ID = "4321098765"
+APP_SECRET = "app-secret-standin-0123456789"
+OA_SECRET_KEY = "oa-secret-key-standin-9876543210"
+FIRST_REFRESH_TOKEN = "refresh-0"
+WINDOW_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass
+class OASend:
+    user_id: str
+    text: str
+    error: int
+
+
+class ZaloOAStandIn:
+    def __init__(self) -> None:
+        self.refresh_tokens = {FIRST_REFRESH_TOKEN}
+        self.access_tokens: set[str] = set()
+        self.refreshes = 0
+        self.sends: list[OASend] = []
+        #: The last time (ms) each user wrote to the OA; the 7-day window runs from there.
+        self.last_seen: dict[str, int] = {}
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._counter = itertools.count(1)
+
+    async def __aenter__(self) -> ZaloOAStandIn:
+        app = web.Application()
+        app.router.add_post("/v4/oa/access_token", self._token)
+        app.router.add_post("/v3.0/oa/message/cs", self._cs)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if request.headers.get("secret_key") != APP_SECRET or form.get("app_id") != APP_ID:
+            return web.json_response({"error": -14002, "error_name": "Invalid app"})
+        token = str(form.get("refresh_token") or "")
+        if form.get("grant_type") != "refresh_token" or token not in self.refresh_tokens:
+            return web.json_response({"error": -14014, "error_name": "Invalid refresh token"})
+        self.refresh_tokens.discard(token)  # single use
+        number = next(self._counter)
+        access, refresh = f"access-{number}-{secrets.token_hex(4)}", f"refresh-{number}"
+        self.refresh_tokens.add(refresh)
+        self.access_tokens.add(access)
+        self.refreshes += 1
+        return web.json_response(
+            {"access_token": access, "refresh_token": refresh, "expires_in": "90000"}
+        )
+
+    async def _cs(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        user_id = str(body.get("recipient", {}).get("user_id", ""))
+        text = str(body.get("message", {}).get("text", ""))
+        error = 0
+        if request.headers.get("access_token") not in self.access_tokens:
+            error = -216
+        elif not 1 <= len(text) <= 2000:
+            error = -201
+        elif time.time() * 1000 - self.last_seen.get(user_id, 0) > WINDOW_MS:
+            error = -230
+        self.sends.append(OASend(user_id, text, error))
+        if error:
+            return web.json_response({"error": error, "message": "refused"})
+        return web.json_response(
+            {"error": 0, "message": "Success", "data": {"message_id": f"m{len(self.sends)}"}}
+        )
+
+    # ------------------------------------------------------------------ for tests
+
+    def revoke_access_tokens(self) -> None:
+        self.access_tokens.clear()
+
+    def delivered(self, user_id: str | None = None) -> list[str]:
+        return [s.text for s in self.sends if not s.error and user_id in (None, s.user_id)]
+
+    def event(
+        self, user_id: str, event_name: str, message: dict[str, Any] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """A webhook event from ``user_id``; a citizen's event opens the 7-day window."""
+        now = int(time.time() * 1000)
+        if event_name.startswith("user_send_") or event_name == "follow":
+            self.last_seen[user_id] = now
+        event: dict[str, Any] = {
+            "app_id": APP_ID,
+            "event_name": event_name,
+            "timestamp": str(now),
+            "user_id_by_app": f"app{user_id}",
+            **extra,
+        }
+        if event_name == "follow":
+            event["follower"] = {"id": user_id}
+        else:
+            event["sender"] = {"id": user_id}
+            event["recipient"] = {"id": "oa1"}
+        if message is not None:
+            event["message"] = {"msg_id": f"msg{next(self._counter)}", **message}
+        return event
+
+
+def signed(event: dict[str, Any], key: str = OA_SECRET_KEY) -> tuple[bytes, dict[str, str]]:
+    """The raw body of ``event`` and the headers Zalo would send with it."""
+    raw = json.dumps(event, ensure_ascii=False).encode()
+    mac = hashlib.sha256(
+        str(event["app_id"]).encode() + raw + str(event["timestamp"]).encode() + key.encode()
+    ).hexdigest()
+    return raw, {"X-ZEvent-Signature": f"mac={mac}", "Content-Type": "application/json"}
