@@ -186,11 +186,6 @@ async def test_the_same_message_twice_is_handled_once(service, zalo_bot):
     assert len(zalo_bot.sent("7009")) == len(first)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="depends on typed answers (the citizen helper's work): on this branch a step with "
-    "buttons accepts only presses, so a Zalo citizen cannot choose a category yet",
-)
 async def test_a_complete_tip_typed_on_zalo_reaches_the_telegram_duty_group(
     service, zalo_bot, telegram
 ):
