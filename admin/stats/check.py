@@ -50,7 +50,7 @@ async def recount(session: AsyncSession) -> dict[str, Counter[Key]]:
         month = local_month(report.created_at)
         out["stats_received"][(month, *dims, report.status, "reports")] += 1
         if report.status == "resolved" and report.resolved_at is not None:
-            key = (
+            key: Key = (
                 local_month(report.resolved_at),
                 *dims,
                 report.outcome or "",

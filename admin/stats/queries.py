@@ -88,8 +88,10 @@ def adapt(condition: ColumnElement[bool] | None, table: Table) -> ColumnElement[
             return func.nullif(column, "") if name in NULLABLE else column
         return None
 
-    adapted: ColumnElement[bool] = visitors.replacement_traverse(condition, {}, replace)
-    return adapted
+    traverse: Any = visitors.replacement_traverse
+    adapted: Any = traverse(condition, {}, replace)
+    result: ColumnElement[bool] = adapted
+    return result
 
 
 def combine(*conditions: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
@@ -139,7 +141,7 @@ async def figures(
         .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
         .group_by(r.unit_code, r.kind, r.category, r.status)
     )
-    for unit, kind, category, status, count in rows:
+    for unit, kind, category, status, count in rows.tuples():
         n = int(count or 0)
         if not n:
             continue
@@ -150,14 +152,14 @@ async def figures(
         _add(out.by_category, category_key(kind, category), n)
         _add(out.by_unit, unit, n)
     s = RESOLVED.c
-    rows = await session.execute(
+    resolved_rows = await session.execute(
         select(
             s.kind, s.category, s.outcome, s.assisted, func.sum(s.reports), func.sum(s.subjects)
         )
         .where(s.month >= first, s.month <= last, adapt(where, RESOLVED))
         .group_by(s.kind, s.category, s.outcome, s.assisted)
     )
-    for kind, category, outcome, assisted, count, subjects in rows:
+    for kind, category, outcome, assisted, count, subjects in resolved_rows.tuples():
         n = int(count or 0)
         out.resolved += n
         out.subjects += int(subjects or 0)
@@ -169,13 +171,13 @@ async def figures(
             out.assisted += n
             _add(out.assisted_by_category, category_key(kind, category), n)
     d = DURATIONS.c
-    rows = await session.execute(
+    duration_rows = await session.execute(
         select(d.measure, d.bucket, func.sum(d.reports))
         .where(d.month >= first, d.month <= last, adapt(where, DURATIONS))
         .group_by(d.measure, d.bucket)
     )
     histograms: dict[str, dict[int, int]] = {"claim": {}, "ack": {}}
-    for measure, bucket, count in rows:
+    for measure, bucket, count in duration_rows.tuples():
         histograms.setdefault(measure, {})[int(bucket)] = int(count or 0)
     out.claim_count, out.claim_median = median_of(histograms["claim"])
     out.ack_count, out.ack_median = median_of(histograms["ack"])
@@ -263,6 +265,7 @@ async def daily(
 ) -> list[tuple[date, int]]:
     """Reports per local day of a month, read from ``reports`` (every day, zeros included)."""
     assert period.month is not None
+    day: Any
     if _dialect(session) == "postgresql":
         day = func.extract("day", func.timezone("Asia/Ho_Chi_Minh", Report.created_at))
     else:

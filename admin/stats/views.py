@@ -193,7 +193,7 @@ def unit_table(
     catalogue = panel_of(request).service.catalogue
     first, last = period_months(period)
     span = len(range(0, (last // 100 - first // 100) * 12 + last % 100 - first % 100 + 1))
-    rows = []
+    rows: list[tuple[str, int, float | None, float | None]] = []
     codes = {u.code for u in catalogue.units} | set(fig.by_unit)
     for code in codes:
         months = history.get(code, {})
@@ -260,7 +260,8 @@ SORTS = ("name", "reports", "average", "change")
 async def stats_units(request: web.Request) -> web.StreamResponse:
     data = _context(request, await _all(request))
     labels = Labels(panel_of(request), locale_of(request))
-    sort = request.query.get("sort") if request.query.get("sort") in SORTS else "reports"
+    asked = request.query.get("sort", "")
+    sort = asked if asked in SORTS else "reports"
     descending = request.query.get("dir", "desc") != "asc"
     keys = {
         "name": lambda r: labels.unit(r[0]).casefold(),
