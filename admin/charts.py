@@ -44,3 +44,27 @@ def bar_chart(title: str, items: Sequence[tuple[str, int]], *, horizontal: bool 
     chart.add(title, list(reversed(values)) if horizontal else values)
     rendered: bytes = chart.render()
     return rendered
+
+
+def line_chart(
+    title: str, x_labels: Sequence[str], lines: Sequence[tuple[str, Sequence[int]]]
+) -> bytes:
+    """Several series over the same months (the 24-month trends)."""
+    chart = pygal.Line(
+        style=STYLE,
+        js=[],
+        title=title,
+        width=900,
+        height=420,
+        x_label_rotation=45,
+        show_minor_x_labels=True,
+        legend_at_bottom=True,
+        truncate_label=-1,
+        margin=10,
+        dots_size=2,
+    )
+    chart.x_labels = list(x_labels)
+    for name, values in lines or [("—", [0] * len(x_labels))]:
+        chart.add(name, list(values))
+    rendered: bytes = chart.render()
+    return rendered

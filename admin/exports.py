@@ -5,47 +5,51 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
+from typing import Any
 
 from openpyxl import Workbook
 from openpyxl.styles import Font
 
-from admin.queries import Stats, Summary
+from admin.stats.queries import Figures
 
 Label = Callable[[str], str]
 
 
 def rows(
-    stats: Stats, summary: Summary, *, t: Label, unit_name: Label, category: Label, status: Label
+    fig: Figures,
+    money: Any,
+    arrest_kinds: list[tuple[str, int]],
+    *,
+    t: Label,
+    unit_name: Label,
+    category: Label,
+    status: Label,
 ) -> list[tuple[str, str, str, int]]:
     """Flat rows ``(section, key, label, value)``, the same in both formats."""
     out: list[tuple[str, str, str, int]] = [
-        ("total", "reports", t("admin.stats.total"), stats.total)
+        ("total", "reports", t("admin.stats.total"), fig.received)
     ]
-    out += [("status", k, status(k), v) for k, v in sorted(stats.by_status.items())]
+    out += [("status", k, status(k), v) for k, v in sorted(fig.by_status.items())]
     out += [
         ("category", k, category(k), v)
-        for k, v in sorted(stats.by_category.items(), key=lambda kv: -kv[1])
+        for k, v in sorted(fig.by_category.items(), key=lambda kv: -kv[1])
     ]
     out += [
-        ("unit", k, unit_name(k), v)
-        for k, v in sorted(stats.by_unit.items(), key=lambda kv: -kv[1])
+        ("unit", k, unit_name(k), v) for k, v in sorted(fig.by_unit.items(), key=lambda kv: -kv[1])
     ]
     out += [
-        ("summary", "clarified", t("admin.summary.clarified"), summary.clarified),
-        ("summary", "subjects_handled", t("admin.summary.subjects"), summary.subjects_handled),
-        ("summary", "assisted_arrests", t("admin.summary.arrests"), summary.assisted_total),
-        ("summary", "rewards_paid", t("admin.summary.rewards_count"), summary.rewards_paid),
-        (
-            "summary",
-            "rewards_paid_vnd",
-            t("admin.summary.rewards_total"),
-            summary.rewards_paid_vnd,
-        ),
+        ("summary", "clarified", t("admin.summary.clarified"), fig.clarified),
+        ("summary", "subjects_handled", t("admin.summary.subjects"), fig.subjects),
+        ("summary", "assisted_arrests", t("admin.summary.arrests"), fig.assisted),
+        ("summary", "rewards_paid", t("admin.summary.rewards_count"), money.paid),
+        ("summary", "rewards_paid_vnd", t("admin.summary.rewards_total"), money.paid_vnd),
+        ("summary", "commendations", t("stats.report.commendations"), money.commendations),
     ]
     out += [
         ("assisted_arrests", k, category(k), v)
-        for k, v in sorted(summary.assisted_arrests.items(), key=lambda kv: -kv[1])
+        for k, v in sorted(fig.assisted_by_category.items(), key=lambda kv: -kv[1])
     ]
+    out += [("arrest_kinds", k, category(k), v) for k, v in arrest_kinds]
     return out
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -359,6 +360,8 @@ class Reward(Base):
     paid_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
     paid_at: Mapped[datetime | None]
     payout_reference: Mapped[str | None] = mapped_column(String(200))
+    #: The reward comes with a letter of commendation (counted in the monthly report).
+    commendation: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AuditEvent(Base):
@@ -423,3 +426,46 @@ class ZaloInbox(Base):
     payload: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     handled_at: Mapped[datetime | None]
+
+
+# --------------------------------------------------------------------------- statistics rollups
+# Kept by triggers on ``reports`` (migration 0010); read by :mod:`admin.stats`. Months are local
+# (Vietnam) calendar months as ``yyyymm``; an absent unit, queue, category or outcome is ``''``.
+
+
+class _StatsKey:
+    month: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit_code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    queue_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    category: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class StatsReceived(_StatsKey, Base):
+    """Reports by the month they arrived, with their current status."""
+
+    __tablename__ = "stats_received"
+
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    reports: Mapped[int] = mapped_column(BigInteger)
+
+
+class StatsResolved(_StatsKey, Base):
+    """Resolved reports by the month they were resolved."""
+
+    __tablename__ = "stats_resolved"
+
+    outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
+    assisted: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reports: Mapped[int] = mapped_column(BigInteger)
+    subjects: Mapped[int] = mapped_column(BigInteger)
+
+
+class StatsDurations(_StatsKey, Base):
+    """Times to claim (``claim``) and to acknowledge (``ack``) in buckets, by arrival month."""
+
+    __tablename__ = "stats_durations"
+
+    measure: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reports: Mapped[int] = mapped_column(BigInteger)

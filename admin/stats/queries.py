@@ -1,0 +1,294 @@
+"""Statistics read from the monthly rollups (``stats_*``, kept by triggers, migration 0010).
+
+A period is a range of local calendar months (``yyyymm``). The viewer's scope and the page's
+filters are conditions on :class:`~storage.models.Report` columns, as everywhere in the panel;
+they are rewritten onto the rollup's columns (an absent unit, queue or category is ``''`` there).
+Only the month-by-day chart reads ``reports`` directly (one month, by the created_at index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import ColumnElement, Integer, Table, and_, func, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.schema import Column
+
+from admin.queries import LOCAL, Period, _dialect
+from storage.models import Report, StatsDurations, StatsReceived, StatsResolved
+from storage.stats_rollup import BUCKET_EDGES
+
+RECEIVED: Table = StatsReceived.__table__  # type: ignore[assignment]
+RESOLVED: Table = StatsResolved.__table__  # type: ignore[assignment]
+DURATIONS: Table = StatsDurations.__table__  # type: ignore[assignment]
+NULLABLE = ("unit_code", "queue_key", "category", "outcome")
+
+
+class UnsupportedScope(ValueError):
+    """A condition on a report column the rollups do not keep."""
+
+
+# --------------------------------------------------------------------------- months
+
+
+def month_key(year: int, month: int) -> int:
+    return year * 100 + month
+
+
+def shift(key: int, months: int) -> int:
+    index = (key // 100) * 12 + (key % 100 - 1) + months
+    return month_key(index // 12, index % 12 + 1)
+
+
+def months_between(first: int, last: int) -> list[int]:
+    out, key = [], first
+    while key <= last:
+        out.append(key)
+        key = shift(key, 1)
+    return out
+
+
+def period_months(period: Period) -> tuple[int, int]:
+    if period.month is None:
+        return month_key(period.year, 1), month_key(period.year, 12)
+    key = month_key(period.year, period.month)
+    return key, key
+
+
+def previous(period: Period) -> Period:
+    if period.month is None:
+        return Period(period.year - 1)
+    key = shift(month_key(period.year, period.month), -1)
+    return Period(key // 100, key % 100)
+
+
+def year_before(period: Period) -> Period:
+    return Period(period.year - 1, period.month)
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+def adapt(condition: ColumnElement[bool] | None, table: Table) -> ColumnElement[bool]:
+    """``condition`` on reports rewritten onto ``table`` (TRUE for None)."""
+    if condition is None:
+        return true()
+    source = Report.__table__
+
+    def replace(element: Any) -> Any:
+        if isinstance(element, Column) and element.table is source:
+            name = element.name
+            if name not in table.c:
+                raise UnsupportedScope(name)
+            column = table.c[name]
+            return func.nullif(column, "") if name in NULLABLE else column
+        return None
+
+    traverse: Any = visitors.replacement_traverse
+    adapted: Any = traverse(condition, {}, replace)
+    result: ColumnElement[bool] = adapted
+    return result
+
+
+def combine(*conditions: ColumnElement[bool] | None) -> ColumnElement[bool] | None:
+    present = [c for c in conditions if c is not None]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else and_(*present)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@dataclass(slots=True)
+class Figures:
+    """One period's counts (received by arrival; the notice's figures by resolution)."""
+
+    received: int = 0
+    emergencies: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_category: dict[str, int] = field(default_factory=dict)
+    by_unit: dict[str, int] = field(default_factory=dict)
+    resolved: int = 0
+    clarified: int = 0
+    handled: int = 0
+    subjects: int = 0
+    assisted: int = 0
+    assisted_by_category: dict[str, int] = field(default_factory=dict)
+    claim_median: float | None = None
+    claim_count: int = 0
+    ack_median: float | None = None
+    ack_count: int = 0
+
+
+def category_key(kind: str, category: str) -> str:
+    return "accident" if kind == "emergency" else (category or "other")
+
+
+async def figures(
+    session: AsyncSession, months: tuple[int, int], where: ColumnElement[bool] | None
+) -> Figures:
+    """Everything the page and the report show for ``months`` (three grouped reads)."""
+    first, last = months
+    out = Figures()
+    r = RECEIVED.c
+    rows = await session.execute(
+        select(r.unit_code, r.kind, r.category, r.status, func.sum(r.reports))
+        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
+        .group_by(r.unit_code, r.kind, r.category, r.status)
+    )
+    for unit, kind, category, status, count in rows.tuples():
+        n = int(count or 0)
+        if not n:
+            continue
+        out.received += n
+        if kind == "emergency":
+            out.emergencies += n
+        _add(out.by_status, status, n)
+        _add(out.by_category, category_key(kind, category), n)
+        _add(out.by_unit, unit, n)
+    s = RESOLVED.c
+    resolved_rows = await session.execute(
+        select(
+            s.kind, s.category, s.outcome, s.assisted, func.sum(s.reports), func.sum(s.subjects)
+        )
+        .where(s.month >= first, s.month <= last, adapt(where, RESOLVED))
+        .group_by(s.kind, s.category, s.outcome, s.assisted)
+    )
+    for kind, category, outcome, assisted, count, subjects in resolved_rows.tuples():
+        n = int(count or 0)
+        out.resolved += n
+        out.subjects += int(subjects or 0)
+        if outcome == "clarified":
+            out.clarified += n
+        elif outcome == "handled":
+            out.handled += n
+        if assisted and n:
+            out.assisted += n
+            _add(out.assisted_by_category, category_key(kind, category), n)
+    d = DURATIONS.c
+    duration_rows = await session.execute(
+        select(d.measure, d.bucket, func.sum(d.reports))
+        .where(d.month >= first, d.month <= last, adapt(where, DURATIONS))
+        .group_by(d.measure, d.bucket)
+    )
+    histograms: dict[str, dict[int, int]] = {"claim": {}, "ack": {}}
+    for measure, bucket, count in duration_rows.tuples():
+        histograms.setdefault(measure, {})[int(bucket)] = int(count or 0)
+    out.claim_count, out.claim_median = median_of(histograms["claim"])
+    out.ack_count, out.ack_median = median_of(histograms["ack"])
+    return out
+
+
+def _add(target: dict[str, int], key: str, n: int) -> None:
+    target[key] = target.get(key, 0) + n
+
+
+def bucket_bounds(bucket: int) -> tuple[float, float]:
+    low = 0.0 if bucket == 0 else float(BUCKET_EDGES[bucket - 1])
+    high = float(BUCKET_EDGES[bucket]) if bucket < len(BUCKET_EDGES) else low
+    return low, high
+
+
+def median_of(histogram: dict[int, int]) -> tuple[int, float | None]:
+    """Count and median, interpolated within the bucket that holds the middle."""
+    total = sum(histogram.values())
+    if total <= 0:
+        return 0, None
+    half = total / 2
+    seen = 0
+    for bucket in sorted(histogram):
+        count = histogram[bucket]
+        if count <= 0:
+            continue
+        if seen + count >= half:
+            low, high = bucket_bounds(bucket)
+            return total, low + (high - low) * (half - seen) / count
+        seen += count
+    return total, bucket_bounds(max(histogram))[0]
+
+
+# --------------------------------------------------------------------------- series
+
+
+@dataclass(slots=True)
+class Series:
+    months: list[int]
+    #: (kind or category key) → one count per month
+    by_kind: dict[str, list[int]]
+    by_category: dict[str, list[int]]
+
+
+async def monthly_series(
+    session: AsyncSession, last: int, count: int, where: ColumnElement[bool] | None
+) -> Series:
+    first = shift(last, -(count - 1))
+    months = months_between(first, last)
+    index = {m: i for i, m in enumerate(months)}
+    r = RECEIVED.c
+    rows = await session.execute(
+        select(r.month, r.kind, r.category, func.sum(r.reports))
+        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
+        .group_by(r.month, r.kind, r.category)
+    )
+    by_kind: dict[str, list[int]] = {"tip": [0] * count, "emergency": [0] * count}
+    by_category: dict[str, list[int]] = {}
+    for month, kind, category, n in rows:
+        i = index[int(month)]
+        by_kind.setdefault(kind, [0] * count)[i] += int(n or 0)
+        by_category.setdefault(category_key(kind, category), [0] * count)[i] += int(n or 0)
+    return Series(months, by_kind, by_category)
+
+
+async def unit_months(
+    session: AsyncSession, first: int, last: int, where: ColumnElement[bool] | None
+) -> dict[str, dict[int, int]]:
+    """Reports per unit and month (for the movers)."""
+    r = RECEIVED.c
+    rows = await session.execute(
+        select(r.unit_code, r.month, func.sum(r.reports))
+        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
+        .group_by(r.unit_code, r.month)
+    )
+    out: dict[str, dict[int, int]] = {}
+    for unit, month, n in rows:
+        out.setdefault(unit, {})[int(month)] = int(n or 0)
+    return out
+
+
+async def daily(
+    session: AsyncSession, period: Period, where: ColumnElement[bool] | None
+) -> list[tuple[date, int]]:
+    """Reports per local day of a month, read from ``reports`` (every day, zeros included)."""
+    assert period.month is not None
+    day: Any
+    if _dialect(session) == "postgresql":
+        day = func.extract("day", func.timezone("Asia/Ho_Chi_Minh", Report.created_at))
+    else:
+        day = func.cast(func.strftime("%d", Report.created_at, "+7 hours"), Integer())
+    stmt = (
+        select(day, func.count())
+        .where(Report.created_at >= period.start, Report.created_at < period.end)
+        .group_by(day)
+    )
+    if where is not None:
+        stmt = stmt.where(where)
+    counts = {int(d): int(n) for d, n in await session.execute(stmt)}
+    first = date(period.year, period.month, 1)
+    days = (period.end.astimezone(LOCAL).date() - first).days
+    return [(date(period.year, period.month, i), counts.get(i, 0)) for i in range(1, days + 1)]
+
+
+def growth(now: int | float | None, before: int | float | None) -> float | None:
+    """Change in per cent; None when there is nothing to compare with."""
+    if now is None or before is None or before == 0:
+        return None
+    return (float(now) - float(before)) * 100.0 / float(before)
+
+
+def nonzero(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    return [(k, v) for k, v in items if v]
