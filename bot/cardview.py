@@ -44,7 +44,7 @@ class TelegramCardView:
         self.bot = bot
         self.session_factory = session_factory
         self.locale = locale
-        self.queues = queues or QueueMap()
+        self.queues = queues if queues is not None else QueueMap()
         self.keyring = keyring
 
     async def refresh(self, item: CardRefresh) -> None:

@@ -211,7 +211,13 @@ class ReportActions:
         if outcome == "duplicate":
             code = parse_code(duplicate_text)
             duplicate_of = await Reports(self.session).by_code(code) if code else None
-            if duplicate_of is None or duplicate_of.id == report.id:
+            # The same refusal whether the code is unknown, this very report, or a report the
+            # officer may not see: the answer never confirms another unit's code.
+            if (
+                duplicate_of is None
+                or duplicate_of.id == report.id
+                or not self.allowed("view", duplicate_of)
+            ):
                 raise ActionError("admin.error.duplicate_code")
             subjects, assisted = 0, False
         else:

@@ -30,6 +30,7 @@ from handlers.domain import CATEGORIES, OUTCOMES, STATUSES
 from handlers.i18n import t
 from handlers.intake import PRIORITY_EMERGENCY
 from handlers.officers import Registry, may
+from handlers.queue_scope import in_queue
 from handlers.report_actions import (
     PRIORITY_OPEN,
     QUESTION_MAX,
@@ -154,7 +155,7 @@ class Triage:
         rewards_chat: tuple[int, int | None] | None = None,
     ) -> None:
         self.locale = locale
-        self.queues = queues or QueueMap()
+        self.queues = queues if queues is not None else QueueMap()
         self.keyring = keyring
         self.reward_settings = rewards or RewardSettings()
         self.instructions = instructions or PayoutInstructions()
@@ -924,15 +925,7 @@ class Triage:
         return "\n".join(lines), [nav] if nav else []
 
     def _in_queue(self, queue: Queue) -> Any:
-        if queue.is_duty:
-            queued = [u for q in self.queues.queues for u in q.units]
-            unit_cond = (Report.unit_code.is_(None)) | (
-                Report.unit_code.not_in(queued) if queued else True
-            )
-            return ((Report.queue_key.is_(None)) & unit_cond) | (Report.queue_key == "duty")
-        return ((Report.queue_key.is_(None)) & Report.unit_code.in_(sorted(queue.units))) | (
-            Report.queue_key == queue.key
-        )
+        return in_queue(self.queues, queue)
 
     async def _page_press(self, act: _Act, press: OfficerPress) -> OfficerOutcome:
         parts = press.data.split(":")
