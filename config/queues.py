@@ -158,9 +158,7 @@ class QueueMap:
         # A map is never judged by its truthiness: a map holding only the duty queue is a
         # working map (the README's default set-up), not an empty one. Ask what you mean:
         # ``queues.duty``, ``queues.all_queues`` or ``queues.unit_queue_count``.
-        raise TypeError(
-            "a QueueMap has no truth value; test `is None`, `.duty` or `.all_queues`"
-        )
+        raise TypeError("a QueueMap has no truth value; test `is None`, `.duty` or `.all_queues`")
 
 
 # --------------------------------------------------------------------------- loading
