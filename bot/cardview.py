@@ -15,7 +15,7 @@ from config.queues import QueueMap
 from handlers.cards import report_card
 from handlers.events import Button
 from handlers.security import Keyring
-from handlers.triage import CardRefresh
+from handlers.officer_events import CardRefresh
 from storage.models import CardPost
 
 log = logging.getLogger(__name__)
