@@ -14,8 +14,8 @@ from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from config.queues import QueueMap
 from handlers.cards import report_card
 from handlers.events import Button
-from handlers.security import Keyring
 from handlers.officer_events import CardRefresh
+from handlers.security import Keyring
 from storage.models import CardPost
 
 log = logging.getLogger(__name__)
