@@ -11,8 +11,8 @@ Security in one place, as middlewares of the panel's sub-application:
 * Jinja2 escapes everything (autoescape on for every template).
 
 Pages by role: officers work on the reports of the queues they serve and the rewards there;
-commanders and admins see every report, the statistics, exports, posters and the audit log;
-only admins enrol and revoke officers.
+commanders also see the statistics, exports, posters and the audit log, limited to their queues
+unless they serve ``*`` (:mod:`admin.scope`); only admins see everything, and enrol and revoke.
 """
 
 from __future__ import annotations

@@ -1,37 +1,30 @@
 """Who sees which reports in the panel.
 
-Officers see the reports of the queues they serve (their ``officer_scopes``), resolved through
-the same :class:`~config.queues.QueueMap` as the chat; commanders and admins see every report.
-Acting on a report is decided separately, report by report, by :func:`handlers.officers.may`.
+Officers and commanders see the reports of the queues they serve (their ``officer_scopes``),
+resolved through the same :class:`~config.queues.QueueMap` as the chat: the list, a report with
+its tipster's phone and media, the statistics and the audit log. Only a scope of ``*`` (every
+queue) or the admin role sees every report. Acting on a report is decided separately, report by
+report, by :func:`handlers.officers.may`.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import ColumnElement, false, or_
 
-from config.queues import Queue, QueueMap
+from config.queues import QueueMap
 from handlers.officers import ALL_QUEUES, rank
-from storage.models import Officer, Report
+from handlers.queue_scope import in_queue
+from storage.models import Officer
 
-SEES_ALL_FROM = "commander"
+__all__ = ["in_queue", "sees_all", "visible", "visible_units"]
+
+SEES_ALL_FROM = "admin"
 
 
 def sees_all(officer: Officer) -> bool:
+    """Admins, and whoever serves every queue (``*``); a commander of some queues does not."""
     keys = {scope.queue_key for scope in officer.scopes}
     return rank(officer.role) >= rank(SEES_ALL_FROM) or ALL_QUEUES in keys
-
-
-def in_queue(queues: QueueMap, queue: Queue) -> ColumnElement[bool]:
-    """Reports whose effective queue is ``queue`` (a transfer's queue, else the unit's)."""
-    if queue.is_duty:
-        queued = sorted({u for q in queues.queues for u in q.units})
-        unit_cond: ColumnElement[bool] = Report.unit_code.is_(None)
-        if queued:
-            unit_cond = unit_cond | Report.unit_code.not_in(queued)
-        return (Report.queue_key.is_(None) & unit_cond) | (Report.queue_key == queue.key)
-    return (Report.queue_key.is_(None) & Report.unit_code.in_(sorted(queue.units))) | (
-        Report.queue_key == queue.key
-    )
 
 
 def visible(officer: Officer, queues: QueueMap) -> ColumnElement[bool] | None:

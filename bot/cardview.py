@@ -14,8 +14,8 @@ from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from config.queues import QueueMap
 from handlers.cards import report_card
 from handlers.events import Button
+from handlers.officer_events import CardRefresh
 from handlers.security import Keyring
-from handlers.triage import CardRefresh
 from storage.models import CardPost
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class TelegramCardView:
         self.bot = bot
         self.session_factory = session_factory
         self.locale = locale
-        self.queues = queues or QueueMap()
+        self.queues = queues if queues is not None else QueueMap()
         self.keyring = keyring
 
     async def refresh(self, item: CardRefresh) -> None:

@@ -149,8 +149,16 @@ class QueueMap:
         """The codes in ``all_codes`` (order kept) that have no queue of their own."""
         return [code for code in all_codes if code not in self._by_unit]
 
-    def __len__(self) -> int:
+    @property
+    def unit_queue_count(self) -> int:
+        """How many queues serve units of their own (the duty queue not counted)."""
         return len(self.queues)
+
+    def __bool__(self) -> bool:
+        # A map is never judged by its truthiness: a map holding only the duty queue is a
+        # working map (the README's default set-up), not an empty one. Ask what you mean:
+        # ``queues.duty``, ``queues.all_queues`` or ``queues.unit_queue_count``.
+        raise TypeError("a QueueMap has no truth value; test `is None`, `.duty` or `.all_queues`")
 
 
 # --------------------------------------------------------------------------- loading

@@ -41,6 +41,11 @@ def rank(role: str) -> int:
     return ROLES.index(role) if role in ROLES else -1
 
 
+def scope_keys(officer: Officer) -> list[str]:
+    """The queue keys ``officer`` serves, sorted (``*`` for every queue)."""
+    return sorted({scope.queue_key for scope in officer.scopes})
+
+
 def serves(officer: Officer, queue_key: str | None) -> bool:
     keys = {scope.queue_key for scope in officer.scopes}
     return ALL_QUEUES in keys or (queue_key is not None and queue_key in keys)
@@ -98,7 +103,13 @@ class Registry:
         by: Officer | None,
         via: str = "chat",
     ) -> Officer:
-        """Add an officer, or re-activate one, and let them serve ``queue_key``."""
+        """Add an officer, or re-activate one, to serve exactly ``queue_key``.
+
+        Enrolment *sets* the person's role and scopes: whatever they served before (``*``
+        included) is gone, so re-enrolling a commander of every queue as an officer of one
+        queue leaves them an officer of that one queue. The audit event holds the old and the
+        new scopes.
+        """
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         officer = await self.by_telegram(telegram_user_id)
@@ -117,10 +128,21 @@ class Registry:
         officer.revoked_at = None
         if display_name:
             officer.display_name = display_name[:200]
-        if queue_key not in {s.queue_key for s in officer.scopes}:
-            officer.scopes.append(OfficerScope(queue_key=queue_key))
+        old_scopes = scope_keys(officer)
+        # Keep the row of a scope that stays (the unique constraint would refuse a second).
+        kept = [scope for scope in officer.scopes if scope.queue_key == queue_key]
+        officer.scopes = kept or [OfficerScope(queue_key=queue_key)]
         await self.session.flush()
-        self.audit("enrolled", by=by, via=via, subject=officer, role=role, queue=queue_key)
+        self.audit(
+            "enrolled",
+            by=by,
+            via=via,
+            subject=officer,
+            role=role,
+            queue=queue_key,
+            old_scopes=old_scopes,
+            new_scopes=[queue_key],
+        )
         return officer
 
     def audit(
@@ -147,9 +169,15 @@ class Registry:
     async def revoke(
         self, officer: Officer, *, by: Officer | None = None, via: str = "chat"
     ) -> None:
+        """Deactivate ``officer`` and clear every scope they held (audited, old and new)."""
+        old_scopes = scope_keys(officer)
         officer.active = False
         officer.revoked_at = utcnow()
-        self.audit("revoked", by=by, via=via, subject=officer)
+        officer.scopes = []
+        await self.session.flush()
+        self.audit(
+            "revoked", by=by, via=via, subject=officer, old_scopes=old_scopes, new_scopes=[]
+        )
 
     async def serving(self, queue_key: str) -> Sequence[Officer]:
         result = await self.session.scalars(

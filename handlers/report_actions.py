@@ -3,14 +3,16 @@
 Each action checks :func:`handlers.officers.may` on the report's queue and the state rules, writes
 one audit event (action, actor ``officer`` with their id, from/to status, reason, data with the
 channel it came through), tells the tipster through the outbox where their contact mode allows,
-and cancels the timers it makes moot. Rewards go through :class:`handlers.rewards.Rewards`, and an
-approval's claim code through :meth:`handlers.triage.Triage.notify_reward`. Nothing here commits:
+and cancels the timers it makes moot. Rewards go through :class:`handlers.rewards.Rewards`; a
+proposal's post to the commanders and an approval's claim code through
+:mod:`handlers.triage_notify`. What the actions need to know (the queue map, the keyring, the
+reward settings) comes in a :class:`~handlers.triage_context.TriageContext`. Nothing here commits:
 the caller does.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,12 +25,19 @@ from handlers.officers import may
 from handlers.rewards import RewardError, Rewards, format_vnd, parse_amount
 from handlers.security import format_code, parse_code
 from handlers.text import clean_text, substance
-from storage.models import CardPost, ContactRoute, Officer, RelayMessage, Report, Reward
+from handlers.triage_context import TriageContext
+from handlers.triage_notify import notify_reward, post_reward_proposal
+from storage.models import (
+    CardPost,
+    ContactRoute,
+    Officer,
+    OutboxMessage,
+    RelayMessage,
+    Report,
+    Reward,
+)
 from storage.repositories import Outbox, Reports
 from storage.types import utcnow
-
-if TYPE_CHECKING:
-    from handlers.triage import Triage
 
 SUBJECTS_MAX = 99_999
 QUESTION_MAX = 1000
@@ -61,18 +70,17 @@ class ReportActions:
     """One officer's actions on reports, within the caller's transaction."""
 
     def __init__(
-        self, session: AsyncSession, officer: Officer, triage: Triage, *, via: str = "web"
+        self, session: AsyncSession, officer: Officer, context: TriageContext, *, via: str = "web"
     ) -> None:
         self.session = session
         self.officer = officer
-        self.triage = triage
+        self.context = context
         self.via = via
 
     # ------------------------------------------------------------------ helpers
 
     def queue_key(self, report: Report) -> str | None:
-        queue = self.triage.queue_of(report)
-        return queue.key if queue is not None else None
+        return self.context.queue_key(report)
 
     def allowed(self, action: str, report: Report) -> bool:
         return may(self.officer, action, self.queue_key(report))
@@ -134,6 +142,31 @@ class ReportActions:
         await cancel_timers(self.session, report.id, TIMER_ESCALATE)
         self._notify_citizen(report, "notify.acknowledged", code=format_code(report.code))
 
+    async def open_card(self, report: Report, destination: str) -> bool:
+        """Post the report's card again in ``destination``; False if one is already on its way."""
+        self._check("view", report, open_only=False)
+        waiting = await self.session.scalar(
+            select(OutboxMessage.id).where(
+                OutboxMessage.report_id == report.id,
+                OutboxMessage.kind == "report_card",
+                OutboxMessage.destination == destination,
+                OutboxMessage.status.in_(("pending", "sending")),
+            )
+        )
+        if waiting is not None:
+            return False
+        row = Outbox(self.session).enqueue(
+            kind="report_card",
+            destination=destination,
+            payload={"report_id": report.id},
+            report_id=report.id,
+        )
+        row.priority = PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN
+        Reports(self.session).add_event(
+            report, action="opened", actor_kind="officer", actor_id=self.officer.id
+        )
+        return True
+
     async def claim(self, report: Report) -> None:
         self._check("claim", report)
         if report.status != "new" and report.assigned_officer_id is not None:
@@ -159,10 +192,10 @@ class ReportActions:
 
     async def transfer(self, report: Report, target_key: str) -> None:
         self._check("transfer", report)
-        target = self.triage.queues.by_key(target_key)
+        target = self.context.queues.by_key(target_key)
         if target is None:
             raise ActionError("admin.error.unknown_queue")
-        current = self.triage.queue_of(report)
+        current = self.context.queue_of(report)
         if current is not None and target.key == current.key:
             raise ActionError("triage.same_queue")
         old_key = current.key if current else None
@@ -211,7 +244,13 @@ class ReportActions:
         if outcome == "duplicate":
             code = parse_code(duplicate_text)
             duplicate_of = await Reports(self.session).by_code(code) if code else None
-            if duplicate_of is None or duplicate_of.id == report.id:
+            # The same refusal whether the code is unknown, this very report, or a report the
+            # officer may not see: the answer never confirms another unit's code.
+            if (
+                duplicate_of is None
+                or duplicate_of.id == report.id
+                or not self.allowed("view", duplicate_of)
+            ):
                 raise ActionError("admin.error.duplicate_code")
             subjects, assisted = 0, False
         else:
@@ -272,18 +311,14 @@ class ReportActions:
     # ------------------------------------------------------------------ rewards
 
     def rewards(self) -> Rewards:
-        if self.triage.keyring is None:
-            raise RuntimeError("the rewards need the keyring")
-        return Rewards(
-            self.session, keyring=self.triage.keyring, settings=self.triage.reward_settings
-        )
+        return self.context.rewards(self.session)
 
     async def propose_reward(self, report: Report, amount_text: str, reason: str) -> Reward:
         amount = parse_amount(amount_text)
         try:
             if amount is None:
                 raise RewardError(
-                    "reward.bad_amount", cap=format_vnd(self.triage.reward_settings.cap_vnd)
+                    "reward.bad_amount", cap=format_vnd(self.context.reward_settings.cap_vnd)
                 )
             reward = await self.rewards().propose(
                 report, self.officer, amount, reason, queue_key=self.queue_key(report)
@@ -291,7 +326,7 @@ class ReportActions:
         except RewardError as refused:
             raise ActionError(refused.key, **refused.values) from refused
         await self.session.flush()
-        self.triage.post_reward_proposal(self.session, report, reward, self.officer)
+        post_reward_proposal(self.session, self.context, report, reward, self.officer)
         return reward
 
     async def decide_reward(self, reward_id: int, *, approve: bool, reason: str) -> Reward:
@@ -311,7 +346,7 @@ class ReportActions:
         except RewardError as refused:
             raise ActionError(refused.key, **refused.values) from refused
         if reward.status == "approved" and report.contact_mode != "none":
-            await self.triage.notify_reward(self.session, report, reward)
+            await notify_reward(self.session, self.context, report, reward)
         return reward
 
     async def pay_reward(self, claim: str, reference: str) -> Reward:

@@ -343,14 +343,16 @@ async def test_an_officer_sees_only_their_queue(env: Env) -> None:
     assert (await env.report(mine.id)).status == "assigned"
 
 
-async def test_a_commander_sees_all_but_only_admins_enrol(env: Env) -> None:
+async def test_a_commander_sees_their_queues_but_only_admins_enrol(env: Env) -> None:
     await env.add_officer("boss", "commander", "qa")
+    mine = await env.add_report(env.unit_a)
     other = await env.add_report(env.unit_b)
     assert await env.login("boss") == 303
-    assert (await env.client.get(f"/admin/reports/{other.code}")).status == 200
+    assert (await env.client.get(f"/admin/reports/{mine.code}")).status == 200
+    # A commander is limited to their scopes (tests/test_authorization.py has the details).
+    assert (await env.client.get(f"/admin/reports/{other.code}")).status == 404
     assert (await env.client.get("/admin/stats")).status == 200
-    # Acting needs the queue (handlers.officers.may): qb is not the commander's.
-    assert await env.post(f"/admin/reports/{other.code}/claim", {}) == 403
+    assert await env.post(f"/admin/reports/{other.code}/claim", {}) == 404
     form = {"telegram_user_id": "555", "name": "Bình", "role": "officer", "queue": "qa"}
     assert await env.post("/admin/officers/enrol", form) == 403
 
