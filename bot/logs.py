@@ -73,8 +73,9 @@ class RateLimitFilter(logging.Filter):
 
     - An identical line (same logger, level and final text) passes ``identical_burst`` times per
       ``window`` seconds; the first one let through after that carries the number held back.
-    - One call site (logger, file, line) passes at most ``site_burst`` lines per ``window``,
-      whatever their text: a loop of different errors from one place is bounded too.
+    - One call site (logger, file, line) passes at most ``site_burst`` warnings or errors per
+      ``window``, whatever their text: a loop of different errors from one place is bounded
+      too. (Informational lines that differ, one per report or delivery, are not capped.)
     - A message longer than ``max_message`` characters, or a traceback longer than
       ``max_traceback``, is truncated.
 
@@ -86,7 +87,7 @@ class RateLimitFilter(logging.Filter):
         *,
         window: float = 60.0,
         identical_burst: int = 1,
-        site_burst: int = 30,
+        site_burst: int = 10,
         max_message: int = 2000,
         max_traceback: int = 8000,
         clock: Callable[[], float] = time.monotonic,
@@ -155,7 +156,9 @@ class RateLimitFilter(logging.Filter):
         site = self._sites.setdefault(site_key, _Seen(now))
         line = self._lines.setdefault((record.name, record.levelno, message), _Seen(now))
         line_ok, line_held = self._admit(line, self.identical_burst, now)
-        site_ok, site_held = self._admit(site, self.site_burst, now) if line_ok else (False, 0)
+        site_ok, site_held = True, 0
+        if line_ok and record.levelno >= logging.WARNING:
+            site_ok, site_held = self._admit(site, self.site_burst, now)
         if not (line_ok and site_ok):
             if line_ok:  # counted as passed for the line, but held back by the site cap
                 line.passed -= 1
