@@ -217,3 +217,21 @@ async def test_a_press_is_answered_when_its_handler_raises(standin, service):
     assert [a.params.get("text") for a in answers] == [t("vi", "tg.press_failed")]
     assert service.telegram.metrics.handler_errors == 2
     assert service.telegram.metrics.presses_answered_by_fallback == 2
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_an_unreadable_getupdates_answer_never_spins(standin, service):
+    """A result that is not a list of updates (a broken proxy) is an error to back off from;
+    PTB alone would log it and ask again at once, hundreds of times a second."""
+    telegram = service.telegram
+    standin.set_handler("getUpdates", lambda call: {"not": "a list"})
+    factory = UpdateFactory(standin)
+    standin.push_update(factory.command(factory.vi_user, "start"))  # ends the current poll
+    before = len(standin.calls_for("getUpdates"))
+    await asyncio.sleep(3)
+    assert len(standin.calls_for("getUpdates")) - before <= 5
+    assert telegram.metrics.polling_errors >= 1
+    standin.set_handler("getUpdates", None)
+    standin.push_update(factory.command(factory.en_user, "start"))
+    # Polling resumes after the backoff (at most 30 s).
+    await standin.wait_for(lambda c: c.chat_id == factory.en_user.id, timeout=40)
