@@ -185,7 +185,6 @@ async def test_a_malformed_update_between_two_good_ones_by_webhook(
 ):
     """As Telegram delivers them: the stand-in posts each queued update until it gets a 2xx;
     nothing is retried forever, and both good updates are answered."""
-    service, _ = webhook_service
     factory = UpdateFactory(standin)
     bad = factory.text(factory.vi_user, "x")
     bad["message"]["photo"] = [{}]
