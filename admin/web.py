@@ -19,11 +19,13 @@ async def healthz(request: web.Request) -> web.Response:
     """Database and channel state; 503 when the database cannot be reached."""
     service = request.app[SERVICE_KEY]
     database_ok = await check_database(service.engine)
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if database_ok else "degraded",
         "database": "ok" if database_ok else "unreachable",
         "channels": {"telegram": service.telegram_state, **service.channels.states()},
     }
+    if service.telegram is not None:  # malformed updates skipped, polling errors...
+        body["telegram_metrics"] = service.telegram.metrics.as_dict()
     return web.json_response(body, status=200 if database_ok else 503)
 
 

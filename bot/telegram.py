@@ -6,7 +6,9 @@ Nothing past this module sees a ``telegram`` type.
 
 Updates arrive by long polling, or by webhook on the service's own aiohttp server when
 ``TINBAO_WEBHOOK_URL`` is set. Updates of one chat are handled in order; different chats run
-concurrently (:class:`PerChatUpdateProcessor`).
+concurrently (:class:`PerChatUpdateProcessor`). An update that cannot be parsed is skipped
+(:mod:`bot.telegram_intake`), and every button press is answered, even when its handler raises
+(:class:`PressAnswer`). ``docs/telegram.md`` lists the guarantees.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from telegram.ext import Application, BaseUpdateProcessor, ContextTypes, TypeHan
 
 from bot.dispatch import Dispatcher
 from bot.http import AiohttpRequest
+from bot.telegram_intake import ResilientBot, TelegramMetrics, UpdateIntake
 from config.settings import Settings
 from handlers.channels import CAPABILITIES, ChannelName
 from handlers.events import (
@@ -50,6 +53,7 @@ from handlers.events import (
     Sender,
     SharedContact,
 )
+from handlers.i18n import pick_locale, t
 from handlers.render import render
 from handlers.triage import CardRefresh, OfficerMessage, OfficerOutcome, OfficerPress
 
@@ -369,15 +373,50 @@ class Renderer:
                 chat_id=chat_id, message_id=message_id, reply_markup=None
             )
 
-    async def answer(self, update: Update, outcome: Outcome | None) -> None:
-        query = update.callback_query
-        if query is None:
+
+class PressAnswer:
+    """The one ``answerCallbackQuery`` a button press gets.
+
+    Handlers answer through :meth:`answer`; whatever happens in them, :meth:`ensure` (called
+    from a ``finally``) answers a press that is still unanswered, so a button never spins on
+    the person's phone: with a short "could not be handled" when the handler raised, else with
+    an empty answer.
+    """
+
+    def __init__(self, update: Update, default_locale: str, metrics: TelegramMetrics) -> None:
+        self.query = update.callback_query
+        self.done = self.query is None
+        self.default_locale = default_locale
+        self.metrics = metrics
+
+    @property
+    def locale(self) -> str:
+        user = self.query.from_user if self.query is not None else None
+        return pick_locale(user.language_code if user else None, self.default_locale)
+
+    async def answer(self, text: str | None = None, alert: bool = False) -> None:
+        if self.done or self.query is None:
             return
-        with contextlib.suppress(BadRequest):
-            await query.answer(
-                text=outcome.notice if outcome else None,
-                show_alert=bool(outcome and outcome.alert),
-            )
+        self.done = True
+        try:
+            await self.query.answer(text=text[:200] if text else None, show_alert=alert)
+        except TelegramError as exc:  # too old, or Telegram unreachable: nothing more to do
+            log.info("a button press could not be answered (%s)", type(exc).__name__)
+
+    async def answer_outcome(self, outcome: Outcome | OfficerOutcome | None) -> None:
+        await self.answer(
+            outcome.notice if outcome is not None else None,
+            bool(outcome is not None and outcome.alert),
+        )
+
+    async def expired(self) -> None:
+        await self.answer(t(self.locale, "tg.press_expired"))
+
+    async def ensure(self, failed: bool) -> None:
+        if self.done:
+            return
+        self.metrics.presses_answered_by_fallback += 1
+        await self.answer(t(self.locale, "tg.press_failed") if failed else None)
 
 
 class TelegramChannel:
@@ -389,15 +428,18 @@ class TelegramChannel:
         self.settings = settings
         self.dispatcher = dispatcher
         self.state = "starting"
-        builder = (
-            Application.builder()
-            .token(settings.telegram_token.get_secret_value())
-            .base_url(settings.telegram_api_url)
-            .base_file_url(settings.telegram_file_url)
-            .concurrent_updates(PerChatUpdateProcessor(64))
-            .request(AiohttpRequest())
-            .get_updates_request(AiohttpRequest(connection_pool_size=1, read_timeout=10.0))
+        #: Counters shown by /healthz (malformed updates, polling errors...).
+        self.metrics = TelegramMetrics()
+        self.intake = UpdateIntake(self.metrics)
+        bot = ResilientBot(
+            settings.telegram_token.get_secret_value(),
+            base_url=settings.telegram_api_url,
+            base_file_url=settings.telegram_file_url,
+            request=AiohttpRequest(),
+            get_updates_request=AiohttpRequest(connection_pool_size=1, read_timeout=10.0),
+            intake=self.intake,
         )
+        builder = Application.builder().bot(bot).concurrent_updates(PerChatUpdateProcessor(64))
         if settings.webhook_enabled:
             builder = builder.updater(None)
         self.application = builder.build()
@@ -420,9 +462,13 @@ class TelegramChannel:
         return path if path and path != "/" else "/telegram/webhook"
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        press = PressAnswer(update, self.settings.default_locale, self.metrics)
+        failed = True
         try:
-            await self._handle(update)
+            await self._handle(update, press)
+            failed = False
         finally:
+            await press.ensure(failed)
             async with self._handled:
                 self.updates_handled += 1
                 self._handled.notify_all()
@@ -432,10 +478,10 @@ class TelegramChannel:
         async with asyncio.timeout(timeout), self._handled:
             await self._handled.wait_for(lambda: self.updates_handled >= count)
 
-    async def _handle(self, update: Update) -> None:
+    async def _handle(self, update: Update, answer: PressAnswer) -> None:
         press = to_officer_press(update)
         if press is not None:
-            await self._handle_officer(update, press)
+            await self._handle_officer(press, answer)
             return
         group_message = to_officer_message(update, self.application.bot.id)
         if group_message is not None:
@@ -445,24 +491,18 @@ class TelegramChannel:
             return
         event = to_event(update)
         if event is None:
-            if update.callback_query is not None:
-                await self.renderer.answer(update, None)
+            if update.callback_query is not None:  # a press nobody can act on any more
+                await answer.expired()
             return
         outcome = await self.dispatcher.process(event, self.fetcher)
         if isinstance(event, ButtonPress):
-            await self.renderer.answer(update, outcome)
+            await answer.answer_outcome(outcome)
         if outcome is not None:
             await self.renderer.send(event.sender.chat_id, outcome, update)
 
-    async def _handle_officer(self, update: Update, press: OfficerPress) -> None:
+    async def _handle_officer(self, press: OfficerPress, answer: PressAnswer) -> None:
         outcome = await self.dispatcher.process_officer(press)
-        query = update.callback_query
-        assert query is not None
-        with contextlib.suppress(BadRequest):
-            await query.answer(
-                text=outcome.notice if outcome else None,
-                show_alert=bool(outcome and outcome.alert),
-            )
+        await answer.answer_outcome(outcome)
         if outcome is None:
             return
         if outcome.edit is not None and self.cards is not None:
@@ -479,7 +519,13 @@ class TelegramChannel:
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         # Never log the update: it carries the citizen's ids.
         error = context.error
+        self.metrics.handler_errors += 1
         log.error("telegram handler error: %s", type(error).__name__, exc_info=error)
+
+    def _on_polling_error(self, error: TelegramError) -> None:
+        """PTB's retry loop backs off after this (1 s growing to 30 s); it must not raise."""
+        self.metrics.polling_errors += 1
+        log.warning("polling Telegram failed (%s); backing off", type(error).__name__)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -519,7 +565,9 @@ class TelegramChannel:
             await app.start()
             assert app.updater is not None
             await app.updater.start_polling(
-                timeout=self.settings.polling_timeout, allowed_updates=ALLOWED_UPDATES
+                timeout=self.settings.polling_timeout,
+                allowed_updates=ALLOWED_UPDATES,
+                error_callback=self._on_polling_error,
             )
             self.state = "polling"
         self.ready.set()
@@ -541,21 +589,30 @@ class TelegramChannel:
     # ------------------------------------------------------------------ webhook
 
     async def handle_webhook(self, request: web.Request) -> web.Response:
-        """Check the secret header (constant time), reject bad JSON with 400, then hand off."""
+        """Check the secret header (constant time), reject what is not JSON with 400, then hand
+        off. An update that cannot be parsed is logged, counted and answered 200, so Telegram
+        does not deliver it again and again. Never a 500."""
         expected = (
             self.settings.webhook_secret.get_secret_value() if self.settings.webhook_secret else ""
         )
+        # aiohttp keeps undecodable header bytes as surrogates: they compare unequal, never raise.
         given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
-        if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        given_bytes = given.encode("utf-8", "surrogateescape")
+        if not expected or not hmac.compare_digest(given_bytes, expected.encode()):
+            self.metrics.webhook_refused += 1
             return web.Response(status=403, text="forbidden")
         if not self.application.running:
             return web.Response(status=503, text="not ready")
         try:
             data = json.loads(await request.read())
-            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
-                raise ValueError("not an update")
-            update = Update.de_json(data, self.application.bot)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+            self.metrics.webhook_refused += 1
             return web.Response(status=400, text="bad update")
-        await self.application.update_queue.put(update)
+        update_id = data.get("update_id") if isinstance(data, dict) else None
+        if isinstance(update_id, bool) or not isinstance(update_id, int):
+            self.metrics.webhook_refused += 1
+            return web.Response(status=400, text="bad update")
+        update = self.intake.parse(data, self.application.bot)
+        if update is not None:
+            await self.application.update_queue.put(update)
         return web.Response(text="ok")

@@ -617,3 +617,19 @@ async def test_raw_http_json_body_get_and_bad_token(standin: BotAPIStandIn) -> N
             assert response.status == 404
         async with session.get(f"{standin.base_file_url}{DEFAULT_TOKEN}/nope.jpg") as response:
             assert response.status == 404
+
+
+async def test_a_raw_update_is_served_verbatim(standin: BotAPIStandIn) -> None:
+    first = standin.push_raw_update({"message": 5})
+    second = standin.push_raw_update({"update_id": first + 10, "callback_query": {"id": "x"}})
+    async with aiohttp.ClientSession() as http:
+        url = f"{standin.base_url}{DEFAULT_TOKEN}/getUpdates"
+        async with http.post(url, json={"timeout": 0}) as response:
+            result = (await response.json())["result"]
+        assert result == [
+            {"message": 5, "update_id": first},
+            {"update_id": second, "callback_query": {"id": "x"}},
+        ]
+        async with http.post(url, json={"offset": second + 1, "timeout": 0}) as response:
+            assert (await response.json())["result"] == []
+    assert not standin.pending_updates

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import socket
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
@@ -114,3 +117,87 @@ async def test_a_webhook_delivered_twice_gives_one_report(standin, webhook_servi
     await service.telegram.wait_handled(handled + 2)
     async with service.session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(Report)) == 1
+
+
+# ---------------------------------------------------------------- malformed input (issues 12, 17)
+
+
+async def _raw_post(url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    """POST with header bytes as given (aiohttp's client would refuse non-UTF-8 ones)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        head = [
+            f"POST {parts.path} HTTP/1.1".encode(),
+            f"Host: {parts.netloc}".encode(),
+            b"Content-Type: application/json",
+            f"Content-Length: {len(body)}".encode(),
+            b"Connection: close",
+        ]
+        head += [name + b": " + value for name, value in headers]
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+async def test_a_non_utf8_secret_header_gets_403(standin, webhook_service):
+    _, url = webhook_service
+    factory = UpdateFactory(standin)
+    body = json.dumps(factory.command(factory.vi_user, "start")).encode()
+    for secret in (b"\xff\xfe\xfd", SECRET.encode()[:-1] + b"\xe9", b"\xc3\x28" * 20):
+        status = await _raw_post(url, [(b"X-Telegram-Bot-Api-Secret-Token", secret)], body)
+        assert status == 403, secret
+    good = await _raw_post(url, [(b"X-Telegram-Bot-Api-Secret-Token", SECRET.encode())], body)
+    assert good == 200
+
+
+async def test_deeply_nested_json_gets_400(standin, webhook_service):
+    _, url = webhook_service
+    depth = 100_000  # under the 1 MB body limit, far over the parser's recursion limit
+    nested = b'{"update_id": 7, "message": ' + b"[" * depth + b"]" * depth + b"}"
+    assert await standin.deliver_webhook_raw(url, nested, secret_token=SECRET) == 400
+    deep_object = b'{"update_id": 8, "x": ' + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
+    assert await standin.deliver_webhook_raw(url, deep_object, secret_token=SECRET) == 400
+    assert await standin.deliver_webhook_raw(url, b"\xff\xfe", secret_token=SECRET) == 400
+    body = b'{"update_id": true, "message": {}}'
+    assert await standin.deliver_webhook_raw(url, body, secret_token=SECRET) == 400
+
+
+async def test_an_unparseable_update_is_logged_skipped_and_answered_200(
+    standin, webhook_service, caplog
+):
+    service, url = webhook_service
+    assert service.telegram is not None
+    body = b'{"update_id": 4242, "message": 5}'
+    with caplog.at_level(logging.WARNING, logger="bot.telegram_intake"):
+        assert await standin.deliver_webhook_raw(url, body, secret_token=SECRET) == 200
+        assert await standin.deliver_webhook_raw(url, body, secret_token=SECRET) == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.telegram_intake"]
+    assert len(lines) == 1 and "4242" in lines[0] and "AttributeError" in lines[0]
+    assert service.telegram.metrics.malformed_updates == 2
+
+
+async def test_a_malformed_update_between_two_good_ones_by_webhook(
+    standin, webhook_service, caplog
+):
+    """As Telegram delivers them: the stand-in posts each queued update until it gets a 2xx;
+    nothing is retried forever, and both good updates are answered."""
+    factory = UpdateFactory(standin)
+    bad = factory.text(factory.vi_user, "x")
+    bad["message"]["photo"] = [{}]
+    with caplog.at_level(logging.WARNING, logger="bot.telegram_intake"):
+        standin.push_update(factory.command(factory.vi_user, "start"))
+        bad_id = standin.push_raw_update(bad)
+        standin.push_update(factory.command(factory.en_user, "start"))
+        await standin.wait_for(lambda c: c.chat_id == factory.en_user.id, timeout=10)
+        await standin.wait_for(lambda c: c.chat_id == factory.vi_user.id, timeout=10)
+        async with asyncio.timeout(10):
+            while standin.pending_updates:  # noqa: ASYNC110 - the stand-in's queue
+                await asyncio.sleep(0.02)
+    assert [d.status for d in standin.webhook_deliveries] == [200, 200, 200]
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.telegram_intake"]
+    assert len(lines) == 1 and str(bad_id) in lines[0]
+    assert str(factory.vi_user.id) not in lines[0]

@@ -1063,6 +1063,25 @@ class BotAPIStandIn:
         self._kick_webhook()
         return update_id
 
+    def push_raw_update(self, update: JSON) -> int:
+        """Queue an update verbatim, however malformed its body (``"message": 5``, a ``photo``
+        without its fields...), as a Bot API that a library cannot parse would send it.
+
+        Unlike :meth:`push_update`, nothing in it is observed (no chat, user or message is
+        learnt from it). Only a missing or non-integer ``update_id`` is replaced by the next id,
+        since an update without one could never be confirmed.
+        """
+        update = copy.deepcopy(update)
+        update_id = update.get("update_id")
+        if isinstance(update_id, bool) or not isinstance(update_id, int):
+            update_id = self._last_update_id + 1
+            update["update_id"] = update_id
+        self._last_update_id = max(self._last_update_id, update_id)
+        self._updates.append(update)
+        self._notify_updates()
+        self._kick_webhook()
+        return update_id
+
     @property
     def pending_updates(self) -> list[JSON]:
         """Updates queued and not yet confirmed by a getUpdates ``offset`` (or webhook 2xx)."""
