@@ -132,8 +132,10 @@ async def rewards(
         Reward.decided_at < period.end,
     )
     if where is not None:
-        paid = paid.join(Report, Report.id == Reward.report_id).where(where)
-        commended = commended.join(Report, Report.id == Reward.report_id).where(where)
+        paid = paid.select_from(Reward).join(Report, Report.id == Reward.report_id).where(where)
+        commended = (
+            commended.select_from(Reward).join(Report, Report.id == Reward.report_id).where(where)
+        )
     count, total = (await session.execute(paid)).one()
     return Rewards(int(count), int(total), int(await session.scalar(commended) or 0))
 
