@@ -22,7 +22,7 @@ async def healthz(request: web.Request) -> web.Response:
     body = {
         "status": "ok" if database_ok else "degraded",
         "database": "ok" if database_ok else "unreachable",
-        "channels": {"telegram": service.telegram_state},
+        "channels": service.channel_states(),
     }
     return web.json_response(body, status=200 if database_ok else 503)
 

@@ -16,11 +16,12 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.cardview import TelegramCardView
-from bot.citizen_delivery import CitizenMessenger
-from bot.delivery import DeliveryWorker, FloodLimits
+from bot.channel import ChannelRegistry
+from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
+from bot.telegram_citizen import TelegramCitizenChannel
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
 from config.rewards import load_instructions
@@ -71,6 +72,8 @@ class Service:
     messenger: CitizenMessenger | None = None
     queues: QueueMap = field(default_factory=QueueMap)
     keyring: Keyring | None = None
+    #: The citizen channels running in this process; the outbox reaches tipsters through them.
+    channels: ChannelRegistry = field(default_factory=ChannelRegistry)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -159,6 +162,7 @@ class Service:
                 keyring=keyring,
             )
             service.telegram = channel
+            service.channels.add(TelegramCitizenChannel(channel))
             service.delivery = DeliveryWorker(
                 session_factory,
                 bot,
@@ -170,7 +174,7 @@ class Service:
             )
             dispatcher.after_commit.append(service.delivery.kick)
             service.messenger = CitizenMessenger(
-                session_factory, bot, keyring, officer_locale=settings.officer_locale
+                session_factory, service.channels, keyring, officer_locale=settings.officer_locale
             )
             dispatcher.after_commit.append(service.messenger.kick)
         else:
@@ -186,9 +190,13 @@ class Service:
             return "disabled: set TINBAO_TELEGRAM_TOKEN"
         return self.telegram.state
 
+    def channel_states(self) -> dict[str, str]:
+        """Each citizen channel's state for ``/healthz`` (Telegram's even when it is off)."""
+        return {"telegram": self.telegram_state, **self.channels.states()}
+
     async def start(self) -> None:
+        await self.channels.start()
         if self.telegram is not None:
-            self.telegram.start_background()
             self._tasks.append(asyncio.create_task(self._start_delivery(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
 
@@ -211,8 +219,7 @@ class Service:
             await self.messenger.stop()
         if self.delivery is not None:
             await self.delivery.stop()
-        if self.telegram is not None:
-            await self.telegram.stop()
+        await self.channels.stop()
         await self.engine.dispose()
 
     async def run_maintenance(self) -> None:
