@@ -26,6 +26,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from config.catalogue import Catalogue
 from config.rewards import PayoutInstructions
 from handlers import media as media_rules
+from handlers import outbox
 from handlers.domain import (
     CATEGORIES,
     CONTACT_MODES,
@@ -68,7 +69,6 @@ from storage.models import ContactRoute, Conversation, RelayMessage, Report
 from storage.repositories import (
     Conversations,
     Media,
-    Outbox,
     RateLimits,
     Reports,
 )
@@ -1421,12 +1421,12 @@ class CitizenFlow:
             item.text = text
         turn.session.add(item)
         await turn.session.flush()
-        Outbox(turn.session).enqueue(
-            kind="relay_to_officers",
-            destination=await officers_destination(turn.session, report),
-            payload={"relay_id": item.id, "addition": bool(relay.get("addition"))},
+        outbox.enqueue(
+            turn.session,
+            outbox.RelayPayload(relay_id=item.id, addition=bool(relay.get("addition"))),
+            outbox.Destination.parse(await officers_destination(turn.session, report)),
             report_id=report.id,
-        ).priority = 6
+        )
         reports = Reports(turn.session)
         if report.status == "needs_info":
             reports.add_event(

@@ -3,8 +3,9 @@
 Every message that leaves tinbao is an ``outbox`` row written in the transaction that caused it
 (``docs/delivery.md``). A row has a :class:`Kind`, a :class:`Destination`, a :class:`Priority`
 and a payload; each kind has one payload dataclass here that turns to and from the JSON of the
-row's ``payload`` column. Producers (intake, escalation, triage, the report actions, rewards) call
-:func:`enqueue` with a payload; the senders in ``bot/delivery`` read it back with :func:`payload_of`.
+row's ``payload`` column. Producers (intake, escalation, triage, the report actions, rewards)
+call :func:`enqueue` with a payload; the senders in ``bot/delivery`` read it back with
+:func:`payload_of`.
 
 The delivery worker keeps its own progress in the same JSON (``done``, ``msg``, ``sent``,
 ``skipped``, ``digest``); the payload classes ignore those keys, so a half-sent row still reads
@@ -390,8 +391,8 @@ __all__ = [
     "ChatButton",
     "ChatTextPayload",
     "CitizenPayload",
-    "DigestPayload",
     "Destination",
+    "DigestPayload",
     "Kind",
     "Payload",
     "Priority",

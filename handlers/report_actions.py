@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers import outbox
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import OUTCOMES
 from handlers.escalation import cancel_timers
@@ -24,7 +25,7 @@ from handlers.rewards import RewardError, Rewards, format_vnd, parse_amount
 from handlers.security import format_code, parse_code
 from handlers.text import clean_text, substance
 from storage.models import CardPost, ContactRoute, Officer, RelayMessage, Report, Reward
-from storage.repositories import Outbox, Reports
+from storage.repositories import Reports
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -114,10 +115,10 @@ class ReportActions:
     def _notify_citizen(self, report: Report, key: str, **values: Any) -> None:
         if report.contact_mode == "none":
             return
-        Outbox(self.session).enqueue(
-            kind="citizen_message",
-            destination=f"report:{report.id}",
-            payload={"key": key, "values": values},
+        outbox.enqueue(
+            self.session,
+            outbox.CitizenPayload(key=key, values=values),
+            outbox.Destination.citizen(report.id),
             report_id=report.id,
         )
 
@@ -187,13 +188,13 @@ class ReportActions:
         ).all()
         for old in posts:
             old.active = False
-        row = Outbox(self.session).enqueue(
-            kind="report_card",
-            destination=f"queue:{target.key}",
-            payload={"report_id": report.id, "header": "card.header.transferred"},
+        outbox.enqueue(
+            self.session,
+            outbox.CardPayload(report_id=report.id, header="card.header.transferred"),
+            outbox.Destination.for_queue(target.key),
             report_id=report.id,
+            priority=PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN,
         )
-        row.priority = PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN
 
     async def resolve(
         self,
@@ -260,10 +261,10 @@ class ReportActions:
         )
         self.session.add(relay)
         await self.session.flush()
-        Outbox(self.session).enqueue(
-            kind="citizen_message",
-            destination=f"report:{report.id}",
-            payload={"relay_id": relay.id},
+        outbox.enqueue(
+            self.session,
+            outbox.CitizenPayload(relay_id=relay.id),
+            outbox.Destination.citizen(report.id),
             report_id=report.id,
         )
         to_status = "needs_info" if report.status in ("new", "assigned", "in_progress") else None

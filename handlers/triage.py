@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from config.queues import Queue, QueueMap
 from config.rewards import PayoutInstructions
-from handlers import card_actions
+from handlers import card_actions, outbox
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, OUTCOMES, STATUSES
 from handlers.i18n import t
@@ -55,7 +55,7 @@ from storage.models import (
     Report,
     Reward,
 )
-from storage.repositories import Conversations, Outbox, Reports, UpdateLog
+from storage.repositories import Conversations, Reports, UpdateLog
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -198,18 +198,13 @@ class Triage:
         buttons: list[list[dict[str, str]]] | None = None,
     ) -> None:
         """A message to the officers' chat, through the outbox (it counts in the group budget)."""
-        row = Outbox(act.session).enqueue(
-            kind="chat_text",
-            destination=act.chat_destination,
-            payload={
-                "text": text,
-                "force_reply": force_reply,
-                "reply_to_report": report_id,
-                "buttons": buttons,
-            },
+        outbox.enqueue(
+            act.session,
+            outbox.ChatTextPayload(text, force_reply, report_id, buttons),
+            outbox.Destination.parse(act.chat_destination),
             report_id=report_id,
+            priority=PRIORITY_CHAT,
         )
-        row.priority = PRIORITY_CHAT
 
     async def _officer_state(self, act: _Act) -> Conversation | None:
         if act.officer is None:
@@ -316,13 +311,13 @@ class Triage:
         )
         if waiting is not None:
             return self._notice(act, "triage.open_already")
-        row = Outbox(act.session).enqueue(
-            kind="report_card",
-            destination=act.chat_destination,
-            payload={"report_id": report.id},
+        outbox.enqueue(
+            act.session,
+            outbox.CardPayload(report_id=report.id),
+            outbox.Destination.parse(act.chat_destination),
             report_id=report.id,
+            priority=PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN,
         )
-        row.priority = PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN
         Reports(act.session).add_event(
             report,
             action="opened",
@@ -665,28 +660,26 @@ class Triage:
     ) -> None:
         """Put a new proposal before the commanders in the rewards chat, with its buttons."""
         values = {"code": format_code(report.code), "amount": format_vnd(reward.amount_vnd)}
-        row = Outbox(session).enqueue(
-            kind="chat_text",
-            destination=self._rewards_destination(),
-            payload={
-                "text": self._t(
+        outbox.enqueue(
+            session,
+            outbox.ChatTextPayload(
+                text=self._t(
                     "reward.proposed_post",
                     reason=reward.reason,
                     officer=proposer.display_name,
                     **values,
                 ),
-                "force_reply": False,
-                "reply_to_report": None,
-                "buttons": [
+                buttons=[
                     [
                         {"label": self._t("reward.btn.approve"), "data": f"w:ok:{reward.id}"},
                         {"label": self._t("reward.btn.reject"), "data": f"w:no:{reward.id}"},
                     ]
                 ],
-            },
+            ),
+            outbox.Destination.parse(self._rewards_destination()),
             report_id=report.id,
+            priority=PRIORITY_CHAT,
         )
-        row.priority = PRIORITY_CHAT
 
     async def _reward_press(self, act: _Act, press: OfficerPress) -> OfficerOutcome:
         parts = press.data.split(":")
@@ -783,21 +776,22 @@ class Triage:
         """
         assert self.keyring is not None
         code = await self._rewards(session).issue_claim_code(reward)
-        Outbox(session).enqueue(
-            kind="citizen_message",
-            destination=f"report:{report.id}",
-            payload={
-                "key": "reward.citizen.approved",
-                "values": {
+        outbox.enqueue(
+            session,
+            outbox.CitizenPayload(
+                key="reward.citizen.approved",
+                values={
                     "code": format_code(report.code),
                     "amount": format_vnd(reward.amount_vnd),
                     "instructions": self.instructions.for_unit(report.unit_code)
                     or t(report.locale, "reward.citizen.default_instructions"),
                 },
-                "secret": self.keyring.encrypt({"claim": format_claim_code(code)}),
-            },
+                secret=self.keyring.encrypt({"claim": format_claim_code(code)}),
+            ),
+            outbox.Destination.citizen(report.id),
             report_id=report.id,
-        ).priority = PRIORITY_CHAT
+            priority=PRIORITY_CHAT,
+        )
 
     async def _cmd_payout(
         self, act: _Act, message: OfficerMessage, queue: Queue | None
@@ -973,13 +967,13 @@ class Triage:
             return act.outcome
         if not may(act.officer, "view", self._queue_key(report)):
             return self._say_denied(act)
-        row = Outbox(act.session).enqueue(
-            kind="report_card",
-            destination=act.chat_destination,
-            payload={"report_id": report.id},
+        outbox.enqueue(
+            act.session,
+            outbox.CardPayload(report_id=report.id),
+            outbox.Destination.parse(act.chat_destination),
             report_id=report.id,
+            priority=PRIORITY_OPEN,
         )
-        row.priority = PRIORITY_OPEN
         return act.outcome
 
     async def _cmd_stats(

@@ -164,7 +164,9 @@ class CitizenMessenger:
                 claim, self.park_seconds, error=f"channel {outgoing.channel} is off", failed=False
             )
             return False
-        replies = [part for reply in outgoing.replies for part in render(reply, sender.capabilities)]
+        replies = [
+            part for reply in outgoing.replies for part in render(reply, sender.capabilities)
+        ]
         try:
             await sender.send(outgoing.chat_id, replies)
         except SendError as exc:
@@ -192,7 +194,9 @@ class CitizenMessenger:
         reply = await self._message(session, payload, report)
         return Outgoing(channel=channel, chat_id=str(where["chat_id"]), replies=[reply])
 
-    async def _message(self, session: AsyncSession, payload: CitizenPayload, report: Report) -> Reply:
+    async def _message(
+        self, session: AsyncSession, payload: CitizenPayload, report: Report
+    ) -> Reply:
         locale = report.locale
         code = format_code(report.code)
         if payload.relay_id is not None:
@@ -253,7 +257,9 @@ class CitizenMessenger:
                 return
             route.blocked_at = now
             notice = ChatTextPayload(
-                text=t(self.officer_locale, "relay.tipster_blocked", code=format_code(report.code)),
+                text=t(
+                    self.officer_locale, "relay.tipster_blocked", code=format_code(report.code)
+                ),
                 reply_to_report=report.id,
             )
             enqueue(

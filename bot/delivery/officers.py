@@ -329,7 +329,11 @@ class OfficerSender:
     async def _alert(self, job: Job, payload: AlertPayload, parts: Parts) -> None:
         values = {
             k: v
-            for k, v in (("queue", payload.queue), ("chat", payload.chat), ("error", payload.error))
+            for k, v in (
+                ("queue", payload.queue),
+                ("chat", payload.chat),
+                ("error", payload.error),
+            )
             if v is not None
         }
         card = alert_card(locale=self.locale, reason=payload.reason, **values)

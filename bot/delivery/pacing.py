@@ -219,9 +219,7 @@ class Pacer:
         now = self.clock()
         since = now - timedelta(seconds=self.limits.group_window + GROUP_WINDOW_MARGIN)
         key = str(chat_id)
-        in_flight = and_(
-            OutboxMessage.status == Status.SENDING, OutboxMessage.claimed_until > now
-        )
+        in_flight = and_(OutboxMessage.status == Status.SENDING, OutboxMessage.claimed_until > now)
         if exclude is not None:
             in_flight = and_(in_flight, OutboxMessage.id != exclude)
         routine = case(
@@ -238,7 +236,9 @@ class Pacer:
             total, tips = (await session.execute(stmt)).one()
         mono = self.mono()
         return Usage(
-            total=max(int(total or 0) + extra, self.group_window(chat_id, urgent=True).count(mono)),
+            total=max(
+                int(total or 0) + extra, self.group_window(chat_id, urgent=True).count(mono)
+            ),
             tips=max(
                 int(tips or 0) + (0 if urgent else extra),
                 self.group_window(chat_id, urgent=False).count(mono),
