@@ -315,7 +315,7 @@ class CitizenPayload(Payload):
     secret: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = super().to_json()
+        data = Payload.to_json(self)
         if not self.values:
             data.pop("values", None)
         return data
