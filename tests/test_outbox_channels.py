@@ -73,7 +73,7 @@ def test_a_destination_reads_back_as_written(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["", "nowhere", "unit:", "chat:x", "report:", "mars:1"])
 def test_a_malformed_destination_is_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="destination|invalid literal"):
+    with pytest.raises(ValueError, match=r"destination|invalid literal"):
         Destination.parse(text)
 
 
