@@ -173,15 +173,16 @@ class Service:
                 keyring=keyring,
             )
             dispatcher.after_commit.append(service.delivery.kick)
-            service.messenger = CitizenMessenger(
-                session_factory, service.channels, keyring, officer_locale=settings.officer_locale
-            )
-            dispatcher.after_commit.append(service.messenger.kick)
         else:
             log.warning(
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
                 "@BotFather to receive reports; the web server keeps running meanwhile."
             )
+        # Messages to tipsters go through whichever channel their route names.
+        service.messenger = CitizenMessenger(
+            session_factory, service.channels, keyring, officer_locale=settings.officer_locale
+        )
+        dispatcher.after_commit.append(service.messenger.kick)
         return service
 
     @property
@@ -196,15 +197,15 @@ class Service:
 
     async def start(self) -> None:
         await self.channels.start()
-        if self.telegram is not None:
+        if list(self.channels):
             self._tasks.append(asyncio.create_task(self._start_delivery(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
 
     async def _start_delivery(self) -> None:
-        """The outbox is delivered once the channel's bot is up."""
-        assert self.telegram is not None and self.delivery is not None
-        await self.telegram.ready.wait()
-        await self.delivery.start()
+        """The outbox is delivered once Telegram's bot is up (when Telegram is on)."""
+        if self.telegram is not None and self.delivery is not None:
+            await self.telegram.ready.wait()
+            await self.delivery.start()
         if self.messenger is not None:
             await self.messenger.start()
 
