@@ -22,7 +22,7 @@ async def healthz(request: web.Request) -> web.Response:
     body: dict[str, object] = {
         "status": "ok" if database_ok else "degraded",
         "database": "ok" if database_ok else "unreachable",
-        "channels": {"telegram": service.telegram_state, **service.channels.states()},
+        "channels": service.channel_states(),
     }
     if service.telegram is not None:  # malformed updates skipped, polling errors...
         body["telegram_metrics"] = service.telegram.metrics.as_dict()

@@ -49,8 +49,11 @@ class CitizenSender(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
 
-    async def send(self, chat_id: str, replies: Sequence[Reply]) -> None:
-        """Send ``replies`` in order; raise :class:`SendError` on failure."""
+    async def send(self, chat_id: str, replies: Sequence[Reply]) -> list[str]:
+        """Send ``replies`` in order; raise :class:`SendError` on failure.
+
+        Returns the channel's ids of the messages sent, in order (empty where the channel gives
+        none): a relayed question's id lets a reply to it be read as the answer."""
 
 
 class Channel(CitizenSender, Protocol):

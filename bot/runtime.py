@@ -17,11 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
-from bot.citizen_delivery import CitizenMessenger
-from bot.delivery import DeliveryWorker, FloodLimits
+from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
+from bot.telegram_citizen import TelegramCitizenChannel
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
 from config.rewards import load_instructions
@@ -72,7 +72,7 @@ class Service:
     messenger: CitizenMessenger | None = None
     queues: QueueMap = field(default_factory=QueueMap)
     keyring: Keyring | None = None
-    #: The citizen channels besides Telegram (Zalo), started and stopped with the service.
+    #: The citizen channels running in this process; the outbox reaches tipsters through them.
     channels: ChannelRegistry = field(default_factory=ChannelRegistry)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -162,6 +162,7 @@ class Service:
                 keyring=keyring,
             )
             service.telegram = channel
+            service.channels.add(TelegramCitizenChannel(channel))
             service.delivery = DeliveryWorker(
                 session_factory,
                 bot,
@@ -172,16 +173,17 @@ class Service:
                 keyring=keyring,
             )
             dispatcher.after_commit.append(service.delivery.kick)
-            service.messenger = CitizenMessenger(
-                session_factory, bot, keyring, officer_locale=settings.officer_locale
-            )
-            dispatcher.after_commit.append(service.messenger.kick)
         else:
             log.warning(
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
                 "@BotFather to receive reports; the web server keeps running meanwhile."
             )
         add_zalo_channels(service, keyring)
+        # Messages to tipsters go through whichever channel their route names.
+        service.messenger = CitizenMessenger(
+            session_factory, service.channels, keyring, officer_locale=settings.officer_locale
+        )
+        dispatcher.after_commit.append(service.messenger.kick)
         return service
 
     @property
@@ -190,18 +192,21 @@ class Service:
             return "disabled: set TINBAO_TELEGRAM_TOKEN"
         return self.telegram.state
 
+    def channel_states(self) -> dict[str, str]:
+        """Each citizen channel's state for ``/healthz`` (Telegram's even when it is off)."""
+        return {"telegram": self.telegram_state, **self.channels.states()}
+
     async def start(self) -> None:
-        if self.telegram is not None:
-            self.telegram.start_background()
+        await self.channels.start()
+        if list(self.channels):
             self._tasks.append(asyncio.create_task(self._start_delivery(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
-        await self.channels.start()
 
     async def _start_delivery(self) -> None:
-        """The outbox is delivered once the channel's bot is up."""
-        assert self.telegram is not None and self.delivery is not None
-        await self.telegram.ready.wait()
-        await self.delivery.start()
+        """The outbox is delivered once Telegram's bot is up (when Telegram is on)."""
+        if self.telegram is not None and self.delivery is not None:
+            await self.telegram.ready.wait()
+            await self.delivery.start()
         if self.messenger is not None:
             await self.messenger.start()
 
@@ -212,13 +217,11 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await self.channels.stop()
         if self.messenger is not None:
             await self.messenger.stop()
         if self.delivery is not None:
             await self.delivery.stop()
-        if self.telegram is not None:
-            await self.telegram.stop()
+        await self.channels.stop()
         await self.engine.dispose()
 
     async def run_maintenance(self) -> None:

@@ -3,7 +3,7 @@
 Everything here is channel-neutral (no ``telegram`` import): a :class:`Card` is HTML text in the
 subset every channel adapter understands (``<b>``, ``<i>``, ``<code>``, ``<a href>``,
 ``<blockquote>``), inline buttons, an optional map pin and the evidence to re-send.
-``bot/delivery.py`` turns it into Bot API calls.
+``bot/delivery/officers.py`` turns it into Bot API calls.
 
 Anonymity: a card is built from the report row alone. It never holds the tipster's channel id,
 username, name or phone number (the phone a tipster chose to leave is shown on request by the

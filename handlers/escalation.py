@@ -3,29 +3,41 @@
 Timers are outbox rows of kind ``timer.*`` with a due time. The delivery worker claims a due row
 (so it fires once, even with two processes or after a restart) and calls :meth:`Timers.fire` in
 the same transaction that marks the row done. Acknowledging an emergency cancels its timer.
+
+An unacknowledged emergency is escalated to the duty queue: its full card when it was posted to
+a unit's own queue (the unit is reminded too), but only a short reminder, as a reply to the card
+already there, when its card already sits in the duty queue (unit unknown, or a unit without a
+queue): the duty officers are never shown the same report, and its photos, twice.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers.intake import (
-    PRIORITY_EMERGENCY,
-    TIMER_ESCALATE,
-    TIMER_REMIND_UNCLAIMED,
-    destination_for,
+from handlers.outbox import (
+    CardPayload,
+    Destination,
+    Kind,
+    Priority,
+    ReminderPayload,
+    Status,
+    TimerPayload,
+    enqueue,
 )
 from storage.models import OutboxMessage, Report
-from storage.repositories import Outbox, Reports
+from storage.repositories import Reports
 
 log = logging.getLogger(__name__)
 
 
 class UnitQueues(Protocol):
+    @property
+    def duty(self) -> Any: ...
+
     def for_unit(self, code: str | None) -> object | None: ...
 
 
@@ -39,13 +51,13 @@ class Timers:
         return self.queues is not None and self.queues.for_unit(unit_code) is not None
 
     async def fire(self, session: AsyncSession, row: OutboxMessage) -> None:
-        report_id = row.payload.get("report_id")
+        report_id = TimerPayload.from_json(row.payload).report_id if row.payload else None
         report = await session.get(Report, report_id) if isinstance(report_id, int) else None
         if report is None:
             return
-        if row.kind == TIMER_ESCALATE:
+        if row.kind == Kind.TIMER_ESCALATE:
             await self._escalate(session, report)
-        elif row.kind == TIMER_REMIND_UNCLAIMED:
+        elif row.kind == Kind.TIMER_REMIND_UNCLAIMED:
             await self._remind_unclaimed(session, report)
         else:
             log.warning("unknown timer kind %s on outbox row %s", row.kind, row.id)
@@ -53,36 +65,51 @@ class Timers:
     async def _escalate(self, session: AsyncSession, report: Report) -> None:
         if report.status != "new":
             return  # acknowledged (or dealt with) in time
-        outbox = Outbox(session)
-        card = outbox.enqueue(
-            kind="report_card",
-            destination="duty",
-            payload={"report_id": report.id, "header": "escalated"},
-            report_id=report.id,
-            dedupe_key=f"escalate:{report.id}",
-        )
-        card.priority = PRIORITY_EMERGENCY
-        if self._has_own_queue(report.unit_code):
-            reminder = outbox.enqueue(
-                kind="reminder",
-                destination=destination_for(report.unit_code),
-                payload={"report_id": report.id, "reason": "unacknowledged"},
+        unacknowledged = ReminderPayload(report_id=report.id, reason="unacknowledged")
+        if not self._in_duty_queue(report):
+            enqueue(
+                session,
+                CardPayload(report_id=report.id, header="escalated"),
+                Destination.duty(),
                 report_id=report.id,
-                dedupe_key=f"remind:ack:{report.id}",
+                dedupe_key=f"escalate:{report.id}",
+                priority=Priority.EMERGENCY,
             )
-            reminder.priority = PRIORITY_EMERGENCY
+        # The unit's queue, or the duty queue whose card it answers (as a reply to that card).
+        enqueue(
+            session,
+            unacknowledged,
+            self._card_queue(report),
+            report_id=report.id,
+            dedupe_key=f"remind:ack:{report.id}",
+            priority=Priority.EMERGENCY,
+        )
         Reports(session).add_event(
             report, action="escalated", actor_kind="system", reason="not acknowledged in time"
         )
         log.info("emergency report %s escalated to the duty queue", report.id)
 
+    def _in_duty_queue(self, report: Report) -> bool:
+        """Its card went to the duty queue: no queue of its own serves its unit."""
+        if report.queue_key:
+            duty = self.queues.duty if self.queues is not None else None
+            return duty is not None and report.queue_key == getattr(duty, "key", None)
+        return not self._has_own_queue(report.unit_code)
+
+    @staticmethod
+    def _card_queue(report: Report) -> Destination:
+        """Where the report's card was posted (a transfer names its queue)."""
+        if report.queue_key:
+            return Destination.for_queue(report.queue_key)
+        return Destination.for_unit(report.unit_code)
+
     async def _remind_unclaimed(self, session: AsyncSession, report: Report) -> None:
         if report.status != "new":
             return
-        Outbox(session).enqueue(
-            kind="reminder",
-            destination=destination_for(report.unit_code),
-            payload={"report_id": report.id, "reason": "unclaimed"},
+        enqueue(
+            session,
+            ReminderPayload(report_id=report.id, reason="unclaimed"),
+            self._card_queue(report),
             report_id=report.id,
             dedupe_key=f"remind:claim:{report.id}",
         )
@@ -98,7 +125,7 @@ async def cancel_timers(session: AsyncSession, report_id: int, kind: str) -> Non
         .where(
             OutboxMessage.report_id == report_id,
             OutboxMessage.kind == kind,
-            OutboxMessage.status == "pending",
+            OutboxMessage.status == Status.PENDING,
         )
-        .values(status="cancelled")
+        .values(status=Status.CANCELLED)
     )

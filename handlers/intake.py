@@ -16,16 +16,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.domain import DEFAULT_CONTACT_MODE, REPORT_KIND_EMERGENCY
+from handlers.outbox import CardPayload, Destination, Kind, Priority, TimerPayload, enqueue
 from handlers.security import Keyring, PinHasher, new_pin, new_tracking_code
 from storage.models import CardPost, Report, ReportMedia
-from storage.repositories import Outbox, Reports
+from storage.repositories import Reports
 
 log = logging.getLogger(__name__)
 
-PRIORITY_EMERGENCY = 10
-PRIORITY_TIP = 0
-TIMER_ESCALATE = "timer.escalate"
-TIMER_REMIND_UNCLAIMED = "timer.remind_unclaimed"
+# Kept for the modules that import them from here; the contract is ``handlers.outbox``.
+PRIORITY_EMERGENCY = int(Priority.EMERGENCY)
+PRIORITY_TIP = int(Priority.TIP)
+TIMER_ESCALATE = Kind.TIMER_ESCALATE.value
+TIMER_REMIND_UNCLAIMED = Kind.TIMER_REMIND_UNCLAIMED.value
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Stored:
 
 
 def destination_for(unit_code: str | None) -> str:
-    return f"unit:{unit_code}" if unit_code else "duty"
+    return str(Destination.for_unit(unit_code))
 
 
 async def officers_destination(session: AsyncSession, report: Report) -> str:
@@ -66,10 +68,9 @@ async def officers_destination(session: AsyncSession, report: Report) -> str:
         .order_by(CardPost.id.desc())
     )
     if post is not None:
-        thread = f"/{post.thread_id}" if post.thread_id is not None else ""
-        return f"chat:{post.chat_id}{thread}"
+        return str(Destination.chat(post.chat_id, post.thread_id))
     if report.queue_key:
-        return f"queue:{report.queue_key}"
+        return str(Destination.for_queue(report.queue_key))
     return destination_for(report.unit_code)
 
 
@@ -144,23 +145,23 @@ async def store_report(
             route=keyring.encrypt({"channel": origin.channel, "chat_id": origin.chat_id}),
             phone=draft.get("phone") if mode == "phone" else None,
         )
-    outbox = Outbox(session)
-    message = outbox.enqueue(
-        kind="report_card",
-        destination=destination_for(report.unit_code),
-        payload={"report_id": report.id},
+    enqueue(
+        session,
+        CardPayload(report_id=report.id),
+        Destination.for_unit(report.unit_code),
         report_id=report.id,
         dedupe_key=f"card:{report.id}",
+        priority=Priority.EMERGENCY if emergency else Priority.TIP,
     )
-    message.priority = PRIORITY_EMERGENCY if emergency else PRIORITY_TIP
     if emergency:
-        timer, due = TIMER_ESCALATE, now + settings.emergency_ack_timeout
+        timer, due = Kind.TIMER_ESCALATE, now + settings.emergency_ack_timeout
     else:
-        timer, due = TIMER_REMIND_UNCLAIMED, now + settings.tip_claim_reminder
-    outbox.enqueue(
+        timer, due = Kind.TIMER_REMIND_UNCLAIMED, now + settings.tip_claim_reminder
+    enqueue(
+        session,
+        TimerPayload(report_id=report.id),
+        Destination.timer(),
         kind=timer,
-        destination="timer",
-        payload={"report_id": report.id},
         report_id=report.id,
         dedupe_key=f"{timer}:{report.id}",
         due=due,

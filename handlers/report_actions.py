@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers import outbox
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import OUTCOMES
 from handlers.escalation import cancel_timers
@@ -36,13 +37,13 @@ from storage.models import (
     Report,
     Reward,
 )
-from storage.repositories import Outbox, Reports
+from storage.repositories import Reports
 from storage.types import utcnow
 
 SUBJECTS_MAX = 99_999
 QUESTION_MAX = 1000
 REASON_MAX = 500
-PRIORITY_OPEN = 5
+PRIORITY_OPEN = outbox.Priority.OPEN
 
 
 async def relay_problem(session: AsyncSession, report: Report) -> str | None:
@@ -122,10 +123,10 @@ class ReportActions:
     def _notify_citizen(self, report: Report, key: str, **values: Any) -> None:
         if report.contact_mode == "none":
             return
-        Outbox(self.session).enqueue(
-            kind="citizen_message",
-            destination=f"report:{report.id}",
-            payload={"key": key, "values": values},
+        outbox.enqueue(
+            self.session,
+            outbox.CitizenPayload(key=key, values=values),
+            outbox.Destination.citizen(report.id),
             report_id=report.id,
         )
 
@@ -155,13 +156,13 @@ class ReportActions:
         )
         if waiting is not None:
             return False
-        row = Outbox(self.session).enqueue(
-            kind="report_card",
-            destination=destination,
-            payload={"report_id": report.id},
+        outbox.enqueue(
+            self.session,
+            outbox.CardPayload(report_id=report.id),
+            outbox.Destination.parse(destination),
             report_id=report.id,
+            priority=PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN,
         )
-        row.priority = PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN
         Reports(self.session).add_event(
             report, action="opened", actor_kind="officer", actor_id=self.officer.id
         )
@@ -220,13 +221,13 @@ class ReportActions:
         ).all()
         for old in posts:
             old.active = False
-        row = Outbox(self.session).enqueue(
-            kind="report_card",
-            destination=f"queue:{target.key}",
-            payload={"report_id": report.id, "header": "card.header.transferred"},
+        outbox.enqueue(
+            self.session,
+            outbox.CardPayload(report_id=report.id, header="card.header.transferred"),
+            outbox.Destination.for_queue(target.key),
             report_id=report.id,
+            priority=PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN,
         )
-        row.priority = PRIORITY_EMERGENCY if report.kind == "emergency" else PRIORITY_OPEN
 
     async def resolve(
         self,
@@ -299,10 +300,10 @@ class ReportActions:
         )
         self.session.add(relay)
         await self.session.flush()
-        Outbox(self.session).enqueue(
-            kind="citizen_message",
-            destination=f"report:{report.id}",
-            payload={"relay_id": relay.id},
+        outbox.enqueue(
+            self.session,
+            outbox.CitizenPayload(relay_id=relay.id),
+            outbox.Destination.citizen(report.id),
             report_id=report.id,
         )
         to_status = "needs_info" if report.status in ("new", "assigned", "in_progress") else None

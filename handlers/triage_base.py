@@ -13,13 +13,14 @@ from typing import Any
 
 from sqlalchemy.orm.attributes import flag_modified
 
+from handlers import outbox
 from handlers.i18n import t
 from handlers.officer_events import CardRefresh, OfficerAct, OfficerOutcome
 from handlers.report_actions import ActionError, ReportActions
 from handlers.triage_context import TriageContext
 from handlers.triage_notify import PRIORITY_CHAT
 from storage.models import CardPost, Conversation, Report
-from storage.repositories import Conversations, Outbox
+from storage.repositories import Conversations
 from storage.types import utcnow
 
 
@@ -55,18 +56,13 @@ class TriageBase(TriageContext):
         buttons: list[list[dict[str, str]]] | None = None,
     ) -> None:
         """A message to the officers' chat, through the outbox (it counts in the group budget)."""
-        row = Outbox(act.session).enqueue(
-            kind="chat_text",
-            destination=act.chat_destination,
-            payload={
-                "text": text,
-                "force_reply": force_reply,
-                "reply_to_report": report_id,
-                "buttons": buttons,
-            },
+        outbox.enqueue(
+            act.session,
+            outbox.ChatTextPayload(text, force_reply, report_id, buttons),
+            outbox.Destination.parse(act.chat_destination),
             report_id=report_id,
+            priority=PRIORITY_CHAT,
         )
-        row.priority = PRIORITY_CHAT
 
     async def _officer_state(self, act: OfficerAct) -> Conversation | None:
         if act.officer is None:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.queues import Queue
+from handlers import outbox
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, STATUSES
 from handlers.officer_events import OfficerAct, OfficerMessage, OfficerOutcome, OfficerPress
@@ -22,7 +23,7 @@ from handlers.rewards import format_vnd
 from handlers.security import format_code, parse_code
 from handlers.triage_base import TriageBase
 from storage.models import Officer, Report
-from storage.repositories import Outbox, Reports
+from storage.repositories import Reports
 from storage.types import utcnow
 
 PAGE_SIZE = 10
@@ -160,13 +161,13 @@ class QueueCommands(TriageBase):
             return act.outcome
         if not may(act.officer, "view", self.queue_key(report)):
             return self._say_denied(act)
-        row = Outbox(act.session).enqueue(
-            kind="report_card",
-            destination=act.chat_destination,
-            payload={"report_id": report.id},
+        outbox.enqueue(
+            act.session,
+            outbox.CardPayload(report_id=report.id),
+            outbox.Destination.parse(act.chat_destination),
             report_id=report.id,
+            priority=PRIORITY_OPEN,
         )
-        row.priority = PRIORITY_OPEN
         return act.outcome
 
     async def _cmd_stats(

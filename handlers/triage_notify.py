@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers import outbox
 from handlers.i18n import t
 from handlers.rewards import format_claim_code, format_vnd
 from handlers.security import format_code
 from handlers.triage_context import TriageContext
 from storage.models import Officer, Report, Reward
-from storage.repositories import Outbox
 
 #: Outbox priority of messages in officers' chats.
-PRIORITY_CHAT = 6
+PRIORITY_CHAT = outbox.Priority.CHAT
 
 
 def post_reward_proposal(
@@ -27,29 +27,27 @@ def post_reward_proposal(
     """Put a new proposal before the commanders in the rewards chat, with its buttons."""
     locale = context.locale
     values = {"code": format_code(report.code), "amount": format_vnd(reward.amount_vnd)}
-    row = Outbox(session).enqueue(
-        kind="chat_text",
-        destination=context.rewards_destination(),
-        payload={
-            "text": t(
+    outbox.enqueue(
+        session,
+        outbox.ChatTextPayload(
+            text=t(
                 locale,
                 "reward.proposed_post",
                 reason=reward.reason,
                 officer=proposer.display_name,
                 **values,
             ),
-            "force_reply": False,
-            "reply_to_report": None,
-            "buttons": [
+            buttons=[
                 [
                     {"label": t(locale, "reward.btn.approve"), "data": f"w:ok:{reward.id}"},
                     {"label": t(locale, "reward.btn.reject"), "data": f"w:no:{reward.id}"},
                 ]
             ],
-        },
+        ),
+        outbox.Destination.parse(context.rewards_destination()),
         report_id=report.id,
+        priority=PRIORITY_CHAT,
     )
-    row.priority = PRIORITY_CHAT
 
 
 async def notify_reward(
@@ -62,18 +60,19 @@ async def notify_reward(
     """
     assert context.keyring is not None
     code = await context.rewards(session).issue_claim_code(reward)
-    Outbox(session).enqueue(
-        kind="citizen_message",
-        destination=f"report:{report.id}",
-        payload={
-            "key": "reward.citizen.approved",
-            "values": {
+    outbox.enqueue(
+        session,
+        outbox.CitizenPayload(
+            key="reward.citizen.approved",
+            values={
                 "code": format_code(report.code),
                 "amount": format_vnd(reward.amount_vnd),
                 "instructions": context.instructions.for_unit(report.unit_code)
                 or t(report.locale, "reward.citizen.default_instructions"),
             },
-            "secret": context.keyring.encrypt({"claim": format_claim_code(code)}),
-        },
+            secret=context.keyring.encrypt({"claim": format_claim_code(code)}),
+        ),
+        outbox.Destination.citizen(report.id),
         report_id=report.id,
-    ).priority = PRIORITY_CHAT
+        priority=PRIORITY_CHAT,
+    )

@@ -219,7 +219,10 @@ class Outbox:
         report_id: int | None = None,
         dedupe_key: str | None = None,
         due: datetime | None = None,
+        priority: int = 0,
     ) -> OutboxMessage:
+        """Add a row in the caller's transaction. The typed way in is
+        :func:`handlers.outbox.enqueue`; this is its storage half."""
         # Tells the caller, after its commit, that there is something to deliver.
         self.session.info[OUTBOX_ENQUEUED] = True
         message = OutboxMessage(
@@ -230,6 +233,9 @@ class Outbox:
             dedupe_key=dedupe_key,
             next_attempt_at=due or utcnow(),
             status="pending",
+            priority=priority,
+            attempts=0,
+            message_count=0,
         )
         self.session.add(message)
         return message

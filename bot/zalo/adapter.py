@@ -71,10 +71,13 @@ class ZaloAdapter:
     def capabilities(self) -> Capabilities:
         return CAPABILITIES[self.channel_name]
 
-    async def send(self, chat_id: str, replies: Sequence[Reply]) -> None:
-        """Send ``replies`` to a citizen's chat, rendered as text; raise :class:`SendError`."""
+    async def send(self, chat_id: str, replies: Sequence[Reply]) -> list[str]:
+        """Send ``replies`` to a citizen's chat, rendered as text; raise :class:`SendError`.
+
+        Zalo has no reply-to, so no message id is kept."""
         for text in render_texts(replies, self.capabilities):
             await self.send_text(chat_id, text)
+        return []
 
     def state(self) -> str:
         return self._state

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from handlers import media as media_rules
+from handlers import outbox
 from handlers.channels import Capabilities
 from handlers.citizen.base import (
     DRAFT_STATES,
@@ -38,7 +39,7 @@ from handlers.intake import officers_destination
 from handlers.security import format_code, parse_code
 from handlers.text import clean_text, substance
 from storage.models import ContactRoute, OutboxMessage, RelayMessage, Report
-from storage.repositories import Media, Outbox, Reports
+from storage.repositories import Media, Reports
 
 #: The outbox kind of a message to a tipster (see ``bot/citizen_delivery.py``).
 CITIZEN_MESSAGE = "citizen_message"
@@ -184,12 +185,12 @@ async def relay_message(
         item.text = text
     turn.session.add(item)
     await turn.session.flush()
-    Outbox(turn.session).enqueue(
-        kind="relay_to_officers",
-        destination=await officers_destination(turn.session, report),
-        payload={"relay_id": item.id, "addition": addition},
+    outbox.enqueue(
+        turn.session,
+        outbox.RelayPayload(relay_id=item.id, addition=addition),
+        outbox.Destination.parse(await officers_destination(turn.session, report)),
         report_id=report.id,
-    ).priority = 6
+    )
     reports = Reports(turn.session)
     if report.status == "needs_info":
         reports.add_event(

@@ -1,0 +1,274 @@
+"""Delivers outbox messages to tipsters: questions from the police, status changes, rewards.
+
+A ``citizen_message`` row names the report (``report:<id>``), never the chat. At send time the
+route back is decrypted (only here, and never written anywhere): it names the channel the tipster
+wrote from (a route without one is Telegram's) and their chat there. The message is rendered as
+a neutral :class:`~handlers.events.Reply` for that channel's capabilities and sent through the
+:class:`~bot.channel.CitizenSender` registered for it in the :class:`~bot.channel.ChannelRegistry`.
+Nothing here assumes Telegram.
+
+The sender's :class:`~bot.channel.SendError` decides what comes next: ``retry_after`` waits that
+long; ``gone`` marks the route blocked and tells the officers once, in the report's chat;
+``permanent`` fails the row; anything else is retried with backoff. A row whose channel is not
+running in this process waits (parked). A claim code travels encrypted in the row and is wiped
+once delivered or dropped. Rows are taken and settled with the same leases as the officers'
+worker (:mod:`bot.delivery.leases`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.channel import ChannelRegistry, SendError
+from bot.delivery.leases import Claim, Leases, claimable
+from handlers.channels import Capabilities, ChannelName, capabilities
+from handlers.citizen.relay import SENT_MESSAGE_ID, question_reply
+from handlers.events import Reply
+from handlers.i18n import t
+from handlers.intake import officers_destination
+from handlers.outbox import ChatTextPayload, CitizenPayload, Kind, Priority, enqueue
+from handlers.outbox import Destination as Dest
+from handlers.render import render
+from handlers.security import Keyring, format_code
+from storage.models import ContactRoute, OutboxMessage, RelayMessage, Report
+from storage.types import utcnow
+
+log = logging.getLogger(__name__)
+
+KIND = Kind.CITIZEN_MESSAGE.value
+BATCH = 50
+NO_ROUTE = "no route back to the tipster"
+BLOCKED = "the tipster has blocked the bot"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message ready to go: where (decrypted, kept in memory only) and what."""
+
+    channel: str
+    chat_id: str
+    replies: list[Reply]
+
+
+class CitizenMessenger:
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        channels: ChannelRegistry,
+        keyring: Keyring,
+        *,
+        officer_locale: str = "vi",
+        poll_interval: float = 2.0,
+        lease_seconds: float = 60.0,
+        per_second: float = 20.0,
+        retry_cap: float = 300.0,
+        park_seconds: float = 60.0,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.session_factory = session_factory
+        self.channels = channels
+        self.keyring = keyring
+        self.officer_locale = officer_locale
+        self.poll_interval = poll_interval
+        self.interval = 1.0 / per_second
+        self.retry_cap = retry_cap
+        self.park_seconds = park_seconds
+        self.clock = clock
+        self.leases = Leases(session_factory, clock, lease_seconds)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.sent = 0
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self._loop(), name="citizen-delivery")
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("citizen delivery round failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Claim and send the due rows; returns how many were settled."""
+        settled = 0
+        for row_id in await self._due():
+            if self._stopping:
+                break
+            claim = await self.leases.claim(row_id)
+            if claim is None:
+                continue
+            # Shielded: a stop never loses track of a message that went out.
+            if await asyncio.shield(self._deliver(claim)):
+                settled += 1
+            await asyncio.sleep(self.interval)
+        return settled
+
+    async def _due(self) -> list[int]:
+        now = self.clock()
+        async with self.session_factory() as session:
+            found = await session.scalars(
+                select(OutboxMessage.id)
+                .where(OutboxMessage.kind == KIND, claimable(now))
+                .order_by(OutboxMessage.priority.desc(), OutboxMessage.id)
+                .limit(BATCH)
+            )
+            return list(found.all())
+
+    # -------------------------------------------------------------------------- one row
+
+    async def _deliver(self, claim: Claim) -> bool:
+        """Send one claimed row; ``True`` when it was settled (sent or failed)."""
+        async with self.session_factory() as session:
+            outgoing = await self._prepare(session, claim)
+        if isinstance(outgoing, str):
+            await self._drop(claim, outgoing)
+            return True
+        sender = self.channels.get(outgoing.channel)
+        if sender is None:
+            log.warning(
+                "outbox row %d waits: channel %s is not running in this process",
+                claim.row_id,
+                outgoing.channel,
+            )
+            await self.leases.release(
+                claim, self.park_seconds, error=f"channel {outgoing.channel} is off", failed=False
+            )
+            return False
+        replies = render(outgoing.replies, sender.capabilities)
+        try:
+            message_ids = await sender.send(outgoing.chat_id, replies)
+        except SendError as exc:
+            return await self._failed(claim, exc)
+        self.sent += 1
+        payload = self._wiped(claim)
+        if message_ids and "relay_id" in payload:
+            # A reply to this question is its answer (handlers/citizen/relay.py).
+            payload[SENT_MESSAGE_ID] = message_ids[-1]
+        await self.leases.finish(claim, payload=payload, message_count=1)
+        return True
+
+    async def _prepare(self, session: AsyncSession, claim: Claim) -> Outgoing | str:
+        """The message and where it goes, or why it cannot go (a string)."""
+        row = await session.get(OutboxMessage, claim.row_id)
+        report = await session.get(Report, row.report_id) if row and row.report_id else None
+        if row is None or report is None or report.contact_mode == "none":
+            return NO_ROUTE
+        route = await session.scalar(
+            select(ContactRoute).where(ContactRoute.report_id == report.id)
+        )
+        if route is None:
+            return NO_ROUTE
+        if route.blocked_at is not None:
+            return BLOCKED
+        where = self.keyring.decrypt(route.route)
+        channel = str(where.get("channel") or ChannelName.TELEGRAM)
+        payload = CitizenPayload.from_json(claim.payload)
+        reply = await self._message(session, payload, report, capabilities(channel))
+        return Outgoing(channel=channel, chat_id=str(where["chat_id"]), replies=[reply])
+
+    async def _message(
+        self, session: AsyncSession, payload: CitizenPayload, report: Report, caps: Capabilities
+    ) -> Reply:
+        locale = report.locale
+        code = format_code(report.code)
+        if payload.relay_id is not None:
+            relay = await session.get(RelayMessage, payload.relay_id)
+            question = relay.text if relay is not None and relay.text else ""
+            # With a «Reply» button, or "type your answer now" where there is no reply-to.
+            return question_reply(locale, report.id, report.code, question, caps)
+        values: dict[str, Any] = dict(payload.values)
+        values.setdefault("code", code)
+        if payload.secret is not None:
+            values.update(self.keyring.decrypt(payload.secret))
+        return Reply(text=t(locale, str(payload.key), **values))
+
+    # -------------------------------------------------------------------------- outcomes
+
+    @staticmethod
+    def _wiped(claim: Claim) -> dict[str, Any]:
+        """The payload without its secret: a claim code is never kept once delivered."""
+        payload = dict(claim.payload)
+        payload.pop("secret", None)
+        return payload
+
+    async def _drop(self, claim: Claim, error: str) -> None:
+        await self.leases.fail(claim, error, payload=self._wiped(claim))
+        log.info("outbox row %d to a tipster dropped: %s", claim.row_id, error)
+
+    async def _failed(self, claim: Claim, exc: SendError) -> bool:
+        if exc.gone:
+            await self._blocked(claim)
+            return True
+        if exc.permanent:
+            await self.leases.fail(
+                claim, f"refused: {exc.reason[:200]}", payload=self._wiped(claim)
+            )
+            return True
+        if exc.retry_after is not None:
+            delay = max(1.0, exc.retry_after)
+        else:
+            delay = float(min(self.retry_cap, 2.0 ** min(claim.attempts + 1, 8)))
+        await self.leases.release(claim, delay, error=exc.reason[:200], failed=True)
+        return False
+
+    async def _blocked(self, claim: Claim) -> None:
+        """The tipster cannot be reached there any more: mark the route, tell the officers once."""
+        now = self.clock()
+
+        async def mark(session: AsyncSession) -> None:
+            row = await session.get(OutboxMessage, claim.row_id)
+            report = await session.get(Report, row.report_id) if row and row.report_id else None
+            if report is None:
+                return
+            route = await session.scalar(
+                select(ContactRoute).where(ContactRoute.report_id == report.id)
+            )
+            if route is None or route.blocked_at is not None:
+                return
+            route.blocked_at = now
+            notice = ChatTextPayload(
+                text=t(
+                    self.officer_locale, "relay.tipster_blocked", code=format_code(report.code)
+                ),
+                reply_to_report=report.id,
+            )
+            enqueue(
+                session,
+                notice,
+                Dest.parse(await officers_destination(session, report)),
+                report_id=report.id,
+                dedupe_key=f"blocked:{report.id}",
+                priority=Priority.TIP,
+            )
+
+        await self.leases.fail(claim, BLOCKED, then=mark, payload=self._wiped(claim))
+        log.info("a tipster can no longer be reached (outbox row %s)", claim.row_id)
+
+
+__all__ = ["CitizenMessenger", "Outgoing"]

@@ -1,0 +1,281 @@
+"""Row leases: how a sender takes an outbox row, records progress and lets it go.
+
+A row is taken with a conditional ``UPDATE ... WHERE id = :id AND <still claimable>``
+(rowcount 1 = ours), which gives it a lease (``claimed_until``). Two worker processes never
+send the same row; a crashed worker's lease lapses and the row returns. Every later write on
+the row is conditional on the lease still being ours (:meth:`Leases.save`, :meth:`finish`,
+:meth:`release`, :meth:`fail`); a ``False`` from them means another worker took it over.
+
+Rows not claimed (nowhere to send them yet, or not sendable at all) are settled with
+:meth:`park` and :meth:`settle`, conditional on still being claimable. Shared by the officers'
+delivery worker, the timer worker and the citizen messenger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from handlers.outbox import Status
+from storage.models import OutboxMessage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Runs inside the transaction that settles a row (records a card post, enqueues an alert).
+Then = Callable[[AsyncSession], Awaitable[None]]
+
+
+@dataclass
+class Claim:
+    """A row this process holds: its lease, and the payload and attempts it had when taken."""
+
+    row_id: int
+    lease: datetime
+    payload: dict[str, Any]
+    attempts: int
+
+
+def rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def insert_ignoring(session: AsyncSession, model: type[Any]) -> Any:
+    """``INSERT`` that can say ``ON CONFLICT DO NOTHING`` on either backend."""
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(model)
+    return sqlite_insert(model)
+
+
+def claimable(now: datetime) -> ColumnElement[bool]:
+    """Due and pending, or sending under a lease that lapsed."""
+    return or_(
+        and_(OutboxMessage.status == Status.PENDING, OutboxMessage.next_attempt_at <= now),
+        and_(OutboxMessage.status == Status.SENDING, OutboxMessage.claimed_until < now),
+    )
+
+
+class Leases:
+    """Lease operations on outbox rows, each in its own short transaction."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        clock: Callable[[], datetime],
+        lease_seconds: float,
+    ) -> None:
+        self.session_factory = session_factory
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction, again if the database was busy."""
+        for attempt in range(1, 5):
+            try:
+                async with self.session_factory() as session, session.begin():
+                    return await work(session)
+            except OperationalError:
+                if attempt == 4:
+                    raise
+                log.info("database busy; retrying a delivery write")
+                await asyncio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def _lease(self) -> datetime:
+        return self.clock() + timedelta(seconds=self.lease_seconds)
+
+    @staticmethod
+    def _mine(claim: Claim) -> ColumnElement[bool]:
+        return and_(
+            OutboxMessage.id == claim.row_id,
+            OutboxMessage.status == Status.SENDING,
+            OutboxMessage.claimed_until == claim.lease,
+        )
+
+    async def claim(self, row_id: int, **values: Any) -> Claim | None:
+        """Take the row if it is still claimable; ``values`` are written with the claim."""
+        now = self.clock()
+        lease = self._lease()
+
+        async def claim(session: AsyncSession) -> Claim | None:
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id, claimable(now))
+                .values(status=Status.SENDING, claimed_until=lease, **values)
+                .execution_options(synchronize_session=False)
+            )
+            if rowcount(result) != 1:
+                return None
+            found = (
+                await session.execute(
+                    select(OutboxMessage.payload, OutboxMessage.attempts).where(
+                        OutboxMessage.id == row_id
+                    )
+                )
+            ).one()
+            return Claim(row_id, lease, dict(found.payload or {}), int(found.attempts))
+
+        return await self.write(claim)
+
+    async def save(self, claim: Claim, **values: Any) -> bool:
+        """Record progress and renew the lease."""
+        lease = self._lease()
+
+        async def save(session: AsyncSession) -> int:
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(self._mine(claim))
+                .values(claimed_until=lease, **values)
+                .execution_options(synchronize_session=False)
+            )
+            return rowcount(result)
+
+        if await self.write(save) != 1:
+            return False
+        claim.lease = lease
+        return True
+
+    async def finish(self, claim: Claim, *, then: Then | None = None, **values: Any) -> bool:
+        """Mark the row sent; ``then`` runs in the same transaction."""
+        return await self._settle(
+            claim,
+            {
+                "status": Status.SENT,
+                "sent_at": self.clock(),
+                "claimed_until": None,
+                "last_error": None,
+                **values,
+            },
+            then,
+        )
+
+    async def fail(
+        self, claim: Claim, error: str, *, then: Then | None = None, **values: Any
+    ) -> bool:
+        """A permanent failure; ``then`` runs in the same transaction."""
+        return await self._settle(
+            claim,
+            {
+                "status": Status.FAILED,
+                "claimed_until": None,
+                "last_error": error,
+                "attempts": OutboxMessage.attempts + 1,
+                **values,
+            },
+            then,
+        )
+
+    async def release(
+        self, claim: Claim, delay: float, *, error: str | None, failed: bool, **values: Any
+    ) -> None:
+        """Back to the queue, due again after ``delay`` seconds."""
+        changes: dict[str, Any] = {
+            "status": Status.PENDING,
+            "claimed_until": None,
+            "next_attempt_at": self.clock() + timedelta(seconds=delay),
+            **values,
+        }
+        if failed:
+            changes["attempts"] = OutboxMessage.attempts + 1
+        if error is not None:
+            changes["last_error"] = error
+        await self._settle(claim, changes, None)
+
+    async def _settle(self, claim: Claim, values: dict[str, Any], then: Then | None) -> bool:
+        async def settle(session: AsyncSession) -> int:
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(self._mine(claim))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if rowcount(result) != 1:
+                return 0
+            if then is not None:
+                await then(session)
+            return 1
+
+        return await self.write(settle) == 1
+
+    # -------------------------------------------------------------------------- unclaimed rows
+
+    async def park(self, row_id: int, delay: float, error: str) -> None:
+        """Nowhere to send it yet: keep it pending and look again after ``delay`` seconds."""
+        now = self.clock()
+        due = now + timedelta(seconds=delay)
+
+        async def park(session: AsyncSession) -> None:
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id, claimable(now))
+                .values(
+                    status=Status.PENDING,
+                    claimed_until=None,
+                    next_attempt_at=due,
+                    last_error=error,
+                )
+                .execution_options(synchronize_session=False)
+            )
+
+        await self.write(park)
+
+    async def settle(self, row_id: int, status: Status, error: str | None) -> None:
+        """Settle a row that was never claimed (it cannot be sent at all)."""
+        now = self.clock()
+
+        async def settle(session: AsyncSession) -> None:
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == row_id, claimable(now))
+                .values(status=status, claimed_until=None, last_error=error)
+                .execution_options(synchronize_session=False)
+            )
+
+        await self.write(settle)
+
+
+async def enqueue_once(
+    session: AsyncSession,
+    now: datetime,
+    *,
+    kind: str,
+    destination: str,
+    payload: dict[str, Any],
+    dedupe_key: str,
+    report_id: int | None = None,
+    priority: int = 0,
+) -> None:
+    """Add an outbox row unless one with the same ``dedupe_key`` exists (a worker's own rows:
+    an alert, a re-routed card)."""
+    await session.execute(
+        insert_ignoring(session, OutboxMessage)
+        .values(
+            kind=kind,
+            destination=destination,
+            payload=payload,
+            report_id=report_id,
+            dedupe_key=dedupe_key,
+            status=Status.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            priority=priority,
+            message_count=0,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+__all__ = ["Claim", "Leases", "claimable", "enqueue_once", "insert_ignoring", "rowcount"]

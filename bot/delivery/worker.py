@@ -1,0 +1,733 @@
+"""The delivery worker: sends the officers' outbox to their Telegram chats, within the flood
+limits (``docs/delivery.md``).
+
+One pass reads the due rows, resolves each destination to a chat (:class:`~bot.delivery.rows.
+Target`), plans each chat's next sends (:mod:`bot.delivery.folding`) and starts one *lane* per
+chat. A lane claims a row (:mod:`bot.delivery.leases`), sends its parts through the
+:class:`~bot.delivery.officers.OfficerSender`, each part paced by the
+:class:`~bot.delivery.pacing.Pacer` and recorded in its own commit. Each call and its record run
+shielded from cancellation: :meth:`DeliveryWorker.stop` mid-burst finishes the call in flight
+and never duplicates a message.
+
+Errors: 5xx, timeouts and network errors are retried with exponential backoff (1 s, 2 s, 4 s …
+5 min) and never give up. A 429 pauses the chat for ``retry_after``. A chat that is gone (bot
+removed, chat not found, no right to post) fails the row, alerts the duty queue once an hour
+per chat, and re-routes the report there. A destination with no queue and no duty queue stays
+pending. Timers are fired by their own :class:`~bot.delivery.timers.TimerWorker`.
+
+Anonymity: log lines carry outbox and report ids, chat ids of officers' groups and error
+types, never anything about a tipster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+from telegram import Bot, Message
+from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
+from telegram.warnings import PTBDeprecationWarning
+
+from bot.delivery.folding import Planner
+from bot.delivery.leases import Leases, claimable, enqueue_once, insert_ignoring
+from bot.delivery.officers import SENT_KINDS, Call, OfficerSender, is_chat_gone
+from bot.delivery.pacing import FloodLimits, Pacer
+from bot.delivery.rows import Blocked, Job, LeaseLost, Row, Target, error_text
+from bot.delivery.timers import TimerHandler, TimerWorker
+from config.queues import QueueMap
+from handlers.domain import REPORT_KIND_EMERGENCY
+from handlers.outbox import (
+    AlertPayload,
+    CardPayload,
+    Destination,
+    Kind,
+    Priority,
+    Status,
+    Where,
+)
+from storage.models import CardPost, OutboxMessage, Report, ReportMedia
+from storage.types import utcnow
+
+if TYPE_CHECKING:
+    from handlers.security import Keyring
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: ``priority`` at or above which a row is urgent (an emergency's card, its reminder); an
+#: emergency's row enqueued lower is raised to it when claimed.
+EMERGENCY_PRIORITY: Final = int(Priority.EMERGENCY)
+#: A digest goes before the tips still waiting, after emergencies.
+DIGEST_PRIORITY: Final = int(Priority.DIGEST)
+NO_DUTY_ERROR: Final = (
+    "no queue serves this destination and there is no duty queue: set TINBAO_DUTY_CHAT_ID"
+)
+
+
+@dataclass
+class DeliveryStats:
+    """Counters since the worker was created (benchmarks, health pages)."""
+
+    messages: int = 0
+    rows_sent: int = 0
+    rows_failed: int = 0
+    rows_folded: int = 0
+    digests: int = 0
+    timers_fired: int = 0
+    rate_limited: int = 0
+    transient_errors: int = 0
+
+
+def _retry_after_seconds(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    if isinstance(value, timedelta):
+        return max(1.0, value.total_seconds())
+    return max(1.0, float(value))
+
+
+def resolve(queue_map: QueueMap, destination: str) -> Target | None:
+    """The chat ``destination`` goes to; ``None`` when no queue serves it (no duty queue).
+
+    Raises ``ValueError`` for a destination that cannot be parsed or is not an officers' chat.
+    """
+    where = Destination.parse(destination)
+    queue = None
+    if where.where == Where.DUTY:
+        queue = queue_map.duty
+    elif where.where == Where.UNIT:
+        queue = queue_map.resolve(where.unit)
+    elif where.where == Where.QUEUE:
+        assert where.queue is not None
+        queue = queue_map.by_key(where.queue)
+    elif where.where == Where.CHAT:
+        assert where.chat_id is not None
+        chat_id, thread_id = where.chat_id, where.thread_id
+        known = queue_map.by_chat(chat_id, thread_id)
+        duty = queue_map.duty
+        is_duty = duty is not None and (duty.chat_id, duty.thread_id) == (chat_id, thread_id)
+        name = known.name if known is not None else (where.chat_key or "")
+        return Target(chat_id, thread_id, name, is_duty)
+    else:
+        raise ValueError(f"not an officers' destination: {destination!r}")
+    if queue is None:
+        return None
+    return Target(queue.chat_id, queue.thread_id, queue.name, queue.is_duty)
+
+
+class DeliveryWorker:
+    """Sends the officers' outbox. ``start()``/``stop()`` run it in the background; ``kick()``
+    wakes it (call it after a transaction that enqueued rows commits); ``run_once()`` fires the
+    due timers, runs one pass and waits for its sends (tests)."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        bot: Bot,
+        queue_map: QueueMap,
+        *,
+        locale: str = "vi",
+        limits: FloodLimits | None = None,
+        timers: TimerHandler | None = None,
+        keyring: Keyring | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        retry_base: float = 1.0,
+        retry_cap: float = 300.0,
+        lease_seconds: float = 120.0,
+        poll_interval: float = 5.0,
+        park_seconds: float = 60.0,
+        max_lanes: int = 16,
+        plan_size: int = 5,
+        scan_limit: int = 500,
+    ) -> None:
+        self.session_factory = session_factory
+        self.bot = bot
+        self.queue_map = queue_map
+        self.locale = locale
+        self.limits = limits or FloodLimits()
+        self.clock = clock
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.poll_interval = poll_interval
+        self.park_seconds = park_seconds
+        self.max_lanes = max_lanes
+        self.scan_limit = scan_limit
+        self.stats = DeliveryStats()
+        self.sender = OfficerSender(bot, session_factory, locale=locale, keyring=keyring)
+        self.leases = Leases(session_factory, clock, lease_seconds)
+        self.pacer = Pacer(self.limits, session_factory, clock)
+        self.planner = Planner(self.pacer, self.leases, plan_size=plan_size)
+        self.timers = TimerWorker(
+            session_factory,
+            timers,
+            clock=clock,
+            poll_interval=poll_interval,
+            park_seconds=park_seconds,
+            retry_base=retry_base,
+            retry_cap=retry_cap,
+            on_fired=self._timers_fired,
+        )
+        self._mono = time.monotonic
+        self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._lanes: dict[int, asyncio.Task[int]] = {}
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._warned: dict[str, float] = {}
+
+    # -------------------------------------------------------------------------- lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._stopping = False
+        self._stop_event.clear()
+        await self.timers.start()
+        self._task = asyncio.create_task(self._run(), name="delivery-worker")
+
+    def kick(self) -> None:
+        """Look at the outbox now (new rows were committed)."""
+        self._wake.set()
+        self.timers.kick()
+
+    def _timers_fired(self, count: int) -> None:
+        self.stats.timers_fired += count
+        self._wake.set()
+
+    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Stop after the sends in flight; rows not started stay in the queue."""
+        self._stopping = True
+        self._stop_event.set()
+        self._wake.set()
+        await self.timers.stop()
+        deadline = self._mono() + timeout
+        # the loop first (it starts no lane once stopping), then the lanes it started
+        for group in ([self._task] if self._task is not None else [], self._lanes.values()):
+            tasks = [task for task in group if not task.done()]
+            if not tasks:
+                continue
+            _done, late = await asyncio.wait(tasks, timeout=max(0.0, deadline - self._mono()))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        if self._inflight:
+            # cancelled lanes leave their shielded call and its bookkeeping to finish
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        self._task = None
+        self._lanes.clear()
+
+    async def run_once(self) -> int:
+        """One pass: fire due timers, fold backlogs, start every chat's sends and wait for
+        them. Returns the rows settled (sent, failed, folded or fired)."""
+        fired = await self.timers.run_once()
+        return fired + await self._round(wait=True)
+
+    async def _run(self) -> None:
+        log.info("delivery worker started")
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._round(wait=False)
+                delay = await self._next_wake()
+            except Exception:
+                log.exception("delivery pass failed; trying again shortly")
+                delay = min(self.poll_interval, 2.0)
+            if self._stopping:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+        log.info("delivery worker stopped")
+
+    # -------------------------------------------------------------------------- scheduling
+
+    @staticmethod
+    def _mine_kinds() -> ColumnElement[bool]:
+        return OutboxMessage.kind.in_(SENT_KINDS)
+
+    async def _due_rows(self, now: datetime) -> list[Row]:
+        emergency = and_(
+            Report.kind == REPORT_KIND_EMERGENCY, OutboxMessage.priority < EMERGENCY_PRIORITY
+        )
+        priority = case((emergency, EMERGENCY_PRIORITY), else_=OutboxMessage.priority)
+        media = (
+            select(func.count(ReportMedia.id))
+            .where(ReportMedia.report_id == OutboxMessage.report_id)
+            .correlate(OutboxMessage)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(
+                OutboxMessage.id,
+                OutboxMessage.kind,
+                OutboxMessage.destination,
+                OutboxMessage.status,
+                OutboxMessage.payload,
+                OutboxMessage.report_id,
+                OutboxMessage.attempts,
+                OutboxMessage.created_at,
+                priority.label("effective_priority"),
+                Report.kind.label("report_kind"),
+                Report.latitude,
+                Report.longitude,
+                media.label("media"),
+            )
+            .outerjoin(Report, Report.id == OutboxMessage.report_id)
+            .where(claimable(now), self._mine_kinds())
+            .order_by(priority.desc(), OutboxMessage.id)
+            .limit(self.scan_limit)
+        )
+        async with self.session_factory() as session:
+            result = await session.execute(stmt)
+            rows: list[Row] = []
+            for r in result:
+                payload = dict(r.payload or {})
+                urgent = (
+                    r.report_kind == REPORT_KIND_EMERGENCY
+                    or r.effective_priority >= EMERGENCY_PRIORITY
+                )
+                cost = 1
+                if r.kind == Kind.REPORT_CARD:
+                    has_pin = r.latitude is not None and r.longitude is not None
+                    total = 1 + int(has_pin) + int(r.media or 0)
+                    cost = max(1, total - int(payload.get("sent", 0)))
+                rows.append(
+                    Row(
+                        id=r.id,
+                        kind=r.kind,
+                        destination=r.destination,
+                        status=r.status,
+                        payload=payload,
+                        report_id=r.report_id,
+                        attempts=r.attempts,
+                        priority=int(r.effective_priority),
+                        urgent=urgent,
+                        cost=cost,
+                        created_at=r.created_at,
+                    )
+                )
+            return rows
+
+    async def _round(self, *, wait: bool) -> int:
+        now = self.clock()
+        self._lanes = {c: task for c, task in self._lanes.items() if not task.done()}
+        rows = await self._due_rows(now)
+        settled = 0
+        by_chat: dict[int, list[Row]] = {}
+        for row in rows:
+            if self._stopping:
+                break
+            try:
+                target = resolve(self.queue_map, row.destination)
+            except ValueError:
+                error = f"unknown destination {row.destination!r}"
+                await self.leases.settle(row.id, Status.FAILED, error)
+                log.error("outbox row %d failed: %s", row.id, error)
+                settled += 1
+                continue
+            if target is None:
+                await self._park(row, NO_DUTY_ERROR)
+                continue
+            row.target = target
+            by_chat.setdefault(target.chat_id, []).append(row)
+        started: list[asyncio.Task[int]] = []
+        for chat_id, chat_rows in by_chat.items():
+            if self._stopping:
+                break
+            busy = self._lanes.get(chat_id)
+            if busy is not None and not busy.done():
+                continue
+            if sum(not t.done() for t in self._lanes.values()) >= self.max_lanes:
+                break
+            if self.pacer.pause_left(chat_id, self._mono()) > 0:
+                continue
+            plan = await self.planner.plan(chat_id, chat_rows, now)
+            settled += plan.folded
+            self.stats.rows_folded += plan.folded
+            if not plan.rows:
+                continue
+            task = asyncio.create_task(self._lane(chat_id, plan.rows), name=f"delivery-{chat_id}")
+            self._lanes[chat_id] = task
+            started.append(task)
+        if wait and started:
+            settled += sum(await asyncio.gather(*started))
+        return settled
+
+    async def _next_wake(self) -> float:
+        now = self.clock()
+        delays = [self.poll_interval]
+        async with self.session_factory() as session:
+            due = await session.scalar(
+                select(func.min(OutboxMessage.next_attempt_at)).where(
+                    OutboxMessage.status == Status.PENDING,
+                    OutboxMessage.next_attempt_at > now,
+                    self._mine_kinds(),
+                )
+            )
+            lease = await session.scalar(
+                select(func.min(OutboxMessage.claimed_until)).where(
+                    OutboxMessage.status == Status.SENDING, self._mine_kinds()
+                )
+            )
+        for moment in (due, lease):
+            if moment is not None:
+                delays.append((moment - now).total_seconds() + 0.01)
+        delays += self.pacer.wake_delays()
+        return max(0.02, min(delays))
+
+    async def _park(self, row: Row, error: str) -> None:
+        """Nowhere to send it yet: keep it pending and look again later."""
+        await self.leases.park(row.id, self.park_seconds, error)
+        mono = self._mono()
+        if self._warned.get(row.destination, -math.inf) < mono - 300:
+            self._warned[row.destination] = mono
+            log.warning("outbox rows for %s are waiting: %s", row.destination, error)
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self.retry_cap, self.retry_base * 2 ** max(0, failures - 1)))
+
+    # -------------------------------------------------------------------------- lanes
+
+    async def _lane(self, chat_id: int, plan: list[Row]) -> int:
+        settled = 0
+        try:
+            for row in plan:
+                if self._stopping or self.pacer.pause_left(chat_id, self._mono()) > 0:
+                    break
+                outcome = await self._deliver(row)
+                if outcome == "settled":
+                    settled += 1
+                elif outcome == "stop":
+                    break
+        except Exception:
+            log.exception("delivery to chat %s failed unexpectedly", chat_id)
+        finally:
+            self._wake.set()
+        return settled
+
+    async def _deliver(self, row: Row) -> str:
+        """Claim and send one row: ``settled``, ``skipped`` (not ours) or ``stop`` (the chat
+        cannot take more now)."""
+        assert row.target is not None
+        target = row.target
+        claim = await self.leases.claim(
+            row.id, chat_key=target.chat_key, message_count=row.cost, priority=row.priority
+        )
+        if claim is None:
+            return "skipped"
+        job = Job(row=row, target=target, claim=claim)
+        try:
+            await self.sender.send(job, self)
+        except Blocked as blocked:
+            await self._release(job, blocked.delay, error=None, failed=False)
+            return "stop"
+        except LeaseLost:
+            log.warning("outbox row %d was taken over by another worker", row.id)
+            return "stop"
+        except RetryAfter as exc:
+            seconds = _retry_after_seconds(exc)
+            self.stats.rate_limited += 1
+            self.pacer.on_flood(target.chat_id, seconds)
+            await self._release(job, seconds, error=error_text(exc), failed=True)
+            return "stop"
+        except InvalidToken as exc:
+            delay = self._backoff(job.attempts + 1)
+            self.pacer.pause_all(delay)
+            log.error("Telegram refused the bot token; all delivery paused for %.0fs", delay)
+            await self._release(job, delay, error=error_text(exc), failed=True)
+            return "stop"
+        except TelegramError as exc:
+            if is_chat_gone(exc):
+                await self._fail(job, exc, chat_gone=True)
+                return "settled"
+            if isinstance(exc, BadRequest):
+                await self._fail(job, exc, chat_gone=False)
+                return "settled"
+            return await self._transient(job, exc)
+        except LookupError as exc:  # the report was deleted meanwhile
+            await self._fail(job, exc, chat_gone=False)
+            return "settled"
+        except Exception as exc:
+            log.exception("sending outbox row %d failed", row.id)
+            return await self._transient(job, exc)
+        return "settled"
+
+    async def _transient(self, job: Job, exc: BaseException) -> str:
+        delay = self._backoff(job.attempts + 1)
+        self.stats.transient_errors += 1
+        log.warning(
+            "outbox row %d to chat %s: %s; retrying in %.1fs",
+            job.row.id,
+            job.target.chat_key,
+            type(exc).__name__,
+            delay,
+        )
+        self.pacer.pause(job.target.chat_id, delay)
+        await self._release(job, delay, error=error_text(exc), failed=True)
+        return "stop"
+
+    # -------------------------------------------------------------------------- parts
+
+    async def part(
+        self,
+        job: Job,
+        name: str,
+        weight: int,
+        call: Call,
+        *,
+        optional: bool = False,
+        finish: bool = False,
+    ) -> None:
+        """Send one message (or album) of a row unless already sent, then record it.
+
+        The call and the record run shielded, so a stop or cancellation never loses track of
+        a message that went out. ``optional`` parts (evidence) are skipped on a request error
+        that is not about the chat.
+        """
+        if name in job.done:
+            return
+        target, urgent = job.target, job.row.urgent
+        admitted = await self.pacer.admit(
+            target,
+            row_id=job.row.id,
+            urgent=urgent,
+            sent_now=job.sent_now,
+            weight=weight,
+            stopping=lambda: self._stopping,
+            nap=self._nap,
+        )
+
+        async def send_and_record() -> None:
+            try:
+                result = await call()
+            except BadRequest as exc:
+                self.pacer.landed(target, urgent=urgent, weight=weight, admitted=admitted)
+                if not optional or is_chat_gone(exc):
+                    raise
+                log.warning(
+                    "outbox row %d: part %s refused (%s); skipped",
+                    job.row.id,
+                    name,
+                    exc.message[:200],
+                )
+                job.payload.setdefault("skipped", []).append(name)
+                result = None
+            except BaseException:
+                self.pacer.landed(target, urgent=urgent, weight=weight, admitted=admitted)
+                raise
+            else:
+                self.pacer.landed(target, urgent=urgent, weight=weight, admitted=admitted)
+                job.payload["sent"] = job.sent + weight
+                job.sent_now += weight
+                self.stats.messages += weight
+                if "msg" not in job.payload:
+                    first = result[0] if isinstance(result, tuple | list) else result
+                    if isinstance(first, Message):
+                        job.payload["msg"] = first.message_id
+            job.done.append(name)
+            if finish:
+                await self.finish(job)
+            else:
+                await self._save(job)
+
+        await self._shielded(send_and_record())
+
+    async def _save(self, job: Job) -> None:
+        saved = await self.leases.save(
+            job.claim,
+            payload=job.payload,
+            message_count=max(job.row.cost, job.sent_now),
+        )
+        if not saved:
+            raise LeaseLost()
+
+    async def finish(self, job: Job) -> None:
+        """Mark the row sent and record where its card or digest was posted."""
+        await self._shielded(self._finish(job))
+
+    async def _finish(self, job: Job) -> None:
+        now = self.clock()
+        message_id = job.payload.get("msg")
+        reports: list[int] = []
+        kind = "card"
+        if job.row.kind == Kind.REPORT_CARD:
+            report_id = job.payload.get("report_id") or job.row.report_id
+            reports = [report_id] if isinstance(report_id, int) else []
+        elif job.row.kind == Kind.DIGEST:
+            reports = [i for i in job.payload.get("report_ids", []) if isinstance(i, int)]
+            kind = "digest"
+        elif job.row.kind == Kind.CHAT_TEXT and job.payload.get("buttons") and job.row.report_id:
+            # Presses on its buttons (a yes/no, a reward decision) are checked against it.
+            reports = [job.row.report_id]
+            kind = "note"
+        target = job.target
+
+        async def record_posts(session: AsyncSession) -> None:
+            if not isinstance(message_id, int):
+                return
+            for report_id in reports:
+                await session.execute(
+                    insert_ignoring(session, CardPost)
+                    .values(
+                        report_id=report_id,
+                        channel="telegram",
+                        chat_id=target.chat_id,
+                        thread_id=target.thread_id,
+                        message_id=message_id,
+                        kind=kind,
+                        active=True,
+                        created_at=now,
+                    )
+                    .on_conflict_do_nothing()
+                )
+
+        finished = await self.leases.finish(
+            job.claim, then=record_posts, payload=job.payload, message_count=job.sent
+        )
+        if not finished:
+            raise LeaseLost()
+        self.stats.rows_sent += 1
+        if job.row.kind == Kind.DIGEST:
+            self.stats.digests += 1
+
+    async def _release(self, job: Job, delay: float, *, error: str | None, failed: bool) -> None:
+        """Back to the queue, progress kept; due again after ``delay`` seconds."""
+        await self._shielded(
+            self.leases.release(
+                job.claim,
+                delay,
+                error=error,
+                failed=failed,
+                payload=job.payload,
+                message_count=job.sent,
+            )
+        )
+
+    async def _fail(self, job: Job, exc: BaseException, *, chat_gone: bool) -> None:
+        """A permanent error: the row fails; a gone chat alerts the duty queue (once an hour
+        per chat) and its reports are re-routed there."""
+        now = self.clock()
+        target = job.target
+        reroute: list[int] = []
+        if chat_gone and not target.is_duty:
+            if job.row.kind == Kind.REPORT_CARD:
+                report_id = job.payload.get("report_id") or job.row.report_id
+                reroute = [report_id] if isinstance(report_id, int) else []
+            elif job.row.kind == Kind.DIGEST:
+                reroute = [i for i in job.payload.get("report_ids", []) if isinstance(i, int)]
+
+        async def alert_and_reroute(session: AsyncSession) -> None:
+            if not chat_gone or target.is_duty:
+                return
+            duty = str(Destination.duty())
+            hour = int(now.timestamp() // 3600)
+            alert = AlertPayload(
+                reason="chat_unreachable",
+                queue=target.name,
+                chat=target.chat_key,
+                error=str(exc)[:300],
+            )
+            await enqueue_once(
+                session,
+                now,
+                kind=Kind.ALERT.value,
+                destination=duty,
+                payload=alert.to_json(),
+                dedupe_key=f"alert:chat:{target.chat_key}:{hour}",
+            )
+            for report_id in reroute:
+                await enqueue_once(
+                    session,
+                    now,
+                    kind=Kind.REPORT_CARD.value,
+                    destination=duty,
+                    payload=CardPayload(report_id=report_id, header="rerouted").to_json(),
+                    report_id=report_id,
+                    dedupe_key=f"card:{report_id}:duty",
+                    priority=job.row.priority if job.row.kind == Kind.REPORT_CARD else 0,
+                )
+
+        failed = await self._shielded(
+            self.leases.fail(
+                job.claim,
+                error_text(exc),
+                then=alert_and_reroute,
+                payload=job.payload,
+                message_count=job.sent,
+            )
+        )
+        if not failed:
+            raise LeaseLost()
+        self.stats.rows_failed += 1
+        self._log_failure(job, exc, chat_gone=chat_gone, rerouted=len(reroute))
+        self._wake.set()
+
+    @staticmethod
+    def _log_failure(job: Job, exc: BaseException, *, chat_gone: bool, rerouted: int) -> None:
+        target = job.target
+        if chat_gone and target.is_duty:
+            log.error(
+                "the duty chat %s cannot be reached (%s): outbox row %d (%s) failed; "
+                "check TINBAO_DUTY_CHAT_ID and that the bot is in that group",
+                target.chat_key,
+                type(exc).__name__,
+                job.row.id,
+                job.row.kind,
+            )
+        elif chat_gone:
+            log.error(
+                "chat %s (%s) cannot be reached (%s): outbox row %d failed, %d report(s) "
+                "re-routed to the duty queue",
+                target.chat_key,
+                target.name,
+                type(exc).__name__,
+                job.row.id,
+                rerouted,
+            )
+        else:
+            log.error(
+                "outbox row %d (%s) failed permanently: %s",
+                job.row.id,
+                job.row.kind,
+                type(exc).__name__,
+            )
+
+    # -------------------------------------------------------------------------- plumbing
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep, but wake up at once on stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    async def _shielded(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        task = asyncio.ensure_future(coroutine)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return await asyncio.shield(task)
+
+
+__all__ = [
+    "DIGEST_PRIORITY",
+    "EMERGENCY_PRIORITY",
+    "NO_DUTY_ERROR",
+    "DeliveryStats",
+    "DeliveryWorker",
+    "resolve",
+]

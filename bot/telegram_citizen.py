@@ -1,0 +1,96 @@
+"""Telegram as a citizen channel for the runtime: the sender the outbox uses to reach a tipster,
+and the :class:`~bot.channel.Channel` that the composition root registers.
+
+The sender wraps python-telegram-bot: one ``sendMessage`` per reply, inline buttons where the
+reply has them. Telegram's errors become :class:`~bot.channel.SendError` flags: a 429 carries
+``retry_after``; a blocked bot or a deleted account is ``gone``; any other request the Bot API
+refuses is ``permanent``; the rest (5xx, timeouts, network) is transient.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyKeyboardRemove
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.warnings import PTBDeprecationWarning
+
+from bot.channel import SendError
+from handlers.channels import CAPABILITIES, Capabilities, ChannelName
+from handlers.events import Reply
+
+if TYPE_CHECKING:
+    from bot.telegram import TelegramChannel
+
+
+def _retry_after(exc: RetryAfter) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    return max(1.0, seconds)
+
+
+class TelegramCitizenSender:
+    """Sends neutral replies to a tipster's private chat with the bot."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    @property
+    def name(self) -> ChannelName:
+        return ChannelName.TELEGRAM
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES[ChannelName.TELEGRAM]
+
+    async def send(self, chat_id: str, replies: Sequence[Reply]) -> list[str]:
+        sent: list[str] = []
+        for reply in replies:
+            markup: InlineKeyboardMarkup | ReplyKeyboardRemove | None = None
+            if reply.buttons:
+                markup = InlineKeyboardMarkup(
+                    [
+                        [InlineKeyboardButton(b.label, callback_data=b.data) for b in row]
+                        for row in reply.buttons
+                    ]
+                )
+            elif reply.remove_keyboard:
+                markup = ReplyKeyboardRemove()
+            try:
+                message = await self.bot.send_message(
+                    chat_id=int(chat_id), text=reply.text, reply_markup=markup
+                )
+            except RetryAfter as exc:
+                raise SendError("429", retry_after=_retry_after(exc)) from exc
+            except Forbidden as exc:
+                raise SendError(f"forbidden: {exc.message[:200]}", gone=True) from exc
+            except BadRequest as exc:
+                gone = "chat not found" in exc.message.lower()
+                raise SendError(exc.message[:200], gone=gone, permanent=not gone) from exc
+            except TelegramError as exc:
+                raise SendError(type(exc).__name__) from exc
+            sent.append(str(message.message_id))
+        return sent
+
+
+class TelegramCitizenChannel(TelegramCitizenSender):
+    """The Telegram channel as the registry sees it: the adapter's lifecycle and state, and the
+    sender above over the adapter's bot."""
+
+    def __init__(self, channel: TelegramChannel) -> None:
+        super().__init__(channel.application.bot)
+        self.channel = channel
+
+    async def start(self) -> None:
+        self.channel.start_background()
+
+    async def stop(self) -> None:
+        await self.channel.stop()
+
+    def state(self) -> str:
+        return str(self.channel.state)
