@@ -1,18 +1,16 @@
 """The aiohttp application served by ``tinbao run``: ``/healthz``, the webhook, and the panel
-at ``/admin`` (:mod:`admin.panel`)."""
+at ``/admin`` (:mod:`admin.panel`). It depends on :class:`admin.runtime.PanelRuntime` only."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
+from admin.clients import Clients
+from admin.runtime import PanelRuntime
+from admin.security import edge
 from storage.db import check_database
 
-if TYPE_CHECKING:
-    from bot.runtime import Service
-
-SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
+SERVICE_KEY: web.AppKey[PanelRuntime] = web.AppKey("service")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -22,7 +20,7 @@ async def healthz(request: web.Request) -> web.Response:
     body = {
         "status": "ok" if database_ok else "degraded",
         "database": "ok" if database_ok else "unreachable",
-        "channels": {"telegram": service.telegram_state},
+        "channels": dict(service.channel_states()),
     }
     return web.json_response(body, status=200 if database_ok else 503)
 
@@ -31,15 +29,21 @@ async def admin_root(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/admin/")
 
 
-def build_web_app(service: Service) -> web.Application:
+def build_web_app(service: PanelRuntime) -> web.Application:
     from admin.panel import build_admin_app
 
-    app = web.Application(client_max_size=1024**2)
+    settings = service.settings
+    clients = Clients.of(settings.trusted_proxies, force_https=settings.force_https)
+    app = web.Application(
+        client_max_size=settings.http_max_body_bytes,
+        middlewares=[edge(clients, body_timeout=settings.http_body_timeout)],
+    )
     app[SERVICE_KEY] = service
     app.router.add_get("/healthz", healthz)
     if service.keyring is not None:
         app.router.add_get("/admin", admin_root)
-        app.add_subapp("/admin", build_admin_app(service))
-    if service.telegram is not None and service.settings.webhook_enabled:
-        app.router.add_post(service.telegram.webhook_path, service.telegram.handle_webhook)
+        app.add_subapp("/admin", build_admin_app(service, clients=clients))
+    webhook = service.webhook_route()
+    if webhook is not None:
+        app.router.add_post(*webhook)
     return app

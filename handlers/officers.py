@@ -149,6 +149,7 @@ class Registry:
     ) -> None:
         officer.active = False
         officer.revoked_at = utcnow()
+        officer.session_generation = (officer.session_generation or 0) + 1  # ends web sessions
         self.audit("revoked", by=by, via=via, subject=officer)
 
     async def serving(self, queue_key: str) -> Sequence[Officer]:
