@@ -8,6 +8,8 @@ from aiohttp import web
 from admin.clients import Clients
 from admin.runtime import PanelRuntime
 from admin.security import edge
+from admin.server import ServerLimits
+from config.settings import Settings
 from storage.db import check_database
 
 SERVICE_KEY: web.AppKey[PanelRuntime] = web.AppKey("service")
@@ -47,3 +49,10 @@ def build_web_app(service: PanelRuntime) -> web.Application:
     if webhook is not None:
         app.router.add_post(*webhook)
     return app
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    return ServerLimits(
+        header_timeout=settings.http_header_timeout,
+        max_connections=settings.http_max_connections,
+    )
