@@ -3,13 +3,16 @@
 There is no sessions table: a session is a Fernet token in an HttpOnly, SameSite=Strict cookie.
 Its key is derived from the service's master key through the keyring, so a database dump holds
 no session, and a new master key ends every session. The token carries the officer's id, a
-per-session CSRF token, the start time and a fingerprint of the password hash (changing the
-password ends the other sessions). It is re-issued on every request, and Fernet's own time
+per-session CSRF token, the start time, a fingerprint of the password hash and the account's
+session generation. Every request checks both against the account: a new password, signing out,
+"sign out everywhere" and revocation bump the generation (``officers.session_generation``), which
+ends every copy of every earlier cookie. It is re-issued on every request, and Fernet's own time
 stamp gives the idle expiry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -23,9 +26,11 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.security import Keyring
+from storage.models import RateHit
 from storage.repositories import RateLimits
 
 log = logging.getLogger(__name__)
@@ -35,7 +40,7 @@ LANG_COOKIE = "tinbao_lang"
 CSRF_FIELD = "csrf"
 PASSWORD_MIN = 12
 
-RATE_LOGIN_ACCOUNT = "admin_login_user"
+RATE_LOGIN_PAIR = "admin_login_pair"
 RATE_LOGIN_ADDRESS = "admin_login_addr"
 
 _hasher = PasswordHasher()
@@ -75,9 +80,17 @@ class Session:
     csrf: str
     started: float
     password_tag: str | None = None
+    #: The account's session generation at sign-in; a bump ends this session.
+    generation: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"o": self.officer_id, "c": self.csrf, "s": self.started, "p": self.password_tag}
+        return {
+            "o": self.officer_id,
+            "c": self.csrf,
+            "s": self.started,
+            "p": self.password_tag,
+            "g": self.generation,
+        }
 
 
 class SessionBox:
@@ -93,12 +106,15 @@ class SessionBox:
     def password_tag(self, password_hash: str | None) -> str:
         return self._keyring.keyed_hash("admin-password", password_hash or "")[:16]
 
-    def new(self, officer_id: int | None, password_hash: str | None = None) -> Session:
+    def new(
+        self, officer_id: int | None, password_hash: str | None = None, generation: int = 0
+    ) -> Session:
         return Session(
             officer_id=officer_id,
             csrf=secrets.token_urlsafe(32),
             started=time.time(),
             password_tag=self.password_tag(password_hash) if officer_id is not None else None,
+            generation=generation,
         )
 
     def seal(self, session: Session) -> str:
@@ -116,6 +132,7 @@ class SessionBox:
                 csrf=str(data["c"]),
                 started=float(data["s"]),
                 password_tag=data.get("p"),
+                generation=data.get("g", 0) if isinstance(data.get("g", 0), int) else -1,
             )
         except (InvalidToken, ValueError, KeyError, TypeError):
             return None
@@ -124,41 +141,105 @@ class SessionBox:
         return session
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A sign-in attempt, recorded (and committed) before the password is checked."""
+
+    pair: str
+    place: str
+    hit_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    retry_after: int = 0
+
+
 class LoginThrottle:
-    """Failed logins counted per account and per address under keyed hashes (``rate_hits``)."""
+    """Sign-in attempts counted per account-and-address and per address (``rate_hits``).
+
+    The attempt is recorded and committed *before* the password is checked, and the check
+    then counts every committed attempt, its own included: the k-th attempt to commit sees at
+    least k, so however many race, at most ``per_pair`` passwords are checked in a window for one
+    account from one address. A refused attempt removes its record again, so the pair regains
+    one guess as each old one leaves the window: a slow-down, not a lock. The right password
+    from another address is unaffected; ``per_address`` (high) only bounds one address trying
+    many accounts. Keys are keyed hashes: no username or address is stored.
+    """
 
     def __init__(
         self,
         keyring: Keyring,
         *,
-        per_account: int,
+        per_pair: int,
         per_address: int,
         window: timedelta,
     ) -> None:
         self.keyring = keyring
-        self.per_account = per_account
+        self.per_pair = per_pair
         self.per_address = per_address
         self.window = window
 
     def _keys(self, username: str, address: str) -> tuple[str, str]:
+        account = username.strip().lower()
         return (
-            self.keyring.keyed_hash("admin-login-user", username.strip().lower()),
+            self.keyring.keyed_hash("admin-login-pair", f"{account}\x00{address}"),
             self.keyring.keyed_hash("admin-login-addr", address),
         )
 
-    async def blocked(self, session: AsyncSession, username: str, address: str) -> bool:
-        account, place = self._keys(username, address)
-        limits = RateLimits(session)
-        if await limits.count(RATE_LOGIN_ACCOUNT, account, self.window) >= self.per_account:
-            return True
-        return await limits.count(RATE_LOGIN_ADDRESS, place, self.window) >= self.per_address
+    async def record(self, session: AsyncSession, username: str, address: str) -> Attempt:
+        """Add the attempt; the caller commits before calling :meth:`verdict`."""
+        pair, place = self._keys(username, address)
+        hits = [
+            RateHit(scope=RATE_LOGIN_PAIR, key=pair),
+            RateHit(scope=RATE_LOGIN_ADDRESS, key=place),
+        ]
+        session.add_all(hits)
+        await session.flush()
+        return Attempt(pair, place, tuple(hit.id for hit in hits))
 
-    def failed(self, session: AsyncSession, username: str, address: str) -> None:
-        account, place = self._keys(username, address)
+    async def verdict(self, session: AsyncSession, attempt: Attempt) -> Verdict:
         limits = RateLimits(session)
-        limits.hit(RATE_LOGIN_ACCOUNT, account)
-        limits.hit(RATE_LOGIN_ADDRESS, place)
+        pair = await limits.count(RATE_LOGIN_PAIR, attempt.pair, self.window)
+        place = await limits.count(RATE_LOGIN_ADDRESS, attempt.place, self.window)
+        if pair <= self.per_pair and place <= self.per_address:
+            return Verdict(True)
+        return Verdict(False, retry_after=int(self.window.total_seconds()))
 
-    async def succeeded(self, session: AsyncSession, username: str) -> None:
-        account, _ = self._keys(username, "")
-        await RateLimits(session).clear(RATE_LOGIN_ACCOUNT, account)
+    async def forget(self, session: AsyncSession, attempt: Attempt) -> None:
+        """A refused attempt (no password checked) does not count against the pair."""
+        await session.execute(delete(RateHit).where(RateHit.id.in_(attempt.hit_ids)))
+
+    async def succeeded(self, session: AsyncSession, attempt: Attempt) -> None:
+        """The right password: the pair starts afresh, and this attempt does not count."""
+        await RateLimits(session).clear(RATE_LOGIN_PAIR, attempt.pair)
+        await self.forget(session, attempt)
+
+
+class PasswordWorker:
+    """argon2 off the event loop: in threads, at most ``concurrency`` at once.
+
+    argon2 is built to be slow (tens of milliseconds and 64 MiB each); run on the loop, a burst
+    of logins would stall every other request. Waiting for a slot is bounded by ``wait``.
+    """
+
+    def __init__(self, concurrency: int = 2, wait: float = 30.0) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wait = wait
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        async with asyncio.timeout(self._wait):
+            await self._slots.acquire()
+        try:
+            return await asyncio.to_thread(verify_password, password_hash, password)
+        finally:
+            self._slots.release()
+
+    async def hash(self, password: str) -> str:
+        async with asyncio.timeout(self._wait):
+            await self._slots.acquire()
+        try:
+            return await asyncio.to_thread(hash_password, password)
+        finally:
+            self._slots.release()

@@ -94,9 +94,14 @@ async def _create(settings: Settings, args: argparse.Namespace, password: str) -
             officer.display_name = (args.name or officer.display_name or args.username)[:200]
             officer.role = args.role
             officer.password_hash = hash_password(password)
+            # A new password ends every panel session of the account.
+            officer.session_generation = (officer.session_generation or 0) + 1
             officer.active = True
             officer.revoked_at = None
-            officer.scopes = [OfficerScope(queue_key=queue_key)]
+            if [scope.queue_key for scope in officer.scopes] != [queue_key]:
+                officer.scopes.clear()
+                await session.flush()  # the old scopes go before the new one is inserted
+                officer.scopes.append(OfficerScope(queue_key=queue_key))
             await session.flush()
             return 0, f"{'updated' if args.reset else 'created'} {args.role} {args.username!r}"
     finally:

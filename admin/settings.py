@@ -19,8 +19,11 @@ class AdminSettings(BaseSettings):
     session_idle_minutes: int = Field(default=8 * 60, ge=1)
     #: ... and after this long in any case.
     session_max_hours: int = Field(default=24, ge=1)
+    #: Passwords checked per window for one account from one address (then one more each
+    #: time an old attempt leaves the window: a slow-down, not a lock).
     login_attempts_per_account: int = Field(default=5, ge=1)
-    login_attempts_per_address: int = Field(default=20, ge=1)
+    #: Attempts per window from one address, whatever the account (password spraying).
+    login_attempts_per_address: int = Field(default=50, ge=1)
     login_window_minutes: int = Field(default=15, ge=1)
     #: The bot's @username, for the deep links on QR posters; read from the bot when it is up.
     bot_username: str | None = Field(
@@ -28,3 +31,5 @@ class AdminSettings(BaseSettings):
         validation_alias=AliasChoices("TINBAO_BOT_USERNAME", "TINBAO_ADMIN_BOT_USERNAME"),
     )
     page_size: int = Field(default=50, ge=5, le=500)
+    #: Password checks (argon2, ~64 MiB each) running at once, in threads off the event loop.
+    password_concurrency: int = Field(default=2, ge=1, le=16)

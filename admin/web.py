@@ -1,18 +1,18 @@
 """The aiohttp application served by ``tinbao run``: ``/healthz``, the webhook, and the panel
-at ``/admin`` (:mod:`admin.panel`)."""
+at ``/admin`` (:mod:`admin.panel`). It depends on :class:`admin.runtime.PanelRuntime` only."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
+from admin.clients import Clients
+from admin.runtime import PanelRuntime
+from admin.security import edge
+from admin.server import ServerLimits
+from config.settings import Settings
 from storage.db import check_database
 
-if TYPE_CHECKING:
-    from bot.runtime import Service
-
-SERVICE_KEY: web.AppKey[Service] = web.AppKey("service")
+SERVICE_KEY: web.AppKey[PanelRuntime] = web.AppKey("service")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -22,10 +22,9 @@ async def healthz(request: web.Request) -> web.Response:
     body: dict[str, object] = {
         "status": "ok" if database_ok else "degraded",
         "database": "ok" if database_ok else "unreachable",
-        "channels": service.channel_states(),
+        "channels": dict(service.channel_states()),
+        **service.health_details(),
     }
-    if service.telegram is not None:  # malformed updates skipped, polling errors...
-        body["telegram_metrics"] = service.telegram.metrics.as_dict()
     return web.json_response(body, status=200 if database_ok else 503)
 
 
@@ -33,24 +32,27 @@ async def admin_root(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/admin/")
 
 
-def build_web_app(service: Service) -> web.Application:
+def build_web_app(service: PanelRuntime) -> web.Application:
     from admin.panel import build_admin_app
 
-    app = web.Application(client_max_size=1024**2)
+    settings = service.settings
+    clients = Clients.of(settings.trusted_proxies, force_https=settings.force_https)
+    app = web.Application(
+        client_max_size=settings.http_max_body_bytes,
+        middlewares=[edge(clients, body_timeout=settings.http_body_timeout)],
+    )
     app[SERVICE_KEY] = service
     app.router.add_get("/healthz", healthz)
     if service.keyring is not None:
         app.router.add_get("/admin", admin_root)
-        app.add_subapp("/admin", build_admin_app(service))
-    if service.telegram is not None and service.settings.webhook_enabled:
-        app.router.add_post(service.telegram.webhook_path, service.telegram.handle_webhook)
-    add_zalo_routes(app, service)
+        app.add_subapp("/admin", build_admin_app(service, clients=clients))
+    for path, handler in service.webhook_routes():  # Telegram's and the Zalo channels'
+        app.router.add_post(path, handler)
     return app
 
 
-def add_zalo_routes(app: web.Application, service: Service) -> None:
-    """The webhooks of the citizen channels besides Telegram (``/zalo/bot/webhook``,
-    ``/zalo/oa/webhook``), as each channel declares them."""
-    for channel in service.channels:
-        for path, handler in getattr(channel, "webhook_routes", list)():
-            app.router.add_post(path, handler)
+def server_limits(settings: Settings) -> ServerLimits:
+    return ServerLimits(
+        header_timeout=settings.http_header_timeout,
+        max_connections=settings.http_max_connections,
+    )

@@ -9,7 +9,6 @@ import signal
 import sys
 from pathlib import Path
 
-from aiohttp import web
 from pydantic import ValidationError
 
 from config.settings import ConfigError, Settings, load_settings
@@ -59,16 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(settings: Settings) -> None:
-    from admin.web import build_web_app
+    from admin.server import serve
+    from admin.web import build_web_app, server_limits
     from bot.runtime import Service, attach
 
     service = await Service.create(settings)
     app = build_web_app(service)
     attach(app, service)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    await site.start()
+    served = await serve(app, settings.http_host, settings.http_port, server_limits(settings))
     log.info("serving on http://%s:%d (health: /healthz)", settings.http_host, settings.http_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,7 +75,7 @@ async def _serve(settings: Settings) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
-        await runner.cleanup()
+        await served.stop()
 
 
 async def _migrate(settings: Settings) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -35,7 +36,7 @@ from handlers.places import PlaceIndex
 from handlers.rewards import RewardSettings
 from handlers.routing import UnitLocator
 from handlers.security import Keyring, PinHasher
-from handlers.triage import Triage
+from handlers.triage import CardRefresh, Triage
 from storage.db import create_engine, create_session_factory
 from storage.migrate import ensure_schema
 from storage.repositories import Units
@@ -185,6 +186,45 @@ class Service:
         )
         dispatcher.after_commit.append(service.messenger.kick)
         return service
+
+    # --- what the web panel needs (admin.runtime.PanelRuntime) ---------------------------------
+
+    @property
+    def triage(self) -> Triage:
+        return self.dispatcher.triage
+
+    def webhook_routes(
+        self,
+    ) -> list[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
+        routes: list[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
+        if self.telegram is not None and self.settings.webhook_enabled:
+            routes.append((self.telegram.webhook_path, self.telegram.handle_webhook))
+        for channel in self.channels:
+            routes.extend(getattr(channel, "webhook_routes", list)())
+        return routes
+
+    def health_details(self) -> dict[str, object]:
+        if self.telegram is None:
+            return {}
+        return {"telegram_metrics": self.telegram.metrics.as_dict()}
+
+    def bot_username(self) -> str | None:
+        try:
+            name = self.telegram.application.bot.username if self.telegram is not None else None
+        except RuntimeError:  # the bot has not called getMe yet
+            name = None
+        return name or None
+
+    async def report_changed(self, report_id: int) -> None:
+        """After a committed web action: re-render the cards, deliver the outbox."""
+        try:
+            cards = self.telegram.cards if self.telegram is not None else None
+            if cards is not None:
+                await cards.refresh(CardRefresh(report_id))
+            if self.delivery is not None:
+                self.delivery.kick()
+        except Exception:
+            log.exception("cards of report %s not refreshed after a web action", report_id)
 
     @property
     def telegram_state(self) -> str:

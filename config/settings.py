@@ -11,6 +11,7 @@ import binascii
 import json
 import os
 import secrets
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -87,6 +88,22 @@ class Settings(BaseSettings):
     # --- web --------------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    #: Reverse proxies (addresses or networks, comma-separated) whose ``X-Forwarded-For`` and
+    #: ``X-Forwarded-Proto`` are believed; from anyone else those headers are ignored.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
+    #: Served over https in any case (a TLS proxy that sends no X-Forwarded-Proto): cookies are
+    #: ``Secure`` and HSTS is sent.
+    force_https: bool = False
+    #: Seconds a connection may take to send a request's headers (and stay idle between two).
+    http_header_timeout: float = Field(default=15.0, gt=0, le=600)
+    #: Seconds a request may take to send its body.
+    http_body_timeout: float = Field(default=30.0, gt=0, le=600)
+    #: Open connections at most; one more is answered 503 and closed.
+    http_max_connections: int = Field(default=512, ge=1, le=100_000)
+    #: Largest request body in bytes (413 above).
+    http_max_body_bytes: int = Field(default=1024**2, ge=1024, le=64 * 1024**2)
 
     # --- citizens ---------------------------------------------------------------------------
     default_locale: Literal["vi", "en"] = "vi"
@@ -136,6 +153,25 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [part.strip() for part in text.replace(";", ",").split(",")]
+        if isinstance(value, list):
+            try:
+                return [ip_network(str(part), strict=False) for part in value if str(part)]
+            except ValueError as exc:
+                raise ValueError(
+                    f"TINBAO_TRUSTED_PROXIES: {exc} (expected addresses or networks, "
+                    "comma-separated, e.g. 127.0.0.1,10.0.0.0/8)"
+                ) from exc
         return value
 
     @field_validator("telegram_token", "webhook_secret", mode="before")

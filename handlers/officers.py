@@ -174,6 +174,7 @@ class Registry:
         officer.active = False
         officer.revoked_at = utcnow()
         officer.scopes = []
+        officer.session_generation = (officer.session_generation or 0) + 1  # ends web sessions
         await self.session.flush()
         self.audit(
             "revoked", by=by, via=via, subject=officer, old_scopes=old_scopes, new_scopes=[]

@@ -14,10 +14,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin import charts
-from admin.exports import rows as export_rows
-from admin.exports import to_csv, to_xlsx
-from admin.panel import (
-    CSP_SVG,
+from admin.context import (
     Labels,
     locale_of,
     officer_of,
@@ -26,8 +23,11 @@ from admin.panel import (
     requires,
     scope_of,
 )
+from admin.exports import rows as export_rows
+from admin.exports import to_csv, to_xlsx
 from admin.queries import Period
 from admin.scope import in_queue
+from admin.security import CSP_SVG
 from handlers.domain import CATEGORIES, STATUSES
 from storage.models import Report, Reward
 
@@ -70,7 +70,7 @@ class StatsFilter:
         category = q.get("category") or None
         kind = q.get("kind") or None
         return cls(
-            unit if unit and unit in panel.service.catalogue.by_code else None,
+            unit if unit and unit in panel.runtime.catalogue.by_code else None,
             queue if queue and panel.triage.queues.by_key(queue) is not None else None,
             category if category in (*CATEGORIES, "accident") else None,
             kind if kind in KINDS else None,
@@ -165,7 +165,7 @@ async def _all(request: web.Request) -> dict[str, Any]:
     filters = StatsFilter.from_query(request)
     where = _where(request, filters)
     before, last_year = previous(period), year_before(period)
-    async with panel.service.session_factory() as db:
+    async with panel.runtime.session_factory() as db:
         now = await figures(db, period_months(period), where)
         prev = await figures(db, period_months(before), where)
         then = await figures(db, period_months(last_year), where)
@@ -192,7 +192,7 @@ def unit_table(
     request: web.Request, fig: Figures, history: dict[str, dict[int, int]], period: Period
 ) -> list[tuple[str, int, float | None, float | None]]:
     """(unit, reports, its average over the 12 months before, change against that average)."""
-    catalogue = panel_of(request).service.catalogue
+    catalogue = panel_of(request).runtime.catalogue
     first, last = period_months(period)
     span = len(range(0, (last // 100 - first // 100) * 12 + last % 100 - first % 100 + 1))
     rows: list[tuple[str, int, float | None, float | None]] = []
@@ -238,7 +238,7 @@ def _context(request: web.Request, data: dict[str, Any]) -> dict[str, Any]:
 def _choices(request: web.Request) -> dict[str, Any]:
     panel = panel_of(request)
     return {
-        "units": [(u.code, u.name) for u in panel.service.catalogue.units],
+        "units": [(u.code, u.name) for u in panel.runtime.catalogue.units],
         "queues": [(q.key, q.name) for q in panel.triage.queues.all_queues],
         "categories": [*CATEGORIES, "accident"],
         "kinds": KINDS,
@@ -300,7 +300,7 @@ async def stats_chart(request: web.Request) -> web.StreamResponse:
     where = _where(request, filters)
     which = request.match_info["which"]
     last = period_months(period)[1]
-    async with panel.service.session_factory() as db:
+    async with panel.runtime.session_factory() as db:
         if which in ("trend", "trend_category"):
             series = await monthly_series(db, last, 24, where)
             x = [f"{m % 100:02d}/{m // 100 % 100:02d}" for m in series.months]
