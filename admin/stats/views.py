@@ -13,6 +13,7 @@ from aiohttp import web
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import admin.params as params
 from admin import charts
 from admin.context import (
     Labels,
@@ -161,7 +162,7 @@ HEADLINE = (
 async def _all(request: web.Request) -> dict[str, Any]:
     """Everything the statistics page shows, read in one session."""
     panel = panel_of(request)
-    period = Period.parse(request.query.get("period"))
+    period = Period.parse(params.period(request.query))
     filters = StatsFilter.from_query(request)
     where = _where(request, filters)
     before, last_year = previous(period), year_before(period)
@@ -295,7 +296,7 @@ async def stats_units(request: web.Request) -> web.StreamResponse:
 async def stats_chart(request: web.Request) -> web.StreamResponse:
     panel = panel_of(request)
     labels = Labels(panel, locale_of(request))
-    period = Period.parse(request.query.get("period"))
+    period = Period.parse(params.period(request.query))
     filters = StatsFilter.from_query(request)
     where = _where(request, filters)
     which = request.match_info["which"]
