@@ -13,6 +13,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -110,6 +111,10 @@ class Settings(BaseSettings):
     # --- logging ----------------------------------------------------------------------------
     log_level: str = "INFO"
 
+    # --- time ---------------------------------------------------------------------------------
+    #: The zone of every time shown to a person (IANA name); the database keeps UTC.
+    timezone: str = "Asia/Ho_Chi_Minh"
+
     @field_validator("admin_telegram_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
@@ -166,6 +171,14 @@ class Settings(BaseSettings):
                     "TINBAO_TELEGRAM_TOKEN does not look like a bot token from @BotFather "
                     "(expected '<digits>:<letters>')."
                 )
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            if self.timezone != "Asia/Ho_Chi_Minh":  # Vietnam keeps UTC+7 without a database
+                raise ConfigError(
+                    f"TINBAO_TIMEZONE {self.timezone!r} is not a known time zone "
+                    "(an IANA name such as Asia/Ho_Chi_Minh)."
+                ) from exc
         if not self.database_url_is_async:
             raise ConfigError(
                 "TINBAO_DATABASE_URL must use an async driver: "

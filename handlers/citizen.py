@@ -25,6 +25,7 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from config.catalogue import Catalogue
 from config.rewards import PayoutInstructions
+from handlers import localtime
 from handlers import media as media_rules
 from handlers.domain import (
     CATEGORIES,
@@ -1254,7 +1255,7 @@ class CitizenFlow:
         values = {
             "code": format_code(report.code),
             "status": t(turn.locale, f"status.{report.status}"),
-            "received": report.created_at.strftime("%d/%m/%Y %H:%M UTC"),
+            "received": localtime.format_datetime(report.created_at),
         }
         reply = turn.say("status.line", **values)
         if report.status == "resolved" and report.outcome:

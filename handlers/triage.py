@@ -24,7 +24,7 @@ from sqlalchemy.orm.attributes import flag_modified
 
 from config.queues import Queue, QueueMap
 from config.rewards import PayoutInstructions
-from handlers import card_actions
+from handlers import card_actions, localtime
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, OUTCOMES, STATUSES
 from handlers.i18n import t
@@ -910,7 +910,7 @@ class Triage:
                     status=self._t(f"officer.status.{report.status}")
                     if report.status in STATUSES
                     else report.status,
-                    received=report.created_at.strftime("%d/%m %H:%M"),
+                    received=localtime.format_short(report.created_at),
                 )
             )
         if not rows:
