@@ -241,6 +241,8 @@ def resolve_secret_key(settings: Settings) -> bytes:
                 f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
             )
         return _decode_key(path.read_text(encoding="ascii").strip())
+    if not settings.data_dir.exists():  # only the service's user may enter it
+        settings.data_dir.mkdir(parents=True, mode=0o700)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     encoded = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
