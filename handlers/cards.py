@@ -30,6 +30,7 @@ from handlers.domain import CATEGORIES, LOCALES, OCCURRED, REPORT_KIND_EMERGENCY
 from handlers.events import Button, GeoPoint
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
 from handlers.localtime import format_datetime, format_short
+from handlers.media import is_cleaned, neutral_name
 from handlers.rewards import format_vnd
 from handlers.security import Keyring, format_code
 from storage.models import ContactRoute, MediaBlob, Officer, Report, Reward
@@ -56,6 +57,8 @@ class CardMedia:
     content: bytes | None
     file_ref: str | None
     caption: str | None
+    #: The neutral name the file is re-sent under (``evidence-1.jpg``), never the sender's.
+    file_name: str = "evidence.bin"
 
 
 @dataclass
@@ -198,6 +201,7 @@ async def _evidence(session: AsyncSession, report: Report, locale: str) -> list[
                 content=content,
                 file_ref=None if content is not None else item.file_ref,
                 caption=caption[:CAPTION_LIMIT],
+                file_name=neutral_name(item.position, item.mime),
             )
         )
     return items
@@ -251,6 +255,13 @@ async def report_card(
     count = len(report.media)
     if count:
         head.append(t(locale, "officer.card.evidence", count=count))
+        uncleaned = [
+            str(m.position + 1)
+            for m in report.media
+            if m.blob_id is None or not is_cleaned(m.mime)
+        ]
+        if uncleaned:
+            head.append(t(locale, "evidence.not_cleaned", files=", ".join(uncleaned)))
     else:
         head.append(t(locale, "officer.card.no_evidence"))
     assignee = t(locale, "officer.card.unassigned")

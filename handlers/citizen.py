@@ -318,13 +318,11 @@ class CitizenFlow:
             pin = new_pin()
             prepared[PREPARED_PIN] = (pin, await asyncio.to_thread(self.pins.hash, pin))
         for attachment in event.attachments[: self.settings.max_media]:
-            if not _is_image(attachment):
-                continue
-            try:
+            try:  # every file is fetched and recognised by its content, never its declared type
                 media_rules.check_declared_size(attachment.size)
                 raw = await fetcher.fetch(attachment)
                 prepared[attachment.file_ref] = await asyncio.to_thread(
-                    media_rules.clean_image, raw
+                    media_rules.clean_evidence, raw
                 )
             except media_rules.MediaRejected as exc:
                 prepared[attachment.file_ref] = exc.reason
@@ -763,8 +761,21 @@ class CitizenFlow:
             if attachment.size is not None and attachment.size > media_rules.MAX_DOWNLOAD_BYTES:
                 turn.say("ev.too_large", limit_mb=media_rules.MAX_DOWNLOAD_BYTES // (1024 * 1024))
                 continue
-            if _is_image(attachment):
-                cleaned = prepared.get(attachment.file_ref)
+            cleaned = prepared.get(attachment.file_ref)
+            if isinstance(cleaned, media_rules.CleanFile):
+                blob = await Media(turn.session).add_blob(
+                    content=cleaned.content, mime=cleaned.mime, sha256=cleaned.sha256
+                )
+                items.append(
+                    {
+                        "kind": attachment.kind if attachment.kind != "photo" else "document",
+                        "blob_id": blob.id,
+                        "mime": cleaned.mime,
+                        "size": len(cleaned.content),
+                        "caption": caption,
+                    }
+                )
+            elif _is_image(attachment) or cleaned is not None:
                 if not isinstance(cleaned, media_rules.CleanImage):
                     turn.say(_IMAGE_REFUSALS.get(str(cleaned), "ev.failed"))
                     continue
