@@ -37,7 +37,7 @@ async def test_the_chosen_contact_mode_is_echoed_with_one_tick(standin, service)
     marked = t("vi", "contact.relay", mark="✓ ")
     assert marked.startswith("✓ ")
     calls = await chat.press(marked)
-    edits = [c.text for c in calls if c.method == "editMessageText"]
+    edits = [c.text or "" for c in calls if c.method == "editMessageText"]
     assert edits, [c.method for c in calls]
     assert edits[0].startswith(f"✓ {t('vi', 'contact.relay', mark='')}\n"), edits[0]
     assert not edits[0].startswith("✓ ✓")

@@ -63,7 +63,7 @@ async def test_an_existing_readable_database_is_tightened_at_start(tmp_path, cap
 
 @pytest.mark.usefixtures("loose_umask")
 def test_data_directory_and_secret_key_are_private(tmp_path):
-    settings = Settings(_env_file=None, data_dir=tmp_path / "var")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path / "var")
     resolve_secret_key(settings)
     assert _mode(tmp_path / "var") == 0o700
     assert _mode(tmp_path / "var" / "secret.key") == 0o600
