@@ -360,8 +360,8 @@ def clean_evidence(data: bytes) -> CleanImage | CleanFile:
     """Recognise ``data`` by its content and clean it.
 
     Images are re-encoded by :func:`clean_image` (a :class:`CleanImage`, or refused with
-    :class:`MediaRejected` when they cannot be); PDFs lose their document information and XMP metadata; MP4/MOV videos lose
-    their ``udta``/``meta``/XMP boxes (GPS ``©xyz``, device, author) and creation times. Any
+    :class:`MediaRejected` when they cannot be); PDFs lose their document information and XMP
+    metadata; MP4/MOV videos lose their ``udta``/``meta``/XMP boxes (GPS ``©xyz``, device, author) and creation times. Any
     other file, or one that fails to clean, is kept unchanged with ``cleaned`` false.
     """
     if len(data) > MAX_DOWNLOAD_BYTES:
