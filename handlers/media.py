@@ -361,8 +361,9 @@ def clean_evidence(data: bytes) -> CleanImage | CleanFile:
 
     Images are re-encoded by :func:`clean_image` (a :class:`CleanImage`, or refused with
     :class:`MediaRejected` when they cannot be); PDFs lose their document information and XMP
-    metadata; MP4/MOV videos lose their ``udta``/``meta``/XMP boxes (GPS ``©xyz``, device, author) and creation times. Any
-    other file, or one that fails to clean, is kept unchanged with ``cleaned`` false.
+    metadata; MP4/MOV videos lose their ``udta``/``meta``/XMP boxes (GPS ``©xyz``, device,
+    author) and creation times. Any other file, or one that fails to clean, is kept unchanged
+    with ``cleaned`` false.
     """
     if len(data) > MAX_DOWNLOAD_BYTES:
         raise MediaRejected("too_large")
