@@ -1300,6 +1300,10 @@ class DeliveryWorker:
                 return lambda: bot.send_video(
                     video=upload, caption=item.caption, reply_parameters=reply, **common
                 )
+            if item.kind == "voice" and item.mime == "audio/ogg":
+                return lambda: bot.send_voice(
+                    voice=upload, caption=item.caption, reply_parameters=reply, **common
+                )
             return lambda: bot.send_document(
                 document=upload, caption=item.caption, reply_parameters=reply, **common
             )

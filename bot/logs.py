@@ -9,8 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-#: Libraries that log whole updates (with the sender's ids) or request URLs at DEBUG/INFO.
-QUIET_LOGGERS = ("httpx", "httpcore", "telegram", "aiosqlite", "aiohttp.access", "apscheduler")
+#: Libraries that log whole updates (with the sender's ids) or request URLs at DEBUG/INFO, and
+#: Pillow, which logs the EXIF fields (GPS position, camera) of every image it opens at DEBUG.
+QUIET_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "telegram",
+    "aiosqlite",
+    "aiohttp.access",
+    "apscheduler",
+    "PIL",
+)
 
 
 class SecretScrubber(logging.Filter):

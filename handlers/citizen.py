@@ -775,7 +775,7 @@ class CitizenFlow:
                         "caption": caption,
                     }
                 )
-            elif _is_image(attachment) or cleaned is not None:
+            else:  # refused, or never fetched: nothing uncleaned is kept by reference
                 if not isinstance(cleaned, media_rules.CleanImage):
                     turn.say(_IMAGE_REFUSALS.get(str(cleaned), "ev.failed"))
                     continue
@@ -788,16 +788,6 @@ class CitizenFlow:
                         "blob_id": blob.id,
                         "mime": cleaned.mime,
                         "size": len(cleaned.content),
-                        "caption": caption,
-                    }
-                )
-            else:
-                items.append(
-                    {
-                        "kind": attachment.kind,
-                        "file_ref": attachment.file_ref,
-                        "mime": attachment.mime,
-                        "size": attachment.size,
                         "caption": caption,
                     }
                 )

@@ -363,7 +363,7 @@ def clean_evidence(data: bytes) -> CleanImage | CleanFile:
     :class:`MediaRejected` when they cannot be); PDFs lose their document information and XMP
     metadata; MP4/MOV videos lose their ``udta``/``meta``/XMP boxes (GPS ``©xyz``, device,
     author) and creation times. Any other file, or one that fails to clean, is kept unchanged
-    with ``cleaned`` false.
+    with ``cleaned`` false (an Ogg voice note keeps its type, so that officers can play it).
     """
     if len(data) > MAX_DOWNLOAD_BYTES:
         raise MediaRejected("too_large")
@@ -381,6 +381,8 @@ def clean_evidence(data: bytes) -> CleanImage | CleanFile:
             log.warning("evidence file could not be cleaned; passed on marked as not cleaned")
         else:
             return CleanFile(content, mime, hashlib.sha256(content).hexdigest(), cleaned=True)
+    if data[:4] == b"OggS":  # a voice note: recognised, so it plays, but not cleaned
+        return CleanFile(data, "audio/ogg", hashlib.sha256(data).hexdigest(), cleaned=False)
     return CleanFile(data, UNCLEANED_MIME, hashlib.sha256(data).hexdigest(), cleaned=False)
 
 

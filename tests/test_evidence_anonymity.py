@@ -13,7 +13,7 @@ from handlers import media
 from handlers.i18n import t
 from tests.e2e import Chat, running_service, service_settings
 from tests.standin import BotAPIStandIn
-from tests.standin.factory import UpdateFactory, make_jpeg
+from tests.standin.factory import MP4_CREATED, MP4_LOCATION, UpdateFactory, make_jpeg, make_mp4
 
 DUTY_CHAT = -1001234567890
 
@@ -29,16 +29,6 @@ def _pdf_with_author() -> bytes:
     return out.getvalue()
 
 
-def _mp4_with_location() -> bytes:
-    def box(kind: bytes, body: bytes) -> bytes:
-        return (8 + len(body)).to_bytes(4, "big") + kind + body
-
-    xyz = box(b"\xa9xyz", b"\x00\x11\x15\xc7+10.3759+105.4185/")
-    mvhd = box(b"mvhd", b"\x00\x00\x00\x00" + (3_900_000_000).to_bytes(4, "big") * 2 + bytes(88))
-    moov = box(b"moov", mvhd + box(b"udta", xyz))
-    return box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2mp41") + moov + box(b"mdat", b"\x01" * 32)
-
-
 def test_a_pdf_loses_its_author():
     original = _pdf_with_author()
     assert b"Nguyen Van A" in original
@@ -51,12 +41,13 @@ def test_a_pdf_loses_its_author():
 
 
 def test_an_mp4_loses_its_location_and_times_without_moving_anything():
-    original = _mp4_with_location()
+    original = make_mp4()
+    assert MP4_LOCATION in original and MP4_CREATED in original
     cleaned = media.clean_evidence(original)
     assert isinstance(cleaned, media.CleanFile) and cleaned.cleaned
     assert cleaned.mime == "video/mp4" and len(cleaned.content) == len(original)
     assert b"105.4185" not in cleaned.content and b"\xa9xyz" not in cleaned.content
-    assert (3_900_000_000).to_bytes(4, "big") not in cleaned.content
+    assert MP4_CREATED not in cleaned.content
     assert cleaned.content.endswith(b"mdat" + b"\x01" * 32)
 
 
