@@ -38,23 +38,35 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--queue",
         default=None,
-        help="queue key the account serves; admins and commanders default to every queue ('*')",
+        metavar="QUEUE",
+        help=(
+            "queue key the account serves: required with --role officer; admins and "
+            "commanders default to every queue ('*')"
+        ),
     )
     parser.add_argument("--name", default=None, help="display name (default: the username)")
     parser.add_argument("--reset", action="store_true", help="update an existing account")
     return parser
 
 
-def _read_password() -> str | None:
+class PasswordNotRead(Exception):
+    """No password could be read; the message says why, once, for the person at the prompt."""
+
+
+def _read_password() -> str:
     from_env = os.environ.get(PASSWORD_ENV)
     if from_env is not None:
         return from_env
     if not sys.stdin.isatty():
-        return None
-    first = getpass.getpass("Password: ")
-    if first != getpass.getpass("Password again: "):
-        print("tinbao: the passwords differ", file=sys.stderr)
-        return None
+        raise PasswordNotRead(f"no password given (set {PASSWORD_ENV} or use a terminal)")
+    try:
+        first = getpass.getpass("Password: ")
+        again = getpass.getpass("Password again: ")
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)  # end the prompt's line
+        raise PasswordNotRead("cancelled; no account was changed") from None
+    if first != again:
+        raise PasswordNotRead("the two passwords differ; no account was changed, try again")
     return first
 
 
@@ -117,15 +129,19 @@ def _keys(queues: object) -> str:
 
 def create_user(argv: list[str] | None = None) -> int:
     """Entry point: returns the process exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.role == "officer" and not args.queue:
+        parser.error("--queue is required with --role officer")
     if not _valid_username(args.username):
         print(
             "tinbao: a username is 3-64 characters of a-z, 0-9, '.', '_' and '-'", file=sys.stderr
         )
         return 2
-    password = _read_password()
-    if password is None:
-        print(f"tinbao: no password given (set {PASSWORD_ENV} or use a terminal)", file=sys.stderr)
+    try:
+        password = _read_password()
+    except PasswordNotRead as exc:
+        print(f"tinbao: {exc}", file=sys.stderr)
         return 2
     if password_problem(password) is not None:
         print(f"tinbao: the password needs at least {PASSWORD_MIN} characters", file=sys.stderr)

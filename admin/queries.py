@@ -1,6 +1,6 @@
 """Read-only queries behind the panel: statistics, the reports list and the audit log.
 
-Periods are calendar months or years in Vietnam's time (UTC+7, no daylight saving). The lists
+Periods are calendar months or years in the service's zone (``handlers.localtime``). The lists
 use keyset pagination on ``(created_at, id)`` (index ``ix_reports_created_id``) and on the
 event id, so a deep page costs the same as the first.
 """
@@ -11,16 +11,16 @@ import base64
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers.localtime import format_datetime, local_midnight, local_zone
 from storage.models import Report, ReportEvent, Reward
 from storage.types import UTCDateTime, utcnow
 
-LOCAL = timezone(timedelta(hours=7), "ICT")
 EMERGENCY_CATEGORY = "accident"
 
 
@@ -36,7 +36,7 @@ class Period:
 
     @classmethod
     def parse(cls, text: str | None, *, today: date | None = None) -> Period:
-        today = today or utcnow().astimezone(LOCAL).date()
+        today = today or utcnow().astimezone(local_zone()).date()
         text = (text or "").strip()
         try:
             if len(text) == 4 and text.isdigit():
@@ -55,13 +55,13 @@ class Period:
 
     @property
     def start(self) -> datetime:
-        return datetime(self.year, self.month or 1, 1, tzinfo=LOCAL).astimezone(UTC)
+        return datetime(self.year, self.month or 1, 1, tzinfo=local_zone()).astimezone(UTC)
 
     @property
     def end(self) -> datetime:
         if self.month is None or self.month == 12:
-            return datetime(self.year + 1, 1, 1, tzinfo=LOCAL).astimezone(UTC)
-        return datetime(self.year, self.month + 1, 1, tzinfo=LOCAL).astimezone(UTC)
+            return datetime(self.year + 1, 1, 1, tzinfo=local_zone()).astimezone(UTC)
+        return datetime(self.year, self.month + 1, 1, tzinfo=local_zone()).astimezone(UTC)
 
     @property
     def label(self) -> str:
@@ -73,11 +73,11 @@ class Period:
 
 
 def local_day_start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=LOCAL).astimezone(UTC)
+    return local_midnight(day)
 
 
 def local_time(moment: datetime | None) -> str:
-    return moment.astimezone(LOCAL).strftime("%d/%m/%Y %H:%M") if moment else ""
+    return format_datetime(moment) if moment else ""
 
 
 # --------------------------------------------------------------------------- statistics

@@ -27,6 +27,7 @@ from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
 from config.rewards import load_instructions
 from config.settings import ConfigError, Settings, resolve_secret_key
+from handlers import localtime
 from handlers.citizen import CitizenFlow, CitizenSettings
 from handlers.escalation import Timers
 from handlers.intake import IntakeSettings
@@ -81,6 +82,7 @@ class Service:
     async def create(cls, settings: Settings) -> Service:
         """Build the service; refuses to start on an unusable configuration or schema."""
         settings.check()
+        localtime.configure(settings.timezone)
         quiet_library_loggers()
         if settings.telegram_token is not None:
             install_scrubber(settings.telegram_token.get_secret_value())

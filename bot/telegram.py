@@ -321,7 +321,8 @@ def _pressed_label(update: Update) -> str | None:
     for row in getattr(markup, "inline_keyboard", ()) or ():
         for button in row:
             if button.callback_data == query.data:
-                return str(button.text)
+                # The echo adds its own tick: a label that already shows one keeps a single tick.
+                return str(button.text).lstrip("✓ ")
     return None
 
 

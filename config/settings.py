@@ -14,6 +14,7 @@ import secrets
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -145,6 +146,10 @@ class Settings(BaseSettings):
     # --- logging ----------------------------------------------------------------------------
     log_level: str = "INFO"
 
+    # --- time ---------------------------------------------------------------------------------
+    #: The zone of every time shown to a person (IANA name); the database keeps UTC.
+    timezone: str = "Asia/Ho_Chi_Minh"
+
     @field_validator("admin_telegram_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:
@@ -237,6 +242,14 @@ class Settings(BaseSettings):
                     "(expected '<digits>:<letters>')."
                 )
         self._check_zalo()
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            if self.timezone != "Asia/Ho_Chi_Minh":  # Vietnam keeps UTC+7 without a database
+                raise ConfigError(
+                    f"TINBAO_TIMEZONE {self.timezone!r} is not a known time zone "
+                    "(an IANA name such as Asia/Ho_Chi_Minh)."
+                ) from exc
         if not self.database_url_is_async:
             raise ConfigError(
                 "TINBAO_DATABASE_URL must use an async driver: "
@@ -338,6 +351,8 @@ def resolve_secret_key(settings: Settings) -> bytes:
                 f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}"
             )
         return _decode_key(path.read_text(encoding="ascii").strip())
+    if not settings.data_dir.exists():  # only the service's user may enter it
+        settings.data_dir.mkdir(parents=True, mode=0o700)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     encoded = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -18,9 +18,8 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,6 +29,8 @@ from handlers import card_actions
 from handlers.domain import CATEGORIES, LOCALES, OCCURRED, REPORT_KIND_EMERGENCY, STATUSES
 from handlers.events import Button, GeoPoint
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
+from handlers.localtime import format_datetime, format_short
+from handlers.media import is_cleaned, neutral_name
 from handlers.rewards import format_vnd
 from handlers.security import Keyring, format_code
 from storage.models import ContactRoute, MediaBlob, Officer, Report, Reward
@@ -45,11 +46,6 @@ MAPS_URL: Final = "https://www.google.com/maps?q={lat:.6f},{lon:.6f}"
 ACK_ACTION: Final = "ack"
 OPEN_ACTION: Final = "open"
 
-try:
-    LOCAL_TZ: timezone | ZoneInfo = ZoneInfo("Asia/Ho_Chi_Minh")
-except ZoneInfoNotFoundError:  # pragma: no cover - no tz database: Vietnam has no DST
-    LOCAL_TZ = timezone(timedelta(hours=7), "ICT")
-
 
 @dataclass
 class CardMedia:
@@ -61,6 +57,8 @@ class CardMedia:
     content: bytes | None
     file_ref: str | None
     caption: str | None
+    #: The neutral name the file is re-sent under (``evidence-1.jpg``), never the sender's.
+    file_name: str = "evidence.bin"
 
 
 @dataclass
@@ -79,12 +77,12 @@ def utf16_len(text: str) -> int:
 
 
 def local_time(moment: datetime) -> str:
-    """``dd/mm/yyyy HH:MM`` in Vietnam's time."""
-    return moment.astimezone(LOCAL_TZ).strftime("%d/%m/%Y %H:%M")
+    """``dd/mm/yyyy HH:MM`` in the service's zone (Vietnam's)."""
+    return format_datetime(moment)
 
 
 def _short_time(moment: datetime) -> str:
-    return moment.astimezone(LOCAL_TZ).strftime("%H:%M %d/%m")
+    return format_short(moment)
 
 
 def _e(value: str) -> str:
@@ -203,6 +201,7 @@ async def _evidence(session: AsyncSession, report: Report, locale: str) -> list[
                 content=content,
                 file_ref=None if content is not None else item.file_ref,
                 caption=caption[:CAPTION_LIMIT],
+                file_name=neutral_name(item.position, item.mime),
             )
         )
     return items
@@ -256,6 +255,13 @@ async def report_card(
     count = len(report.media)
     if count:
         head.append(t(locale, "officer.card.evidence", count=count))
+        uncleaned = [
+            str(m.position + 1)
+            for m in report.media
+            if m.blob_id is None or not is_cleaned(m.mime)
+        ]
+        if uncleaned:
+            head.append(t(locale, "evidence.not_cleaned", files=", ".join(uncleaned)))
     else:
         head.append(t(locale, "officer.card.no_evidence"))
     assignee = t(locale, "officer.card.unassigned")

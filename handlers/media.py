@@ -296,3 +296,145 @@ def _encode(image: Image.Image) -> CleanImage:
         height=image.height,
         sha256=hashlib.sha256(content).hexdigest(),
     )
+
+
+# ------------------------------------------------------------------------ any evidence file
+
+#: What the cleaner produces when it could clean: an officer's card says of any other file that
+#: it was not cleaned.
+CLEANED_MIMES: Final = frozenset({"image/jpeg", "image/png", "application/pdf", "video/mp4"})
+#: The type given to a file that could not be recognised or cleaned: passed on as it is.
+UNCLEANED_MIME: Final = "application/octet-stream"
+_EXTENSIONS: Final = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "application/pdf": ".pdf",
+    "video/mp4": ".mp4",
+    "audio/ogg": ".ogg",
+}
+
+#: ISO base media boxes walked into, and boxes that hold metadata (location, device, author,
+#: XMP) and are overwritten in place as ``free`` padding of the same size, so that no offset in
+#: the file changes.
+_BMFF_CONTAINERS: Final = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts"})
+_BMFF_METADATA: Final = frozenset({b"udta", b"meta", b"uuid", b"XMP_", b"\xa9xyz"})
+_BMFF_TIMED_HEADERS: Final = frozenset({b"mvhd", b"tkhd", b"mdhd"})
+
+
+@dataclass(frozen=True)
+class CleanFile:
+    """A piece of evidence as it is stored and re-sent: images re-encoded, PDFs and MP4/MOV
+    videos stripped of their metadata; anything else unchanged with ``cleaned`` false."""
+
+    content: bytes
+    mime: str
+    sha256: str
+    cleaned: bool
+
+    def __repr__(self) -> str:
+        return f"CleanFile(mime={self.mime!r}, size={len(self.content)}, cleaned={self.cleaned})"
+
+
+def is_cleaned(mime: str | None) -> bool:
+    """Whether a stored file of type ``mime`` went through a cleaner."""
+    return mime in CLEANED_MIMES
+
+
+def neutral_name(position: int, mime: str | None) -> str:
+    """The name a file is re-sent under (``evidence-1.jpg``): never the sender's own name."""
+    return f"evidence-{position + 1}{_EXTENSIONS.get(mime or '', '.bin')}"
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Whether ``data`` is an image, judged by its content only (never a declared type)."""
+    if _known_unsupported(data):
+        return True
+    try:
+        with Image.open(io.BytesIO(data), formats=_DECODERS):
+            return True
+    except Exception:  # not an image, or one no decoder here accepts
+        return False
+
+
+def clean_evidence(data: bytes) -> CleanImage | CleanFile:
+    """Recognise ``data`` by its content and clean it.
+
+    Images are re-encoded by :func:`clean_image` (a :class:`CleanImage`, or refused with
+    :class:`MediaRejected` when they cannot be); PDFs lose their document information and XMP
+    metadata; MP4/MOV videos lose their ``udta``/``meta``/XMP boxes (GPS ``©xyz``, device,
+    author) and creation times. Any other file, or one that fails to clean, is kept unchanged
+    with ``cleaned`` false (an Ogg voice note keeps its type, so that officers can play it).
+    """
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise MediaRejected("too_large")
+    if looks_like_image(data):
+        return clean_image(data)
+    cleaner = None
+    if b"%PDF-" in data[:1024]:
+        cleaner, mime = _clean_pdf, "application/pdf"
+    elif data[4:8] == b"ftyp":
+        cleaner, mime = _clean_bmff, "video/mp4"
+    if cleaner is not None:
+        try:
+            content = cleaner(data)
+        except Exception:  # a damaged or hostile file: passed on, marked as not cleaned
+            log.warning("evidence file could not be cleaned; passed on marked as not cleaned")
+        else:
+            return CleanFile(content, mime, hashlib.sha256(content).hexdigest(), cleaned=True)
+    if data[:4] == b"OggS":  # a voice note: recognised, so it plays, but not cleaned
+        return CleanFile(data, "audio/ogg", hashlib.sha256(data).hexdigest(), cleaned=False)
+    return CleanFile(data, UNCLEANED_MIME, hashlib.sha256(data).hexdigest(), cleaned=False)
+
+
+def _clean_pdf(data: bytes) -> bytes:
+    """The PDF without its document information, XMP streams and application private data."""
+    import pikepdf  # imported on first use: a start-up that never sees a PDF does not pay
+
+    with pikepdf.open(io.BytesIO(data)) as pdf:
+        if "/Info" in pdf.trailer:
+            del pdf.trailer["/Info"]
+        for obj in pdf.objects:
+            if isinstance(obj, pikepdf.Dictionary | pikepdf.Stream):
+                for key in ("/Metadata", "/PieceInfo"):
+                    if key in obj:
+                        del obj[key]
+        out = io.BytesIO()
+        pdf.save(out, fix_metadata_version=False, static_id=True)
+        return out.getvalue()
+
+
+def _clean_bmff(data: bytes) -> bytes:
+    """An MP4/MOV with its metadata boxes blanked out as ``free`` space of the same size."""
+    if data[8:12] in _ISOBMFF_IMAGE_BRANDS:
+        raise ValueError("an ISO image file, not a video")
+    buffer = bytearray(data)
+    _blank_boxes(buffer, 0, len(buffer))
+    return bytes(buffer)
+
+
+def _blank_boxes(buffer: bytearray, start: int, end: int) -> None:
+    position = start
+    while position < end:
+        if end - position < 8:
+            raise ValueError("truncated box header")
+        size = int.from_bytes(buffer[position : position + 4], "big")
+        kind = bytes(buffer[position + 4 : position + 8])
+        header = 8
+        if size == 1:
+            size = int.from_bytes(buffer[position + 8 : position + 16], "big")
+            header = 16
+        elif size == 0:
+            size = end - position
+        if size < header or position + size > end:
+            raise ValueError("malformed box size")
+        body = position + header
+        if kind in _BMFF_METADATA:
+            buffer[position + 4 : position + 8] = b"free"
+            buffer[body : position + size] = bytes(position + size - body)
+        elif kind in _BMFF_CONTAINERS:
+            _blank_boxes(buffer, body, position + size)
+        elif kind in _BMFF_TIMED_HEADERS and position + size - body >= 20:
+            # creation and modification times: 4-byte (version 0) or 8-byte (version 1) fields
+            width = 8 if buffer[body] == 1 else 4
+            buffer[body + 4 : body + 4 + 2 * width] = bytes(2 * width)
+        position += size

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.queues import Queue
-from handlers import outbox
+from handlers import localtime, outbox
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, STATUSES
 from handlers.officer_events import OfficerAct, OfficerMessage, OfficerOutcome, OfficerPress
@@ -24,7 +24,6 @@ from handlers.security import format_code, parse_code
 from handlers.triage_base import TriageBase
 from storage.models import Officer, Report
 from storage.repositories import Reports
-from storage.types import utcnow
 
 PAGE_SIZE = 10
 
@@ -106,7 +105,7 @@ class QueueCommands(TriageBase):
                     status=self._t(f"officer.status.{report.status}")
                     if report.status in STATUSES
                     else report.status,
-                    received=report.created_at.strftime("%d/%m %H:%M"),
+                    received=localtime.format_short(report.created_at),
                 )
             )
         if not rows:
@@ -176,8 +175,8 @@ class QueueCommands(TriageBase):
         queue = self._viewable_queue(act, queue)
         if queue is None:
             return act.outcome
-        now = utcnow()
-        start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        # This month in Vietnam's time (the database keeps UTC).
+        start = localtime.local_midnight(localtime.today().replace(day=1))
         base = select(Report).where(self._in_queue(queue), Report.created_at >= start).subquery()
         by_status = (
             await act.session.execute(select(base.c.status, func.count()).group_by(base.c.status))
@@ -192,7 +191,10 @@ class QueueCommands(TriageBase):
         total = sum(n for _, n in by_status)
         lines = [
             self._t(
-                "triage.stats_title", queue=queue.name, month=start.strftime("%m/%Y"), total=total
+                "triage.stats_title",
+                queue=queue.name,
+                month=localtime.format_month(start),
+                total=total,
             )
         ]
         for status, count in sorted(

@@ -10,7 +10,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import stat
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,62 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(database)
 
 
+#: The embedded database holds drafts, reports and encrypted contact routes: only the service's
+#: own user may read it, its WAL and its shared-memory file.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+_SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+@contextlib.contextmanager
+def private_umask() -> Iterator[None]:
+    """Files and directories created inside are for the owner only (umask 077).
+
+    The umask is process-wide: this is for start-up, before other threads create files.
+    """
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def prepare_sqlite_file(path: Path) -> None:
+    """Create the database's directory (0700) and file (0600) before SQLite does, and tighten
+    the mode of an existing database, WAL or shared-memory file that others could read.
+
+    SQLite gives its WAL and shared-memory files the database file's own mode, so creating
+    the file private keeps all three private.
+    """
+    with private_umask():
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=PRIVATE_DIR_MODE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+        os.close(fd)
+    for suffix in _SQLITE_COMPANIONS:
+        companion = path.with_name(path.name + suffix)
+        try:
+            mode = stat.S_IMODE(companion.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            log.warning(
+                "%s was readable by other users (mode %o); tightened to %o",
+                companion,
+                mode,
+                PRIVATE_FILE_MODE,
+            )
+            companion.chmod(PRIVATE_FILE_MODE)
+    directory = path.parent.stat().st_mode
+    if stat.S_IMODE(directory) & 0o077 and not directory & stat.S_ISVTX:
+        log.warning(
+            "the database's directory %s is open to other users (mode %o); run: chmod 700 %s",
+            path.parent,
+            stat.S_IMODE(directory),
+            path.parent,
+        )
+
+
 def install_sqlite_pragmas(engine: AsyncEngine, pragmas: tuple[tuple[str, str], ...]) -> None:
     """Run ``PRAGMA name=value`` for each pair on every new DBAPI connection of ``engine``."""
 
@@ -77,7 +136,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if backend == "sqlite":
         path = sqlite_file(parsed)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            prepare_sqlite_file(path)
         engine = create_async_engine(parsed, echo=echo, json_serializer=_json_dumps)
         install_sqlite_pragmas(engine, SQLITE_PRAGMAS)
         return engine

@@ -16,11 +16,11 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 
 from admin.auth import hash_password
-from admin.queries import LOCAL
 from admin.web import build_web_app
 from bot.runtime import Service
 from config.catalogue import load_catalogue
 from config.settings import Settings
+from handlers.localtime import local_zone
 from handlers.security import new_tracking_code
 from storage.models import (
     AuditEvent,
@@ -298,7 +298,7 @@ async def test_every_page_renders_for_an_admin(env: Env) -> None:
     report = await env.add_report(env.unit_a)
     await env.add_report(None, kind="emergency", status="new")
     assert await env.login("chief") == 303
-    year = datetime.now(LOCAL).year
+    year = datetime.now(local_zone()).year
     for path in (
         "/admin/",
         "/admin/reports",
@@ -515,8 +515,8 @@ async def test_search_by_code_and_filters(env: Env) -> None:
 
 
 async def _seed_year(env: Env) -> int:
-    year = datetime.now(LOCAL).year - 1
-    moment = datetime(year, 6, 15, 10, 0, tzinfo=LOCAL).astimezone(UTC)
+    year = datetime.now(local_zone()).year - 1
+    moment = datetime(year, 6, 15, 10, 0, tzinfo=local_zone()).astimezone(UTC)
     resolved = moment + timedelta(days=2)
     for category, subjects, arrest in (
         ("theft", 2, True),

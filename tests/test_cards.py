@@ -25,7 +25,7 @@ from handlers.security import format_code, new_tracking_code
 from storage.models import MediaBlob, Report, ReportMedia
 from storage.repositories import Reports
 from tests.driver import FileStore, citizen, label, make_flow, sync_units
-from tests.standin.factory import make_jpeg
+from tests.standin.factory import MP4_CREATED, MP4_LOCATION, make_jpeg, make_mp4
 from tests.standin.server import parse_html
 
 TIPSTER_ID = 987_654_321
@@ -74,7 +74,10 @@ def assert_valid_html(text: str) -> str:
 
 async def test_a_real_tip_card_never_names_the_tipster_and_escapes_their_text(session_factory):
     c = citizen(session_factory, TIPSTER_ID, language_code="vi")
-    c.files = FileStore({"PHOTO1": make_jpeg(gps=(10.38, 105.42), make="CameraMaker")})
+    video = make_mp4()
+    c.files = FileStore(
+        {"PHOTO1": make_jpeg(gps=(10.38, 105.42), make="CameraMaker"), "VID1": video}
+    )
     await c.command("start")
     await c.press(label("vi", "menu.tip"))
     await c.press(label("vi", "cat.drugs"))
@@ -91,7 +94,9 @@ async def test_a_real_tip_card_never_names_the_tipster_and_escapes_their_text(se
         report = await session.scalar(select(Report))
         assert report is not None
         card = await report_card(session, report.id, locale="vi")
-        blob = await session.scalar(select(MediaBlob.content))
+        blob, video_blob = (
+            await session.scalars(select(MediaBlob.content).order_by(MediaBlob.id))
+        ).all()
 
     plain = assert_valid_html(card.text)
     assert str(TIPSTER_ID) not in card.text
@@ -104,8 +109,16 @@ async def test_a_real_tip_card_never_names_the_tipster_and_escapes_their_text(se
     assert all(len(d.encode()) <= 64 and str(TIPSTER_ID) not in d for d in datas)
     assert f"r:ack:{report.id}" not in datas  # a tip has nothing to acknowledge
     assert "2 tệp" in plain
-    assert [(m.kind, m.file_ref) for m in card.media] == [("photo", None), ("video", "VID1")]
-    photo = card.media[0]
+    # Both files were downloaded, cleaned and stored: none is passed on by the channel's id.
+    assert [(m.kind, m.file_ref, m.file_name) for m in card.media] == [
+        ("photo", None, "evidence-1.jpg"),
+        ("video", None, "evidence-2.mp4"),
+    ]
+    assert "⚠️" not in plain  # every file was cleaned
+    photo, clip = card.media
+    assert clip.content == video_blob and clip.content is not None and clip.mime == "video/mp4"
+    assert MP4_LOCATION not in clip.content and MP4_CREATED not in clip.content
+    assert len(clip.content) == len(video)  # blanked in place, nothing moved
     assert photo.content == blob and photo.content is not None
     assert not Image.open(io.BytesIO(photo.content)).getexif()  # the cleaned copy, no EXIF
     assert photo.caption is not None and photo.caption.startswith(f"📎 {format_code(report.code)}")

@@ -9,16 +9,19 @@ from sqlalchemy import func, select
 
 from handlers.citizen import State
 from handlers.events import Attachment
+from handlers.media import neutral_name
 from handlers.security import parse_code
 from storage.models import (
     ContactRoute,
     Conversation,
+    MediaBlob,
     OutboxMessage,
     Report,
     ReportEvent,
     ReportMedia,
 )
-from tests.driver import citizen, label, make_flow, sync_units
+from tests.driver import FileStore, citizen, label, make_flow, sync_units
+from tests.standin.factory import MP4_CREATED, MP4_LOCATION, make_mp4
 
 CODE_RE = re.compile(r"([2-9A-Z]{5}-[2-9A-Z]{5})")
 PIN_RE = re.compile(r"(?:PIN|Mã PIN): (\d{6})")
@@ -275,8 +278,10 @@ async def test_shared_location_is_kept(session_factory):
         assert (report.latitude, report.longitude) == (10.3759, 105.4185)
 
 
-async def test_non_image_evidence_is_kept_by_reference(session_factory):
+async def test_non_image_evidence_is_downloaded_cleaned_and_stored(session_factory):
     c = citizen(session_factory, 1003)
+    voice = b"OggS\x00\x02" + bytes(20)
+    c.files = FileStore({"VID1": make_mp4(), "VOICE1": voice})
     await c.command("start")
     await c.press(label("vi", "menu.tip"))
     await c.press(label("vi", "cat.cyber_fraud"))
@@ -284,7 +289,9 @@ async def test_non_image_evidence_is_kept_by_reference(session_factory):
     await c.press(label("vi", "when.today"))
     await c.say("Bị lừa chuyển khoản qua mạng xã hội")
     await c.attach(Attachment("video", "VID1", 1000, "video/mp4"), caption="đoạn video")
+    assert c.texts()[0].startswith(label("vi", "ev.received", count=1))
     await c.attach(Attachment("voice", "VOICE1", 2000, "audio/ogg"))
+    assert c.texts()[0].startswith(label("vi", "ev.received", count=2))
     await c.attach(Attachment("document", "BIG", 21 * 1024 * 1024, "application/pdf"))
     assert c.texts()[0].startswith(label("vi", "ev.too_large", limit_mb=20)[:10])
     await c.press(label("vi", "ev.done"))
@@ -292,10 +299,21 @@ async def test_non_image_evidence_is_kept_by_reference(session_factory):
     await c.press(label("vi", "summary.confirm"))
     async with session_factory() as session:
         media = (await session.scalars(select(ReportMedia).order_by(ReportMedia.position))).all()
-        assert [(m.kind, m.file_ref, m.caption) for m in media] == [
-            ("video", "VID1", "đoạn video"),
-            ("voice", "VOICE1", None),
+        # Nothing is kept as the channel's file id: each file is a stored copy.
+        assert [(m.kind, m.file_ref, m.mime, m.caption) for m in media] == [
+            ("video", None, "video/mp4", "đoạn video"),
+            ("voice", None, "audio/ogg", None),
         ]
+        assert all(m.blob_id is not None for m in media)
+        clip, note = [
+            await session.scalar(select(MediaBlob.content).where(MediaBlob.id == m.blob_id))
+            for m in media
+        ]
+    assert clip is not None and note is not None
+    assert MP4_LOCATION not in clip and MP4_CREATED not in clip
+    assert note == voice  # an Ogg voice note is recognised but passed on as it is
+    names = [neutral_name(m.position, m.mime) for m in media]
+    assert names == ["evidence-1.mp4", "evidence-2.ogg"]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

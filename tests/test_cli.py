@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -120,3 +121,97 @@ async def test_run_serves_healthz_without_a_token(tmp_path):
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0
     assert b"TINBAO_TELEGRAM_TOKEN is not set" in stderr
+
+
+def _create_user_at_a_terminal(tmp_path: Path, args: list[str], typed: bytes) -> tuple[int, str]:
+    """``tinbao admin create-user`` with a real terminal (a pseudo-terminal) as its stdin: what
+    an operator types reaches ``getpass`` as it would from a keyboard."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = _env(tmp_path)
+    env.pop("TINBAO_ADMIN_PASSWORD", None)
+    try:
+        process = subprocess.Popen(  # noqa: S603 (the test's own fixed command)
+            [sys.executable, "-m", "bot", "admin", "create-user", *args],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+        )
+        os.close(slave)
+        slave = -1
+        assert process.stderr is not None
+        seen = b""
+        for prompts, chunk in enumerate(typed.split(b"|"), start=1):
+            # getpass flushes what was typed ahead, so each answer waits for its prompt.
+            while seen.count(b"Password") < prompts:
+                ready, _, _ = select.select([process.stderr], [], [], 60)
+                assert ready, seen
+                data = os.read(process.stderr.fileno(), 4096)
+                assert data, seen
+                seen += data
+            os.write(master, chunk)
+        _, rest = process.communicate(timeout=60)
+        err = seen + rest
+    finally:
+        if slave != -1:
+            os.close(slave)
+        os.close(master)
+    return process.returncode, err.decode()
+
+
+def test_create_user_passwords_that_differ_get_one_clear_message(tmp_path):
+    code, err = _create_user_at_a_terminal(
+        tmp_path,
+        ["--username", "chihuy", "--role", "commander"],
+        b"correct horse battery\n|correct horse battery staple\n",
+    )
+    assert code == 2
+    assert err.count("tinbao:") == 1, err
+    assert "passwords differ" in err and "no password given" not in err
+    assert not (tmp_path / "var" / "tinbao.db").exists()  # nothing was touched
+
+
+def test_create_user_ctrl_d_at_the_prompt_cancels_without_a_traceback(tmp_path):
+    code, err = _create_user_at_a_terminal(
+        tmp_path, ["--username", "chihuy", "--role", "commander"], b"\x04"
+    )
+    assert code == 2
+    assert "Traceback" not in err and "EOFError" not in err
+    assert err.count("tinbao:") == 1 and "cancelled" in err, err
+
+
+def test_create_user_at_a_terminal_creates_the_account(tmp_path):
+    code, err = _create_user_at_a_terminal(
+        tmp_path,
+        ["--username", "chihuy", "--role", "commander"],
+        b"correct horse battery\n|correct horse battery\n",
+    )
+    assert code == 0, err
+    assert (tmp_path / "var" / "tinbao.db").exists()
+
+
+def test_create_user_requires_a_queue_for_an_officer(tmp_path):
+    helped = subprocess.run(
+        [sys.executable, "-m", "bot", "admin", "create-user", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        check=True,
+    )
+    assert "required with --role officer" in " ".join(helped.stdout.split())
+    officer = ["--username", "canbo1", "--role", "officer"]
+    refused = subprocess.run(  # noqa: S603 (the test's own fixed command)
+        [sys.executable, "-m", "bot", "admin", "create-user", *officer],
+        capture_output=True,
+        text=True,
+        env={**_env(tmp_path), "TINBAO_ADMIN_PASSWORD": "correct horse battery"},
+        cwd=tmp_path,
+    )
+    assert refused.returncode == 2
+    assert "--queue is required with --role officer" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "var" / "tinbao.db").exists()

@@ -38,7 +38,7 @@ from storage.repositories import Outbox, Reports
 from storage.types import utcnow
 from tests.driver import FileStore, citizen, label, make_flow, sync_units
 from tests.standin import BotAPIStandIn
-from tests.standin.factory import make_jpeg
+from tests.standin.factory import MP4_LOCATION, make_jpeg, make_mp4
 
 UNIT = "30307"
 UNIT_CHAT = -1_001_000_000_001
@@ -162,12 +162,18 @@ async def rows(session_factory, **where: Any) -> list[OutboxMessage]:
 async def test_a_card_and_its_evidence_are_re_sent_never_forwarded(session_factory):
     original = make_jpeg(gps=(10.38, 105.42), make="CameraMaker")
     async with BotAPIStandIn() as standin:
-        video_id, _ = standin.add_file(b"\x00video", "mp4", kind="video")
-        voice_id, _ = standin.add_file(b"OggS voice", "oga", kind="voice")
+        filmed, voice_note = make_mp4(), b"OggS voice"
         flow = make_flow()
         flow.locator = SquareLocator()
         c = citizen(session_factory, TIPSTER_ID, flow=flow)
-        c.files = FileStore({"P1": original, "P2": make_jpeg(color=(0, 90, 0))})
+        c.files = FileStore(
+            {
+                "P1": original,
+                "P2": make_jpeg(color=(0, 90, 0)),
+                "V1": filmed,
+                "VN1": voice_note,
+            }
+        )
         await c.command("start")
         await c.press(label("vi", "menu.tip"))
         await c.press(label("vi", "cat.drugs"))
@@ -176,8 +182,8 @@ async def test_a_card_and_its_evidence_are_re_sent_never_forwarded(session_facto
         await c.say("<script>x</script> đang giao hàng trước cổng trường")
         await c.attach(Attachment("photo", "P1", 2000, "image/jpeg"))
         await c.attach(Attachment("photo", "P2", 2000, "image/jpeg"))
-        await c.attach(Attachment("video", video_id, 6, "video/mp4"), caption="clip")
-        await c.attach(Attachment("voice", voice_id, 10, "audio/ogg"))
+        await c.attach(Attachment("video", "V1", len(filmed), "video/mp4"), caption="clip")
+        await c.attach(Attachment("voice", "VN1", len(voice_note), "audio/ogg"))
         await c.press(label("vi", "ev.done"))
         await c.press(label("vi", "contact.relay", mark="✓ "))
         await c.press(label("vi", "summary.confirm"))
@@ -207,13 +213,23 @@ async def test_a_card_and_its_evidence_are_re_sent_never_forwarded(session_facto
         text = card.text or ""
         assert str(TIPSTER_ID) not in text and "&lt;script&gt;" in text
         assert format_code(report.code) in text
+        # The voice note could not be cleaned: the card tells officers which file that is.
+        assert t("vi", "evidence.not_cleaned", files="4") in text
         card_id = card.result["message_id"]
         for follower in (pin, album, video, voice):
             assert follower.params["reply_parameters"]["message_id"] == card_id
         assert (pin.params["latitude"], pin.params["longitude"]) == (10.38, 105.42)
-        assert album.media_files() == list(blobs)  # the cleaned copies, re-uploaded
+        assert album.media_files() == list(blobs[:2])  # the cleaned copies, re-uploaded
         assert original not in album.media_files()
-        assert video.params["video"] == video_id and voice.params["voice"] == voice_id
+        # The video and the voice note are re-uploaded from their stored copies under neutral
+        # names; the video without the place and time its metadata gave.
+        assert {n: (u.filename, u.content) for n, u in video.uploads.items()} == {
+            "video": ("evidence-3.mp4", blobs[2])
+        }
+        assert MP4_LOCATION in filmed and MP4_LOCATION not in blobs[2]
+        assert {n: (u.filename, u.content) for n, u in voice.uploads.items()} == {
+            "voice": ("evidence-4.ogg", voice_note)
+        }
         assert video.params["caption"] == f"📎 {format_code(report.code)}\nclip"
         assert [(p.report_id, p.chat_id, p.message_id, p.kind) for p in posts] == [
             (report.id, UNIT_CHAT, card_id, "card")

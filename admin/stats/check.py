@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin.queries import LOCAL
+from handlers.localtime import to_local
 from storage.models import Report
 from storage.stats_rollup import BUCKET_EDGES
 
@@ -24,7 +24,7 @@ DIMENSIONS = ("month", "unit_code", "queue_key", "kind", "category")
 
 
 def local_month(moment: datetime) -> int:
-    local = moment.astimezone(LOCAL)
+    local = to_local(moment)
     return local.year * 100 + local.month
 
 

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.schema import Column
 
-from admin.queries import LOCAL, Period, _dialect
+from admin.queries import Period, _dialect
+from handlers.localtime import to_local
 from storage.models import Report, StatsDurations, StatsReceived, StatsResolved
 from storage.stats_rollup import BUCKET_EDGES
 
@@ -279,7 +280,7 @@ async def daily(
         stmt = stmt.where(where)
     counts = {int(d): int(n) for d, n in await session.execute(stmt)}
     first = date(period.year, period.month, 1)
-    days = (period.end.astimezone(LOCAL).date() - first).days
+    days = (to_local(period.end).date() - first).days
     return [(date(period.year, period.month, i), counts.get(i, 0)) for i in range(1, days + 1)]
 
 

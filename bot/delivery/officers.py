@@ -20,6 +20,7 @@ from telegram import (
     ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    InputFile,
     InputMediaPhoto,
     LinkPreviewOptions,
     ReplyParameters,
@@ -108,7 +109,7 @@ def media_parts(media: Sequence[CardMedia]) -> list[list[CardMedia]]:
     parts: list[list[CardMedia]] = []
     album: list[CardMedia] = []
     for item in media:
-        if item.content is not None:
+        if item.content is not None and item.kind == "photo":
             album.append(item)
             if len(album) == 10:
                 parts.append(album)
@@ -274,14 +275,29 @@ class OfficerSender:
         message."""
         bot = self.bot
         if len(part) > 1:
-            album = [InputMediaPhoto(media=m.content or b"", caption=m.caption) for m in part]
+            album = [
+                InputMediaPhoto(media=m.content or b"", caption=m.caption, filename=m.file_name)
+                for m in part
+            ]
             return lambda: bot.send_media_group(media=album, reply_parameters=reply, **common)
         item = part[0]
         caption = item.caption
-        if item.content is not None:
-            content = item.content
-            return lambda: bot.send_photo(
-                photo=content, caption=caption, reply_parameters=reply, **common
+        if item.content is not None:  # cleaned bytes, uploaded under their neutral name
+            upload = InputFile(item.content, filename=item.file_name)
+            if item.kind == "photo":
+                return lambda: bot.send_photo(
+                    photo=upload, caption=caption, reply_parameters=reply, **common
+                )
+            if item.kind == "video":
+                return lambda: bot.send_video(
+                    video=upload, caption=caption, reply_parameters=reply, **common
+                )
+            if item.kind == "voice" and item.mime == "audio/ogg":
+                return lambda: bot.send_voice(
+                    voice=upload, caption=caption, reply_parameters=reply, **common
+                )
+            return lambda: bot.send_document(
+                document=upload, caption=caption, reply_parameters=reply, **common
             )
         ref = item.file_ref or ""
         senders: dict[str, Callable[..., Awaitable[Any]]] = {

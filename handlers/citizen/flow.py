@@ -35,7 +35,6 @@ from handlers.citizen.base import (
     Prepared,
     State,
     Turn,
-    is_image,
     parse_button,
 )
 from handlers.citizen.core import FlowCore, Step
@@ -117,13 +116,11 @@ class CitizenFlow(FlowCore):
         if conversation.state == State.ACC_PHOTO:
             prepared[PREPARED_PIN] = await self._new_pin()
         for attachment in event.attachments[: self.settings.max_media]:
-            if not is_image(attachment):
-                continue
-            try:
+            try:  # every file is fetched and recognised by its content, never its declared type
                 media_rules.check_declared_size(attachment.size)
                 raw = await fetcher.fetch(attachment)
                 prepared[attachment.file_ref] = await asyncio.to_thread(
-                    media_rules.clean_image, raw
+                    media_rules.clean_evidence, raw
                 )
             except media_rules.MediaRejected as exc:
                 prepared[attachment.file_ref] = exc.reason

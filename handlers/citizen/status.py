@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from handlers import localtime
 from handlers.citizen.base import (
     RATE_PIN_CODE,
     RATE_PIN_SENDER,
@@ -49,7 +50,7 @@ async def check_status(flow: FlowCore, turn: Turn, code: str, pin: str) -> None:
     values = {
         "code": format_code(report.code),
         "status": t(turn.locale, f"status.{report.status}"),
-        "received": report.created_at.strftime("%d/%m/%Y %H:%M UTC"),
+        "received": localtime.format_datetime(report.created_at),
     }
     reply = turn.say("status.line", **values)
     if report.status == "resolved" and report.outcome:

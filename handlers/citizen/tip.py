@@ -17,7 +17,6 @@ from handlers.citizen.base import (
     Prepared,
     State,
     Turn,
-    is_image,
     quote,
 )
 from handlers.citizen.core import FlowCore, Step
@@ -327,33 +326,27 @@ class Evidence(Step):
             if attachment.size is not None and attachment.size > media_rules.MAX_DOWNLOAD_BYTES:
                 turn.say("ev.too_large", limit_mb=media_rules.MAX_DOWNLOAD_BYTES // (1024 * 1024))
                 continue
-            if is_image(attachment):
-                cleaned = prepared.get(attachment.file_ref)
-                if not isinstance(cleaned, media_rules.CleanImage):
-                    turn.say(IMAGE_REFUSALS.get(str(cleaned), "ev.failed"))
-                    continue
-                blob = await Media(turn.session).add_blob(
-                    content=cleaned.content, mime=cleaned.mime, sha256=cleaned.sha256
-                )
-                items.append(
-                    {
-                        "kind": "photo",
-                        "blob_id": blob.id,
-                        "mime": cleaned.mime,
-                        "size": len(cleaned.content),
-                        "caption": caption,
-                    }
-                )
-            else:
-                items.append(
-                    {
-                        "kind": attachment.kind,
-                        "file_ref": attachment.file_ref,
-                        "mime": attachment.mime,
-                        "size": attachment.size,
-                        "caption": caption,
-                    }
-                )
+            cleaned = prepared.get(attachment.file_ref)
+            kind: str
+            if isinstance(cleaned, media_rules.CleanFile):
+                kind = attachment.kind if attachment.kind != "photo" else "document"
+            elif isinstance(cleaned, media_rules.CleanImage):
+                kind = "photo"
+            else:  # refused, or never fetched: nothing uncleaned is kept by reference
+                turn.say(IMAGE_REFUSALS.get(str(cleaned), "ev.failed"))
+                continue
+            blob = await Media(turn.session).add_blob(
+                content=cleaned.content, mime=cleaned.mime, sha256=cleaned.sha256
+            )
+            items.append(
+                {
+                    "kind": kind,
+                    "blob_id": blob.id,
+                    "mime": cleaned.mime,
+                    "size": len(cleaned.content),
+                    "caption": caption,
+                }
+            )
             caption = None
         turn.say("ev.received", count=len(items))
         flow.prompt(turn)

@@ -123,6 +123,25 @@ def make_jpeg(
     return out.getvalue()
 
 
+#: The place and the creation time :func:`make_mp4` writes into a video, for tests to look for.
+MP4_LOCATION: Final = b"+10.3759+105.4185/"
+MP4_CREATED: Final = (3_900_000_000).to_bytes(4, "big")
+
+
+def make_mp4(payload: bytes = b"\x01" * 32) -> bytes:
+    """A minimal, well-formed MP4 (``ftyp``, ``moov`` with ``mvhd`` and ``udta``, ``mdat``) whose
+    metadata says where (``©xyz``, :data:`MP4_LOCATION`) and when (:data:`MP4_CREATED`) it was
+    filmed, as a phone writes it."""
+
+    def box(kind: bytes, body: bytes) -> bytes:
+        return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+    xyz = box(b"\xa9xyz", b"\x00\x11\x15\xc7" + MP4_LOCATION)
+    mvhd = box(b"mvhd", b"\x00\x00\x00\x00" + MP4_CREATED * 2 + bytes(88))
+    moov = box(b"moov", mvhd + box(b"udta", xyz))
+    return box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2mp41") + moov + box(b"mdat", payload)
+
+
 class UpdateFactory:
     """Builds Update dicts. See the module docstring."""
 
