@@ -305,8 +305,8 @@ class CitizenFlow:
                 prepared[PREPARED_PIN] = (pin, await asyncio.to_thread(self.pins.hash, pin))
         if not isinstance(event, Message) or not event.attachments:
             return prepared
-        key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
-        conversation = await Conversations(session).get(key)
+        keys = self.keyring.sender_keys(event.sender.channel, event.sender.user_id)
+        conversation = await Conversations(session).get_any(keys)
         if conversation is None or conversation.state not in (
             State.EVIDENCE,
             State.ACC_PHOTO,
@@ -337,9 +337,9 @@ class CitizenFlow:
     ) -> Outcome:
         """Handle one event inside the caller's transaction and return what to send back."""
         sender = event.sender
-        key = self.keyring.sender_key(sender.channel, sender.user_id)
+        key, *previous = self.keyring.sender_keys(sender.channel, sender.user_id)
         locale = pick_locale(sender.language_code, self.settings.default_locale)
-        conversation = await Conversations(session).get_or_create(key, locale)
+        conversation = await Conversations(session).get_or_create(key, locale, previous)
         # A citizen's updates are handled in order, one at a time (per chat), so the update ids
         # kept on the conversation are enough to drop a duplicate delivery: no extra statement.
         seen = list((conversation.data or {}).get("seen") or [])
