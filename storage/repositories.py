@@ -80,7 +80,7 @@ class Conversations:
     async def get_or_create(
         self, key: str, locale: str, previous: Sequence[str] = ()
     ) -> Conversation:
-        """``key``'s conversation; one kept under a ``previous`` key (a key rotation) moves here."""
+        """``key``'s conversation; one under a ``previous`` key (a key rotation) moves here."""
         conversation = await self.get(key)
         for old in previous if conversation is None else ():
             moved = await self.session.execute(
