@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.card_actions import CLOSED_STATUSES
@@ -96,24 +96,20 @@ def _closed_before(cutoff: datetime) -> ColumnElement[bool]:
     return Report.status.in_(CLOSED_STATUSES) & (_closed_at() < cutoff)
 
 
-async def _ids(session: AsyncSession, stmt: Select[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(int(a), int(b)) for a, b in (await session.execute(stmt)).all()]
-
-
 async def _delete_routes(
     session: AsyncSession, cutoff: datetime, batch: int, touched: dict[int, dict[str, int]]
 ) -> int:
     waiting_reward = exists().where(
         Reward.report_id == Report.id, Reward.status.in_(OPEN_REWARD_STATUSES)
     )
-    rows = await _ids(
-        session,
+    found = await session.execute(
         select(ContactRoute.id, ContactRoute.report_id)
         .join(Report, Report.id == ContactRoute.report_id)
         .where(_closed_before(cutoff), ~waiting_reward)
         .order_by(ContactRoute.id)
-        .limit(batch),
+        .limit(batch)
     )
+    rows = [(int(row[0]), int(row[1])) for row in found.all()]
     if rows:
         await session.execute(
             delete(ContactRoute).where(ContactRoute.id.in_([r[0] for r in rows]))

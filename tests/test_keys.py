@@ -153,13 +153,13 @@ def _b64(key: bytes) -> str:
 
 def test_previous_keys_setting_is_checked():
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        previous_secret_keys=f"{_b64(OLD)}, {_b64(WRONG)}",  # type: ignore[arg-type]
+        _env_file=None,
+        previous_secret_keys=f"{_b64(OLD)}, {_b64(WRONG)}",
     )
     assert resolve_previous_keys(settings, NEW) == [OLD, WRONG]
     with pytest.raises(ConfigError, match="same as TINBAO_SECRET_KEY"):
         resolve_previous_keys(settings, OLD)
-    broken = Settings(_env_file=None, previous_secret_keys="abc")  # type: ignore[call-arg,arg-type]
+    broken = Settings(_env_file=None, previous_secret_keys="abc")
     with pytest.raises(ConfigError, match=r"TINBAO_PREVIOUS_SECRET_KEYS \(key 1\) is malformed"):
         resolve_previous_keys(broken, NEW)
 

@@ -211,7 +211,7 @@ async def test_old_audit_events_go_when_a_limit_is_set(session_factory):
 
 
 def test_settings_defaults_are_the_documented_policy():
-    policy = retention_policy(Settings(_env_file=None))  # type: ignore[call-arg]
+    policy = retention_policy(Settings(_env_file=None))
     assert policy.route_after_close == timedelta(days=180)
     assert policy.evidence_after_close == timedelta(days=365)
     assert policy.text_after_close is None
