@@ -10,17 +10,18 @@ BIN := $(VENV)/bin
 TINBAO_TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/tinbao_test
 export TINBAO_TEST_POSTGRES_URL
 
-.PHONY: run test install install-test lint bench
+.PHONY: run test install install-test lint bench lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Installs are pinned by the lock files (regenerate them with `make lock`).
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e .
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c requirements-test.lock -e ".[test]"
 
 run: install
 	$(BIN)/tinbao run
@@ -36,3 +37,12 @@ test: lint
 
 bench: install-test
 	$(BIN)/python -m bench.tip_flow
+
+# Re-pin every dependency after a change in pyproject.toml: requirements.lock (the service; the
+# Dockerfile installs from it) and requirements-test.lock (plus the test extra; make test and CI).
+LOCK_FLAGS := --quiet --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+lock: $(BIN)/python
+	$(BIN)/python -m pip install --quiet "pip-tools>=7.4"
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --output-file=requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra=test --constraint=requirements.lock \
+		--output-file=requirements-test.lock pyproject.toml

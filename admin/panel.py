@@ -44,6 +44,7 @@ from admin.auth import (
 from admin.charts import bar_chart
 from admin.exports import rows as export_rows
 from admin.exports import to_csv, to_xlsx
+from admin.forwarded import client_address, parse_networks
 from admin.queries import (
     EMERGENCY_CATEGORY,
     AuditFilter,
@@ -377,7 +378,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username", ""))[:64].strip()
     password = str(form.get("password", ""))[:1024]
     target = safe_next(str(form.get("next", "")))
-    address = request.remote or "unknown"
+    address = client_address(request, parse_networks(panel.service.settings.trusted_proxies))
     async with panel.service.session_factory() as db, db.begin():
         if await panel.throttle.blocked(db, username, address):
             log.info("admin login throttled")

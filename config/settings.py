@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import os
 import secrets
@@ -71,6 +72,8 @@ class Settings(BaseSettings):
     # --- web --------------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    #: Reverse proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDRs).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- citizens ---------------------------------------------------------------------------
     default_locale: Literal["vi", "en"] = "vi"
@@ -130,6 +133,25 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"TINBAO_TRUSTED_PROXIES: {item!r} is not an IP address or network"
+                ) from exc
         return value
 
     @field_validator("previous_secret_keys", mode="before")
