@@ -95,7 +95,7 @@ def test_the_wheel_the_dockerfile_installs_has_locales_templates_and_migrations(
             else:
                 shutil.copy2(origin, destination)
     wheels = tmp_path / "wheels"
-    subprocess.run(
+    subprocess.run(  # noqa: S603 (our own interpreter and arguments)
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), "."],
         cwd=context,
         check=True,
