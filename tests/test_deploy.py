@@ -159,7 +159,7 @@ def test_the_client_address_is_believed_only_from_a_trusted_proxy():
     def request(peer: str, forwarded: str | None) -> str:
         headers = {"X-Forwarded-For": forwarded} if forwarded else {}
         made = make_mocked_request("POST", "/admin/login", headers=headers)
-        made._transport_peername = (peer, 1234)  # type: ignore[attr-defined]
+        made._transport_peername = (peer, 1234)
         return client_address(made, trusted)
 
     assert request("172.18.0.5", "203.0.113.9") == "203.0.113.9"
