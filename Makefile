@@ -10,23 +10,24 @@ BIN := $(VENV)/bin
 TINBAO_TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/tinbao_test
 export TINBAO_TEST_POSTGRES_URL
 
-.PHONY: run test install install-test lint bench
+.PHONY: run test install install-test lint bench lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Installing is done again only when pyproject.toml changes (or the venv is new): each stamp
-# file records when its install last succeeded.
+# Installs are pinned by the lock files (regenerate them with `make lock`). Installing is
+# done again only when pyproject.toml or a lock file changes (or the venv is new): each
+# stamp file records when its install last succeeded.
 INSTALLED := $(VENV)/.installed
 INSTALLED_TEST := $(VENV)/.installed-test
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(INSTALLED): pyproject.toml requirements.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e .
 	touch $@
 
-$(INSTALLED_TEST): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+$(INSTALLED_TEST): pyproject.toml requirements-test.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c requirements-test.lock -e ".[test]"
 	touch $@ $(INSTALLED)
 
 install: $(INSTALLED)
@@ -47,3 +48,12 @@ test: lint
 
 bench: install-test
 	$(BIN)/python -m bench.tip_flow
+
+# Re-pin every dependency after a change in pyproject.toml: requirements.lock (the service; the
+# Dockerfile installs from it) and requirements-test.lock (plus the test extra; make test and CI).
+LOCK_FLAGS := --quiet --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+lock: $(BIN)/python
+	$(BIN)/python -m pip install --quiet "pip-tools>=7.4"
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --output-file=requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) $(LOCK_ARGS) --extra=test --constraint=requirements.lock \
+		--output-file=requirements-test.lock pyproject.toml

@@ -25,6 +25,12 @@ tinbao: anonymous crime tip-offs and traffic-accident emergency reports.
                    Run it before 'tinbao run' against PostgreSQL.
   tinbao units generate --province 91
                    regenerate the unit catalogue from the vietnam-provinces package.
+  tinbao retention run
+                   apply the retention policy (TINBAO_RETENTION_*) now; the worker also
+                   runs it daily. Every deletion is an audit event with counts.
+  tinbao keys rotate
+                   re-encrypt what is stored under TINBAO_PREVIOUS_SECRET_KEYS with
+                   TINBAO_SECRET_KEY; resumable. See docs/operations.md first.
   tinbao admin create-user --username U --role admin|commander|officer [--queue KEY]
                    create a web panel account (the password is asked for, or read from
                    TINBAO_ADMIN_PASSWORD); prints nothing secret.
@@ -49,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--province", type=int, default=91, help="province code (default 91)")
     generate.add_argument("--out", type=Path, default=None, help="output file")
+    retention = commands.add_parser("retention", help="the retention policy")
+    retention.add_subparsers(dest="retention_command", metavar="ACTION").add_parser(
+        "run", help="apply the retention policy now"
+    )
+    keys = commands.add_parser("keys", help="the secret key")
+    keys.add_subparsers(dest="keys_command", metavar="ACTION").add_parser(
+        "rotate", help="re-encrypt stored secrets under TINBAO_SECRET_KEY"
+    )
     admin = commands.add_parser("admin", help="web panel accounts")
     admin_commands = admin.add_subparsers(dest="admin_command", metavar="ACTION")
     admin_commands.add_parser(
@@ -90,8 +104,50 @@ async def _migrate(settings: Settings) -> str:
         await engine.dispose()
 
 
+async def _retention(settings: Settings) -> str:
+    from bot.housekeeping import retention_policy, run_retention
+    from storage.db import create_engine, create_session_factory
+    from storage.migrate import ensure_schema
+
+    engine = create_engine(settings.effective_database_url)
+    try:
+        await ensure_schema(engine, auto_upgrade=settings.is_embedded_db)
+        result = await run_retention(
+            create_session_factory(engine), retention_policy(settings), via="cli"
+        )
+    finally:
+        await engine.dispose()
+    return "retention: " + ", ".join(f"{k} {v}" for k, v in result.as_dict().items())
+
+
+async def _rotate(settings: Settings) -> str:
+    from bot.housekeeping import rotate_keys
+    from config.settings import resolve_previous_keys, resolve_secret_key
+    from handlers.security import Keyring
+    from storage.db import create_engine, create_session_factory
+    from storage.migrate import ensure_schema
+
+    master = resolve_secret_key(settings)
+    previous = resolve_previous_keys(settings, master)
+    if not previous:
+        raise ConfigError(
+            "TINBAO_PREVIOUS_SECRET_KEYS is empty: set TINBAO_SECRET_KEY to the new key and "
+            "TINBAO_PREVIOUS_SECRET_KEYS to the old one (see docs/operations.md)."
+        )
+    engine = create_engine(settings.effective_database_url)
+    try:
+        await ensure_schema(engine, auto_upgrade=settings.is_embedded_db)
+        report = await rotate_keys(create_session_factory(engine), Keyring(master, previous))
+    finally:
+        await engine.dispose()
+    lines = [f"  {name}: {count} re-encrypted" for name, count in report.reencrypted.items()]
+    lines.append(f"  routes re-hashed: {report.routes_rehashed}")
+    return "keys rotated under TINBAO_SECRET_KEY:\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bot.logs import setup_logging
+    from handlers.key_rotation import UnreadableValue
     from storage.migrate import SchemaMismatch
 
     argv_list = sys.argv[1:] if argv is None else list(argv)
@@ -117,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is not None:
             forwarded += ["--out", str(args.out)]
         return catalogue_main(forwarded)
+    if args.command in ("retention", "keys") and getattr(args, f"{args.command}_command") is None:
+        parser.parse_args([args.command, "--help"])
+        return 2
     try:
         settings = load_settings()
     except (ConfigError, ValidationError) as exc:
@@ -128,9 +187,15 @@ def main(argv: list[str] | None = None) -> int:
             revision = asyncio.run(_migrate(settings))
             print(f"database is at schema revision {revision}")
             return 0
+        if args.command == "retention":
+            print(asyncio.run(_retention(settings)))
+            return 0
+        if args.command == "keys":
+            print(asyncio.run(_rotate(settings)))
+            return 0
         asyncio.run(_serve(settings))
         return 0
-    except (ConfigError, SchemaMismatch) as exc:
+    except (ConfigError, SchemaMismatch, UnreadableValue) as exc:
         print(f"tinbao: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

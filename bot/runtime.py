@@ -20,13 +20,14 @@ from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
 from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
+from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
 from config.rewards import load_instructions
-from config.settings import ConfigError, Settings, resolve_secret_key
+from config.settings import ConfigError, Settings, resolve_previous_keys, resolve_secret_key
 from handlers import localtime
 from handlers.citizen import CitizenFlow, CitizenSettings
 from handlers.escalation import Timers
@@ -46,6 +47,7 @@ from storage.types import utcnow
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 15 * 60.0
+RETENTION_INTERVAL = 24 * 3600.0
 
 
 def citizen_settings(settings: Settings) -> CitizenSettings:
@@ -86,7 +88,8 @@ class Service:
         quiet_library_loggers()
         if settings.telegram_token is not None:
             install_scrubber(settings.telegram_token.get_secret_value())
-        keyring = Keyring(resolve_secret_key(settings))
+        master = resolve_secret_key(settings)
+        keyring = Keyring(master, resolve_previous_keys(settings, master))
         engine = create_engine(settings.effective_database_url)
         try:
             await ensure_schema(engine, auto_upgrade=settings.is_embedded_db)
@@ -280,9 +283,13 @@ class Service:
         )
 
     async def _maintenance(self) -> None:
+        retention_due = 0.0
         while True:
             try:
                 await self.run_maintenance()
+                if asyncio.get_running_loop().time() >= retention_due:  # daily
+                    await run_retention(self.session_factory, retention_policy(self.settings))
+                    retention_due = asyncio.get_running_loop().time() + RETENTION_INTERVAL
             except Exception:
                 log.exception("maintenance failed; trying again later")
             await asyncio.sleep(MAINTENANCE_INTERVAL)

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str | None = None
     secret_key: SecretStr | None = None
+    #: Keys being rotated away from (comma-separated): read, never written. See docs/operations.md.
+    previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     # --- web --------------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
@@ -143,6 +145,16 @@ class Settings(BaseSettings):
     delivery_chat_per_second: float = Field(default=1.0, gt=0)
     delivery_global_per_second: int = Field(default=30, ge=1)
 
+    # --- retention (0 = kept; see the README for each default) ------------------------------
+    #: The route back to a tipster (and a phone they left) this many days after closing.
+    retention_route_days: int = Field(default=180, ge=0)
+    #: Evidence files (stored images, file references) this many days after closing.
+    retention_evidence_days: int = Field(default=365, ge=0)
+    #: Closed reports' free text (description, place, time, relay messages, captions).
+    retention_text_years: int = Field(default=0, ge=0)
+    #: Audit events not tied to a report (enrolments, sign-ins, retention runs).
+    retention_audit_days: int = Field(default=0, ge=0)
+
     # --- logging ----------------------------------------------------------------------------
     log_level: str = "INFO"
 
@@ -177,6 +189,13 @@ class Settings(BaseSettings):
                     f"TINBAO_TRUSTED_PROXIES: {exc} (expected addresses or networks, "
                     "comma-separated, e.g. 127.0.0.1,10.0.0.0/8)"
                 ) from exc
+        return value
+
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("telegram_token", "webhook_secret", mode="before")
@@ -307,20 +326,20 @@ def load_settings(**overrides: object) -> Settings:
     return settings
 
 
-def _decode_key(raw: str) -> bytes:
+def _decode_key(raw: str, variable: str = "TINBAO_SECRET_KEY") -> bytes:
     try:
         key = base64.b64decode(raw.encode("ascii"), altchars=b"-_", validate=True)
         if base64.urlsafe_b64encode(key).decode("ascii").rstrip("=") != raw.rstrip("="):
             raise ValueError("not canonical base64")
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
         raise ConfigError(
-            "TINBAO_SECRET_KEY is malformed: it must be 32 random bytes in URL-safe base64 "
+            f"{variable} is malformed: it must be 32 random bytes in URL-safe base64 "
             '(generate one with: python -c "import secrets,base64;'
             'print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())").'
         ) from exc
     if len(key) != 32:
         raise ConfigError(
-            f"TINBAO_SECRET_KEY is malformed: it decodes to {len(key)} bytes, 32 are needed."
+            f"{variable} is malformed: it decodes to {len(key)} bytes, 32 are needed."
         )
     return key
 
@@ -359,3 +378,24 @@ def resolve_secret_key(settings: Settings) -> bytes:
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(encoded + "\n")
     return _decode_key(encoded)
+
+
+def resolve_previous_keys(settings: Settings, current: bytes) -> list[bytes]:
+    """The keys of ``TINBAO_PREVIOUS_SECRET_KEYS``, in order: read during a rotation only."""
+    keys: list[bytes] = []
+    for position, secret in enumerate(settings.previous_secret_keys, start=1):
+        variable = f"TINBAO_PREVIOUS_SECRET_KEYS (key {position})"
+        raw = secret.get_secret_value().strip()
+        if raw.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigError(
+                f"{variable} is a placeholder: give the key being rotated away from."
+            )
+        key = _decode_key(raw, variable)
+        if key == current:
+            raise ConfigError(
+                f"{variable} is the same as TINBAO_SECRET_KEY: list only the keys being "
+                "rotated away from."
+            )
+        if key not in keys:
+            keys.append(key)
+    return keys

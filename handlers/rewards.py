@@ -210,7 +210,10 @@ class Rewards:
         code = parse_claim_code(claim_text)
         reward = (
             await self.session.scalar(
-                select(Reward).where(Reward.claim_hash == self.claim_hash(code))
+                # The previous keys' hashes too: a reward approved before a key rotation.
+                select(Reward).where(
+                    Reward.claim_hash.in_(self.keyring.keyed_hashes("claim", code))
+                )
             )
             if code
             else None

@@ -2,6 +2,11 @@
 
 One 32-byte master key (``TINBAO_SECRET_KEY``) is expanded with HKDF into separate keys for the
 keyed hashes (HMAC-SHA256) and for Fernet encryption, so that neither use weakens the other.
+
+During a key rotation the keyring also holds the previous master keys
+(``TINBAO_PREVIOUS_SECRET_KEYS``): encryption and new hashes always use the current key; values
+encrypted under a previous key are still read (``MultiFernet``), and lookups by keyed hash may
+try the previous keys' hashes (:meth:`Keyring.keyed_hashes`) and move the row to the current one.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -29,14 +35,25 @@ def _derive(master: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(master)
 
 
-class Keyring:
-    """Derived keys for keyed hashing and encryption."""
+def _fernet(master: bytes) -> Fernet:
+    return Fernet(base64.urlsafe_b64encode(_derive(master, b"tinbao/fernet/v1")))
 
-    def __init__(self, master: bytes) -> None:
-        if len(master) != 32:
+
+class Keyring:
+    """Derived keys for keyed hashing and encryption: the current key, and any previous ones."""
+
+    def __init__(self, master: bytes, previous: Sequence[bytes] = ()) -> None:
+        if len(master) != 32 or any(len(key) != 32 for key in previous):
             raise ValueError("the master key must be 32 bytes")
         self._hmac_key = _derive(master, b"tinbao/hmac/v1")
-        self._fernet = Fernet(base64.urlsafe_b64encode(_derive(master, b"tinbao/fernet/v1")))
+        self._previous_hmac_keys = [_derive(key, b"tinbao/hmac/v1") for key in previous]
+        self._current = _fernet(master)
+        self._fernet = MultiFernet([self._current, *(_fernet(key) for key in previous)])
+
+    @property
+    def rotating(self) -> bool:
+        """True while previous keys are configured."""
+        return bool(self._previous_hmac_keys)
 
     def __repr__(self) -> str:
         return "Keyring(…)"
@@ -46,9 +63,21 @@ class Keyring:
         message = f"{scope}\x1f{value}".encode()
         return hmac.new(self._hmac_key, message, hashlib.sha256).hexdigest()
 
+    def keyed_hashes(self, scope: str, value: str) -> list[str]:
+        """The hash under the current key first, then under each previous key (for lookups)."""
+        message = f"{scope}\x1f{value}".encode()
+        return [
+            hmac.new(key, message, hashlib.sha256).hexdigest()
+            for key in (self._hmac_key, *self._previous_hmac_keys)
+        ]
+
     def sender_key(self, channel: str, user_id: str) -> str:
         """The keyed hash that stands for a citizen: drafts, rate limits and routes use it."""
         return self.keyed_hash("sender", f"{channel}:{user_id}")
+
+    def sender_keys(self, channel: str, user_id: str) -> list[str]:
+        """:meth:`sender_key` under the current key, then under each previous key."""
+        return self.keyed_hashes("sender", f"{channel}:{user_id}")
 
     def encrypt(self, value: dict[str, Any]) -> str:
         return self._fernet.encrypt(json.dumps(value, separators=(",", ":")).encode()).decode()
@@ -61,6 +90,21 @@ class Keyring:
         if not isinstance(data, dict):
             raise ValueError("the encrypted value is not an object")
         return data
+
+    def is_current(self, token: str) -> bool:
+        """Whether ``token`` is already encrypted under the current key."""
+        try:
+            self._current.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
+
+    def reencrypt(self, token: str) -> str:
+        """``token`` re-encrypted under the current key (``ValueError`` if no key reads it)."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken as exc:
+            raise ValueError("the encrypted value cannot be read with any configured key") from exc
 
 
 class PinHasher:

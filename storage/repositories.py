@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,7 @@ from storage.models import (
     OutboxMessage,
     ProcessedUpdate,
     RateHit,
+    RelayMessage,
     Report,
     ReportEvent,
     ReportMedia,
@@ -68,8 +69,29 @@ class Conversations:
     async def get(self, key: str) -> Conversation | None:
         return await self.session.get(Conversation, key)
 
-    async def get_or_create(self, key: str, locale: str) -> Conversation:
+    async def get_any(self, keys: Sequence[str]) -> Conversation | None:
+        """The conversation under the first of ``keys`` that has one (read-only)."""
+        for key in keys:
+            conversation = await self.get(key)
+            if conversation is not None:
+                return conversation
+        return None
+
+    async def get_or_create(
+        self, key: str, locale: str, previous: Sequence[str] = ()
+    ) -> Conversation:
+        """``key``'s conversation; one under a ``previous`` key (a key rotation) moves here."""
         conversation = await self.get(key)
+        for old in previous if conversation is None else ():
+            moved = await self.session.execute(
+                update(Conversation)
+                .where(Conversation.key == old)
+                .values(key=key, version=Conversation.version + 1)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount:  # type: ignore[attr-defined]
+                conversation = await self.get(key)
+                break
         if conversation is None:
             conversation = Conversation(key=key, locale=locale, state="idle", data={}, step=0)
             self.session.add(conversation)
@@ -130,15 +152,22 @@ class Media:
         if not ids:
             return
         used = select(ReportMedia.blob_id).where(ReportMedia.blob_id.in_(ids))
+        relayed = select(RelayMessage.blob_id).where(RelayMessage.blob_id.in_(ids))
         await self.session.execute(
-            delete(MediaBlob).where(MediaBlob.id.in_(ids), MediaBlob.id.not_in(used))
+            delete(MediaBlob).where(
+                MediaBlob.id.in_(ids), MediaBlob.id.not_in(used), MediaBlob.id.not_in(relayed)
+            )
         )
 
     async def delete_orphan_blobs(self, created_before: datetime) -> int:
         used = select(ReportMedia.blob_id).where(ReportMedia.blob_id.is_not(None))
+        # A tipster's photo in the relay is kept as long as its message.
+        relayed = select(RelayMessage.blob_id).where(RelayMessage.blob_id.is_not(None))
         result = await self.session.execute(
             delete(MediaBlob).where(
-                MediaBlob.created_at < created_before, MediaBlob.id.not_in(used)
+                MediaBlob.created_at < created_before,
+                MediaBlob.id.not_in(used),
+                MediaBlob.id.not_in(relayed),
             )
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
