@@ -125,7 +125,7 @@ class Service:
         flow = CitizenFlow(
             settings=citizen_settings(settings),
             keyring=keyring,
-            pins=PinHasher(),
+            pins=PinHasher(keyring.pin_key),
             catalogue=catalogue,
             places=PlaceIndex(catalogue.units),
             locator=locator,

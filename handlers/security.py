@@ -37,6 +37,12 @@ class Keyring:
             raise ValueError("the master key must be 32 bytes")
         self._hmac_key = _derive(master, b"tinbao/hmac/v1")
         self._fernet = Fernet(base64.urlsafe_b64encode(_derive(master, b"tinbao/fernet/v1")))
+        self._pin_key = _derive(master, b"tinbao/pin/v1")
+
+    @property
+    def pin_key(self) -> bytes:
+        """The key of the PIN hashes (:class:`PinHasher`); it never leaves the process."""
+        return self._pin_key
 
     def __repr__(self) -> str:
         return "Keyring(…)"
@@ -63,20 +69,64 @@ class Keyring:
         return data
 
 
-class PinHasher:
-    """Slow, salted hashes of 6-digit PINs (argon2id)."""
+#: The prefix of a keyed PIN hash: ``pin-hmac$1$<salt hex>$<HMAC-SHA256 hex>``.
+PIN_HMAC_PREFIX = "pin-hmac$1$"
 
-    def __init__(self, *, time_cost: int = 2, memory_cost: int = 19_456) -> None:
+
+class PinHasher:
+    """Hashes of 6-digit PINs.
+
+    With a key (the normal case, :attr:`Keyring.pin_key`): a salted HMAC-SHA256 keyed by a
+    secret that is not in the database, so that a stolen database gives no way to test a single
+    PIN offline. Without one: argon2id, slow on purpose (tests and older deployments).
+    Either way, :meth:`verify` reads both forms, so the argon2 hashes of existing reports keep
+    working. ``docs/performance.md`` gives the reasoning.
+    """
+
+    def __init__(
+        self, key: bytes | None = None, *, time_cost: int = 2, memory_cost: int = 19_456
+    ) -> None:
+        if key is not None and len(key) < 32:
+            raise ValueError("the PIN key must be at least 32 bytes")
+        self._key = key
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=1)
 
+    def __repr__(self) -> str:
+        return f"PinHasher({'keyed' if self._key is not None else 'argon2'})"
+
+    @property
+    def slow(self) -> bool:
+        """Whether :meth:`hash` is slow on purpose (argon2), so callers run it in a thread."""
+        return self._key is None
+
+    def _mac(self, salt: bytes, pin: str) -> str:
+        assert self._key is not None
+        return hmac.new(self._key, salt + pin.encode(), hashlib.sha256).hexdigest()
+
     def hash(self, pin: str) -> str:
-        return self._hasher.hash(pin)
+        if self._key is None:
+            return self._hasher.hash(pin)
+        salt = secrets.token_bytes(16)
+        return f"{PIN_HMAC_PREFIX}{salt.hex()}${self._mac(salt, pin)}"
 
     def verify(self, pin_hash: str, pin: str) -> bool:
+        if pin_hash.startswith(PIN_HMAC_PREFIX):
+            if self._key is None:
+                return False
+            salt_hex, _, mac = pin_hash[len(PIN_HMAC_PREFIX) :].partition("$")
+            try:
+                salt = bytes.fromhex(salt_hex)
+            except ValueError:
+                return False
+            return hmac.compare_digest(self._mac(salt, pin), mac)
         try:
             return self._hasher.verify(pin_hash, pin)
         except (VerificationError, InvalidHashError):
             return False
+
+    def is_slow_hash(self, pin_hash: str) -> bool:
+        """Whether verifying ``pin_hash`` is slow (an argon2 hash of an older report)."""
+        return not pin_hash.startswith(PIN_HMAC_PREFIX)
 
 
 def new_tracking_code() -> str:
