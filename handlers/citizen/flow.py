@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import flag_modified
 
 from handlers import media as media_rules
 from handlers.citizen.accident import STEPS as ACCIDENT_STEPS
@@ -60,6 +59,7 @@ from handlers.i18n import pick_locale
 from handlers.security import new_pin
 from handlers.text import clean_text
 from storage.repositories import Conversations
+from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,14 @@ class CitizenFlow(FlowCore):
             if parsed is not None and (parsed[1], parsed[2]) in SUBMITTING_PRESSES:
                 prepared[PREPARED_PIN] = await self._new_pin()
             return prepared
-        key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
-        conversation = await Conversations(session).get(key)
-        if conversation is None:
-            return prepared
         if not event.attachments:
+            return prepared
+        key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
+        locale = pick_locale(event.sender.language_code, self.settings.default_locale)
+        conversation = await Conversations(session, self.conversation_cache).load(
+            key, locale, utcnow()
+        )
+        if conversation.new:
             return prepared
         # A reply to a relayed question carries its photo whatever the state.
         if conversation.state not in _MEDIA_STATES and event.reply_to is None:
@@ -147,7 +150,9 @@ class CitizenFlow(FlowCore):
         sender = event.sender
         key = self.keyring.sender_key(sender.channel, sender.user_id)
         locale = pick_locale(sender.language_code, self.settings.default_locale)
-        conversation = await Conversations(session).get_or_create(key, locale)
+        now = utcnow()
+        conversations = Conversations(session, self.conversation_cache)
+        conversation = await conversations.load(key, locale, now)
         # A citizen's updates are handled in order, one at a time (per chat), so the update ids
         # kept on the conversation are enough to drop a duplicate delivery: no extra statement.
         seen = list((conversation.data or {}).get("seen") or [])
@@ -160,6 +165,7 @@ class CitizenFlow(FlowCore):
             channel=sender.channel,
             chat_id=sender.chat_id,
             data=dict(conversation.data or {}),
+            now=now,
         )
         turn.data["seen"] = [*seen, event.update_id][-SEEN_UPDATES:]
         await self._expire_draft(turn)
@@ -169,6 +175,7 @@ class CitizenFlow(FlowCore):
         else:
             await self._on_message(turn, event, prepared or {})
         self._save(turn)
+        await conversations.save(conversation, now)
         return turn.outcome
 
     # ------------------------------------------------------------------ persistence
@@ -187,8 +194,6 @@ class CitizenFlow(FlowCore):
             turn.data.pop("misses", None)
         conversation = turn.conversation
         conversation.data = turn.data
-        flag_modified(conversation, "data")
-        conversation.updated_at = turn.now
         conversation.expires_at = turn.now + self.settings.draft_ttl if turn.has_draft else None
 
     async def _expire_draft(self, turn: Turn) -> None:
