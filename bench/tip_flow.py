@@ -16,9 +16,21 @@ echo Application on the same stand-in (one ``sendMessage`` per message, one
 ``answerCallbackQuery`` per press, the same per-chat-ordered processor with 64 concurrent
 updates as tinbao). The ratio tinbao / echo is what this measures; the target is >= 0.5.
 
+``--rate R`` offers a fixed load instead (P4): ``--citizens`` people (60) type at a human pace,
+each sending an update every ``citizens / R`` seconds, together R updates/s (30, Telegram's
+global sending ceiling), and the answer latency p50 / p95 / p99 is printed, with the echo bot
+under the same load.
+
+Both modes also time confirmations to their cards (P6): from the push of the confirm press to
+the ``sendMessage`` of the card in the duty group at the stand-in, p95, over the first 15 tips
+of the run (Telegram allows 20 messages a minute into one group, so later cards wait for the
+group's allowance by design; the first ones meet an idle queue).
+
 Throughput = updates pushed / wall time from the first push to the last answer. Each run checks
 that every tip produced exactly one report with the tracking code the citizen was shown;
 a failed check exits with status 1. Otherwise the exit status is 0 whatever the figures.
+Below the human-readable table, every figure is printed again as one JSON object per line:
+``{"bench", "backend", "metric", "value", "unit", "target"}``.
 
 PostgreSQL: a temporary database is created on the server of ``TINBAO_BENCH_POSTGRES_URL``
 (default ``postgresql+asyncpg://postgres@127.0.0.1:5432/postgres``; the database named there is
@@ -31,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -63,6 +76,13 @@ from tests.standin import ApiCall, BotAPIStandIn, UpdateFactory, User
 POSTGRES_URL_ENV = "TINBAO_BENCH_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 TARGET_RATIO = 0.5
+#: P4: answer latency p95 at Telegram's ceiling, ms. P6: confirm to card p95, ms.
+TARGET_RATE_P95_MS = 50.0
+TARGET_CONFIRM_TO_CARD_MS = 100.0
+#: The duty group every card goes to (no queue file in the benchmark).
+DUTY_CHAT_ID = -1009000000001
+#: Cards timed per run: below Telegram's 20 messages a minute into one group.
+CARDS_TIMED = 15
 #: Seconds a citizen waits for one answer before the run is declared broken.
 REPLY_TIMEOUT = 30.0
 #: Long-poll timeout of both bots (as in the e2e tests).
@@ -258,6 +278,10 @@ class Run:
     first_push: float = float("inf")
     last_answer: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    #: Tracking code → when its confirmation was pushed (``time.monotonic``, the stand-in's clock).
+    confirmed_at: dict[str, float] = field(default_factory=dict)
+    #: Seconds from each confirmation to its card's ``sendMessage``.
+    to_card: list[float] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -267,8 +291,8 @@ class Run:
     def per_second(self) -> float:
         return self.updates / self.seconds
 
-    def percentile(self, fraction: float) -> float:
-        ordered = sorted(self.latencies)
+    def percentile(self, fraction: float, values: Sequence[float] | None = None) -> float:
+        ordered = sorted(self.latencies if values is None else values)
         if not ordered:
             return 0.0
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -279,6 +303,19 @@ class Driver:
         self.standin = standin
         self.answers = answers
         self.factory = factory
+        #: Fixed-load mode: seconds between two updates of one citizen (0: flat out).
+        self.interval = 0.0
+        #: Fixed-load mode: when each citizen (by user id) sends their first update.
+        self.starts: dict[int, float] = {}
+
+    async def pace(self, user: User, number: int) -> None:
+        """In fixed-load mode, wait for the moment this citizen's ``number``-th update is due."""
+        if not self.interval:
+            return
+        due = self.starts.get(user.id, 0.0) + (number - 1) * self.interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def exchange(
         self, run: Run, update: dict[str, Any], key: int | str, answer: Predicate, what: str
@@ -324,6 +361,8 @@ class Driver:
             if number == len(steps):
                 code_future = self.answers.expect(user.id, shows_code)
             what = f"step {number} ({step.kind} {step.value!r})"
+            await self.pace(user, number)
+            pushed_at = time.monotonic()
             call = await self.exchange(run, update, user.id, either(step.answer, failed), what)
             if failed(call):
                 raise BenchFailure(f"{run.label}: tinbao answered {what} with {call.text!r}")
@@ -334,6 +373,7 @@ class Driver:
             raise BenchFailure(f"{run.label}: the confirmation showed no tracking code")
         match = CODE_RE.search(code_future.result().text or "")
         assert match is not None
+        run.confirmed_at[match.group(0)] = pushed_at
         return match.group(0).replace("-", "")
 
     async def echo_citizen(self, run: Run, user: User, steps: Sequence[Step]) -> None:
@@ -342,6 +382,7 @@ class Driver:
         last: ApiCall | None = None
         for number, step in enumerate(steps, 1):
             what = f"step {number} ({step.kind})"
+            await self.pace(user, number)
             if step.kind == "press":
                 message = last.result if last is not None else None
                 update = self.factory.callback(user, ECHO_CALLBACK_DATA, message=message)
@@ -401,12 +442,15 @@ async def bench_tinbao(
         user.id: tip_steps(description_for(number)) for number, user in enumerate(users, 1)
     }
     start = len(standin.calls)
-    async with running_service(service_settings(standin, db_url, data_dir)) as service:
+    settings = service_settings(standin, db_url, data_dir, duty_chat_id=DUTY_CHAT_ID)
+    async with running_service(settings) as service:
+        driver.starts = schedule(users, driver.interval)
         codes = await drive(
             users,
             concurrency,
             lambda user: driver.tinbao_citizen(run, user, steps_of[user.id]),
         )
+        await collect_cards(standin, run, start, label)
         async with service.session_factory() as session:
             stored = list(await session.scalars(select(Report.code)))
     check_calls(standin, start, label)
@@ -468,12 +512,59 @@ async def bench_echo(driver: Driver, tips: int, concurrency: int, label: str) ->
     }
     start = len(standin.calls)
     async with running_echo(standin):
+        driver.starts = schedule(users, driver.interval)
         await drive(
             users, concurrency, lambda user: driver.echo_citizen(run, user, steps_of[user.id])
         )
     check_calls(standin, start, label)
     await wait_confirmed(standin, label)
     return run
+
+
+def schedule(users: Sequence[User], interval: float) -> dict[int, float]:
+    """Fixed-load mode: the citizens' first updates, spread evenly over one interval."""
+    if not interval:
+        return {}
+    now = time.perf_counter()
+    step = interval / max(len(users), 1)
+    return {user.id: now + index * step for index, user in enumerate(users)}
+
+
+async def collect_cards(standin: BotAPIStandIn, run: Run, start: int, label: str) -> None:
+    """Wait for the cards of the first confirmed tips in the duty group and note the time from
+    each confirmation that met an idle queue to its card.
+
+    Telegram allows 20 messages a minute into one group, and tinbao spreads tips over that
+    allowance (a short burst, then one every few seconds, several tips in one digest), so a
+    card confirmed while earlier ones still wait is paced by design. A confirmation counts when
+    every earlier card had already been sent: that is the idle queue P6 speaks of.
+    """
+    first = sorted(run.confirmed_at.items(), key=lambda item: item[1])[:CARDS_TIMED]
+    waiting = dict(first)
+    sent: dict[str, float] = {}
+    deadline = time.monotonic() + 2 * REPLY_TIMEOUT
+    cursor = start
+    while waiting:
+        for call in standin.calls[cursor:]:
+            if call.method != "sendMessage" or not call.ok or call.chat_id != DUTY_CHAT_ID:
+                continue
+            for found in CODE_RE.finditer(call.text or ""):
+                if waiting.pop(found.group(0), None) is not None:
+                    sent[found.group(0)] = call.at
+        cursor = len(standin.calls)
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            raise BenchFailure(
+                f"{label}: {len(waiting)} confirmed tips never reached the duty group"
+            )
+        with contextlib.suppress(TimeoutError):
+            await standin.wait_for(_any_call, timeout=0.5, start=cursor)
+    last_sent = float("-inf")
+    for code, confirmed in first:
+        if confirmed >= last_sent:
+            run.to_card.append(sent[code] - confirmed)
+        last_sent = max(last_sent, sent[code])
 
 
 def new_users(factory: UpdateFactory, count: int) -> list[User]:
@@ -505,7 +596,7 @@ async def sqlite_database() -> AsyncIterator[tuple[str, Path]]:
 async def _autocommit(url: URL, *statements: str) -> None:
     engine = create_async_engine(url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
     try:
-        async with asyncio.timeout(15), engine.connect() as connection:
+        async with asyncio.timeout(60), engine.connect() as connection:
             for statement in statements:
                 await connection.execute(text(statement))
     finally:
@@ -563,6 +654,10 @@ class Row:
         return self.tinbao.per_second / self.echo.per_second
 
 
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
 def print_table(rows: Sequence[Row]) -> None:
     header = (
         f"{'backend':<11}{'tips':>6}{'updates':>9}{'seconds':>9}"
@@ -578,25 +673,98 @@ def print_table(rows: Sequence[Row]) -> None:
             f"  {verdict} (target >= {TARGET_RATIO})"
         )
     print()
-    print("answer latency per update, ms (p50 / p95 / max):")
+    print_latencies(rows)
+
+
+def print_latencies(rows: Sequence[Row]) -> None:
+    print("answer latency per update, ms (p50 / p95 / p99 / max):")
     for row in rows:
         for run in (row.tinbao, row.echo):
             print(
-                f"  {run.label:<20}{run.percentile(0.5) * 1000:>7.1f} /"
-                f"{run.percentile(0.95) * 1000:>7.1f} /{max(run.latencies) * 1000:>7.1f}"
+                f"  {run.label:<20}{ms(run.percentile(0.5)):>7.1f} /"
+                f"{ms(run.percentile(0.95)):>7.1f} /{ms(run.percentile(0.99)):>7.1f} /"
+                f"{ms(max(run.latencies)):>7.1f}"
             )
+    print()
+    print(
+        f"confirm to card in the duty group, ms (p50 / p95; target p95 <= "
+        f"{TARGET_CONFIRM_TO_CARD_MS:.0f}):"
+    )
+    for row in rows:
+        cards = row.tinbao.to_card
+        print(
+            f"  {row.tinbao.label:<20}{ms(row.tinbao.percentile(0.5, cards)):>7.1f} /"
+            f"{ms(row.tinbao.percentile(0.95, cards)):>7.1f}"
+        )
+
+
+def figure(
+    backend: str, metric: str, value: float, unit: str, target: float | None, bench: str
+) -> str:
+    return json.dumps(
+        {
+            "bench": bench,
+            "backend": backend,
+            "metric": metric,
+            "value": round(value, 3),
+            "unit": unit,
+            "target": target,
+        },
+        ensure_ascii=False,
+    )
+
+
+def figures(rows: Sequence[Row], rate: float | None) -> list[str]:
+    """The figures as JSON lines, under the metric names of issue 14."""
+    lines: list[str] = []
+    bench = "tip_flow"
+    for row in rows:
+        b = row.backend
+        card_p95 = ms(row.tinbao.percentile(0.95, row.tinbao.to_card))
+        if rate is None:
+            lines += [
+                figure(b, "ratio", row.ratio, "", TARGET_RATIO, bench),
+                figure(b, "tinbao_ups", row.tinbao.per_second, "updates/s", None, bench),
+                figure(b, "echo_ups", row.echo.per_second, "updates/s", None, bench),
+            ]
+        else:
+            lines += [
+                figure(b, "p50_ms", ms(row.tinbao.percentile(0.5)), "ms", None, bench),
+                figure(
+                    b, "p95_ms", ms(row.tinbao.percentile(0.95)), "ms", TARGET_RATE_P95_MS, bench
+                ),
+                figure(b, "p99_ms", ms(row.tinbao.percentile(0.99)), "ms", None, bench),
+                figure(b, "echo_p95_ms", ms(row.echo.percentile(0.95)), "ms", None, bench),
+            ]
+        lines.append(
+            figure(b, "confirm_to_card_p95_ms", card_p95, "ms", TARGET_CONFIRM_TO_CARD_MS, bench)
+        )
+    return lines
 
 
 # ------------------------------------------------------------------------------ main
 
 
-async def main_async(tips: int, backends: Sequence[str], concurrency: int) -> int:
+async def main_async(
+    tips: int,
+    backends: Sequence[str],
+    concurrency: int,
+    rate: float | None = None,
+) -> int:
     rows: list[Row] = []
-    print(f"{tips} tips of {len(tip_steps(''))} updates each, {concurrency} citizens at once")
+    if rate is None:
+        print(f"{tips} tips of {len(tip_steps(''))} updates each, {concurrency} citizens at once")
+    else:
+        print(
+            f"{tips} citizens typing at a human pace, {rate:g} updates/s in all "
+            f"(one update per citizen every {tips / rate:.1f} s)"
+        )
+        concurrency = tips
     async with BotAPIStandIn() as standin:
         answers = Answers(standin)
         answers.start()
         driver = Driver(standin, answers, UpdateFactory(standin))
+        driver.interval = tips / rate if rate else 0.0
         try:
             for backend in backends:
                 try:
@@ -616,24 +784,55 @@ async def main_async(tips: int, backends: Sequence[str], concurrency: int) -> in
             await answers.stop()
     if rows:
         print()
-        print_table(rows)
+        if rate is None:
+            print_table(rows)
+        else:
+            print_rate_table(rows, rate)
+        print()
+        for line in figures(rows, rate):
+            print(line)
     return 0
+
+
+def print_rate_table(rows: Sequence[Row], rate: float) -> None:
+    print(
+        f"fixed load of {rate:g} updates/s: answer latency, target p95 <= "
+        f"{TARGET_RATE_P95_MS:.0f} ms"
+    )
+    for row in rows:
+        p95 = ms(row.tinbao.percentile(0.95))
+        verdict = "PASS" if p95 <= TARGET_RATE_P95_MS else "ABOVE TARGET"
+        print(
+            f"  {row.backend:<11} tinbao p95 {p95:.1f} ms, echo p95 "
+            f"{ms(row.echo.percentile(0.95)):.1f} ms: {verdict}"
+        )
+    print()
+    print_latencies(rows)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.tip_flow", description=__doc__.split("\n\n")[0] if __doc__ else ""
     )
-    parser.add_argument("--tips", type=int, default=50, help="citizens, one tip each (50)")
+    parser.add_argument(
+        "--tips", type=int, default=None, help="citizens, one tip each (50; 60 with --rate)"
+    )
     parser.add_argument(
         "--backend", choices=("sqlite", "postgresql", "both"), default="both", help="(both)"
     )
     parser.add_argument(
         "--concurrency", type=int, default=10, help="citizens in flight at once (10)"
     )
+    parser.add_argument(
+        "--rate", type=float, default=None, help="offer a fixed load of this many updates/s (P4)"
+    )
     args = parser.parse_args(argv)
+    if args.tips is None:
+        args.tips = 60 if args.rate else 50
     if args.tips < 1 or args.concurrency < 1:
         parser.error("--tips and --concurrency must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be positive")
     return args
 
 
@@ -641,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("WARNING")
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
-    return asyncio.run(main_async(args.tips, backends, args.concurrency))
+    return asyncio.run(main_async(args.tips, backends, args.concurrency, args.rate))
 
 
 if __name__ == "__main__":

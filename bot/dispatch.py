@@ -24,7 +24,7 @@ from handlers.triage import (
     Triage,
 )
 from storage.db import writer
-from storage.repositories import OUTBOX_ENQUEUED
+from storage.repositories import OUTBOX_ENQUEUED, forget_conversations, publish_conversations
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,10 @@ class Dispatcher:
         return writer(self.engine) if self.engine is not None else contextlib.nullcontext()
 
     def _committed(self, session: AsyncSession) -> None:
-        """Wake the delivery workers, if the transaction gave them something to deliver."""
+        """After a commit: the written conversations become the cached ones, and the delivery
+        workers are woken if the transaction gave them something to deliver (a wake-up only
+        sets an event: nothing here waits before the answer is sent)."""
+        publish_conversations(session)
         if session.info.pop(OUTBOX_ENQUEUED, False):
             for callback in self.after_commit:
                 callback()
@@ -95,17 +98,20 @@ class Dispatcher:
                 async with self.session_factory() as session:
                     prepared = await self.flow.prepare(session, event, fetcher)
             for attempt in range(1, RETRIES + 1):
+                session = self.session_factory()
                 try:
-                    async with self._writer(), self.session_factory() as session, session.begin():
+                    async with self._writer(), session, session.begin():
                         outcome = await self.flow.handle(session, event, prepared)
                     self._committed(session)
                     return outcome
                 except DuplicateUpdate:
+                    forget_conversations(session)
                     log.info("duplicate update %s ignored", event.update_id)
                     return None
                 except (StaleDataError, IntegrityError, OperationalError) as exc:
                     # Another worker changed the same conversation, or SQLite was busy:
                     # the transaction rolled back whole, so it is safe to run it again.
+                    forget_conversations(session)
                     if attempt == RETRIES:
                         raise
                     log.info("retrying update %s after %s", event.update_id, type(exc).__name__)

@@ -131,7 +131,7 @@ class Service:
         flow = CitizenFlow(
             settings=citizen_settings(settings),
             keyring=keyring,
-            pins=PinHasher(),
+            pins=PinHasher(keyring.pin_key, previous=keyring.previous_pin_keys),
             catalogue=catalogue,
             places=PlaceIndex(catalogue.units),
             locator=locator,

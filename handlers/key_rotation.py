@@ -12,7 +12,7 @@ some value cannot be read with any configured key (a wrong or missing previous k
 Keyed hashes cannot be re-computed without what they hash, with one exception done here: the
 route back holds the tipster's chat, so a route's ``sender_key`` is moved to the current key
 when the previous key's hash of that chat matches it. Drafts move on first touch (see
-``Conversations.get_or_create``); rate-limit windows restart. docs/operations.md says more.
+``Conversations.load``); rate-limit windows restart. docs/operations.md says more.
 """
 
 from __future__ import annotations

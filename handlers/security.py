@@ -49,11 +49,23 @@ class Keyring:
         self._previous_hmac_keys = [_derive(key, b"tinbao/hmac/v1") for key in previous]
         self._current = _fernet(master)
         self._fernet = MultiFernet([self._current, *(_fernet(key) for key in previous)])
+        self._pin_key = _derive(master, b"tinbao/pin/v1")
+        self._previous_pin_keys = [_derive(key, b"tinbao/pin/v1") for key in previous]
 
     @property
     def rotating(self) -> bool:
         """True while previous keys are configured."""
         return bool(self._previous_hmac_keys)
+
+    @property
+    def pin_key(self) -> bytes:
+        """The key of new PIN hashes (:class:`PinHasher`); it never leaves the process."""
+        return self._pin_key
+
+    @property
+    def previous_pin_keys(self) -> list[bytes]:
+        """The PIN keys of the previous master keys: PINs hashed before a rotation verify."""
+        return list(self._previous_pin_keys)
 
     def __repr__(self) -> str:
         return "Keyring(…)"
@@ -107,20 +119,75 @@ class Keyring:
             raise ValueError("the encrypted value cannot be read with any configured key") from exc
 
 
-class PinHasher:
-    """Slow, salted hashes of 6-digit PINs (argon2id)."""
+#: The prefix of a keyed PIN hash: ``pin-hmac$1$<salt hex>$<HMAC-SHA256 hex>``.
+PIN_HMAC_PREFIX = "pin-hmac$1$"
 
-    def __init__(self, *, time_cost: int = 2, memory_cost: int = 19_456) -> None:
+
+class PinHasher:
+    """Hashes of 6-digit PINs.
+
+    With a key (the normal case, :attr:`Keyring.pin_key`): a salted HMAC-SHA256 keyed by a
+    secret that is not in the database, so that a stolen database gives no way to test a single
+    PIN offline. Without one: argon2id, slow on purpose (tests and older deployments).
+    Either way, :meth:`verify` reads both forms, so the argon2 hashes of existing reports keep
+    working. ``docs/performance.md`` gives the reasoning.
+    """
+
+    def __init__(
+        self,
+        key: bytes | None = None,
+        *,
+        previous: Sequence[bytes] = (),
+        time_cost: int = 2,
+        memory_cost: int = 19_456,
+    ) -> None:
+        if key is not None and len(key) < 32:
+            raise ValueError("the PIN key must be at least 32 bytes")
+        self._key = key
+        #: Keys of the previous master keys, during a key rotation (verify only).
+        self._previous = [k for k in previous if k != key]
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=1)
 
+    def __repr__(self) -> str:
+        return f"PinHasher({'keyed' if self._key is not None else 'argon2'})"
+
+    @property
+    def slow(self) -> bool:
+        """Whether :meth:`hash` is slow on purpose (argon2), so callers run it in a thread."""
+        return self._key is None
+
+    def _mac(self, salt: bytes, pin: str, key: bytes | None = None) -> str:
+        key = key or self._key
+        assert key is not None
+        return hmac.new(key, salt + pin.encode(), hashlib.sha256).hexdigest()
+
     def hash(self, pin: str) -> str:
-        return self._hasher.hash(pin)
+        if self._key is None:
+            return self._hasher.hash(pin)
+        salt = secrets.token_bytes(16)
+        return f"{PIN_HMAC_PREFIX}{salt.hex()}${self._mac(salt, pin)}"
 
     def verify(self, pin_hash: str, pin: str) -> bool:
+        if pin_hash.startswith(PIN_HMAC_PREFIX):
+            if self._key is None:
+                return False
+            salt_hex, _, mac = pin_hash[len(PIN_HMAC_PREFIX) :].partition("$")
+            try:
+                salt = bytes.fromhex(salt_hex)
+            except ValueError:
+                return False
+            return any(
+                hmac.compare_digest(self._mac(salt, pin, key), mac)
+                for key in (self._key, *self._previous)
+            )
         try:
             return self._hasher.verify(pin_hash, pin)
         except (VerificationError, InvalidHashError):
             return False
+
+    def is_slow_hash(self, pin_hash: str) -> bool:
+        """Whether verifying ``pin_hash`` is slow (an argon2 hash of an older report)."""
+        return not pin_hash.startswith(PIN_HMAC_PREFIX)
 
 
 def new_tracking_code() -> str:

@@ -6,14 +6,18 @@ that a report, its media, its audit event and its outbox message land in one tra
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.exc import StaleDataError
 
 from storage.models import (
     ContactRoute,
@@ -35,6 +39,20 @@ if TYPE_CHECKING:
 
 #: Set in ``session.info`` when a transaction enqueued an outbox message.
 OUTBOX_ENQUEUED = "outbox_enqueued"
+#: In ``session.info``: conversation states written by the transaction, for the cache once it
+#: has committed (:func:`publish_conversations`).
+CONVERSATIONS_WRITTEN = "conversations_written"
+
+_CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+_CONVERSATION_COLUMNS = (
+    _CONVERSATIONS.c.locale,
+    _CONVERSATIONS.c.state,
+    _CONVERSATIONS.c.data,
+    _CONVERSATIONS.c.step,
+    _CONVERSATIONS.c.version,
+    _CONVERSATIONS.c.created_at,
+    _CONVERSATIONS.c.expires_at,
+)
 
 
 class UpdateLog:
@@ -62,9 +80,172 @@ class UpdateLog:
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+@dataclass(slots=True, eq=False)
+class ConversationState:
+    """A citizen's conversation as the hot path reads and writes it (no ORM object).
+
+    ``version`` is the row's version when it was read; :meth:`Conversations.save` writes only
+    if the row still has it. ``new``: there was no row yet.
+    """
+
+    key: str
+    locale: str | None
+    state: str
+    data: dict[str, Any]
+    step: int
+    version: int
+    created_at: datetime
+    expires_at: datetime | None
+    new: bool = False
+
+
+class ConversationCache:
+    """The conversations this process wrote last, so that a step costs one conditional write.
+
+    An entry is a committed row as this process wrote it (JSON text, so that no caller shares
+    its dicts). It is only a guess: the write that follows checks the version, and a row that
+    another process (or the draft sweeper) changed since fails that check, is dropped from here
+    and read again. At most ``limit`` entries are kept, least recently used out first.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> ConversationState | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        locale, state, data, step, version, created_at, expires_at = entry
+        return ConversationState(
+            key, locale, state, json.loads(data), step, version, created_at, expires_at
+        )
+
+    def put(self, conversation: ConversationState) -> None:
+        self._entries[conversation.key] = (
+            conversation.locale,
+            conversation.state,
+            json.dumps(conversation.data, ensure_ascii=False, separators=(",", ":")),
+            conversation.step,
+            conversation.version,
+            conversation.created_at,
+            conversation.expires_at,
+        )
+        self._entries.move_to_end(conversation.key)
+        while len(self._entries) > self.limit:
+            self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def publish_conversations(session: AsyncSession) -> None:
+    """After a commit: the conversations the transaction wrote become the cached ones."""
+    for cache, conversation in session.info.pop(CONVERSATIONS_WRITTEN, ()):
+        cache.put(conversation)
+
+
+def forget_conversations(session: AsyncSession) -> None:
+    """After a rollback: nothing the transaction wrote may reach the cache."""
+    session.info.pop(CONVERSATIONS_WRITTEN, None)
+
+
 class Conversations:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, cache: ConversationCache | None = None) -> None:
         self.session = session
+        self.cache = cache
+
+    async def load(
+        self, key: str, locale: str, now: datetime, previous: Sequence[str] = ()
+    ) -> ConversationState:
+        """The conversation under ``key`` (from the cache if this process wrote it last), or
+        a new idle one; a Core statement, no ORM identity map.
+
+        During a key rotation a conversation still under one of the ``previous`` keys' hashes
+        moves to ``key`` here, at the step it was at (one extra statement, on a miss only)."""
+        if self.cache is not None:
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
+        query = select(*_CONVERSATION_COLUMNS).where(_CONVERSATIONS.c.key == key)
+        row = (await self.session.execute(query)).first()
+        for old in previous if row is None else ():
+            moved = await self.session.execute(
+                update(_CONVERSATIONS).where(_CONVERSATIONS.c.key == old).values(key=key)
+            )
+            if moved.rowcount:  # type: ignore[attr-defined]
+                row = (await self.session.execute(query)).first()
+                break
+        if row is None:
+            return ConversationState(key, locale, "idle", {}, 0, 0, now, None, new=True)
+        return ConversationState(
+            key,
+            row.locale,
+            row.state,
+            dict(row.data or {}),
+            int(row.step or 0),
+            int(row.version or 0),
+            row.created_at,
+            row.expires_at,
+        )
+
+    async def save(self, conversation: ConversationState, now: datetime) -> None:
+        """One statement: insert a new conversation, or update it if its version is still the
+        one that was read. Raises :class:`StaleDataError` (the caller rolls back and runs the
+        event again, reading afresh) if another writer got there first."""
+        values = {
+            "locale": conversation.locale,
+            "state": conversation.state,
+            "data": conversation.data,
+            "step": conversation.step,
+            "updated_at": now,
+            "expires_at": conversation.expires_at,
+        }
+        if conversation.new:
+            # A second writer inserting the same key fails on the primary key (IntegrityError).
+            await self.session.execute(
+                insert(_CONVERSATIONS).values(
+                    key=conversation.key, version=1, created_at=conversation.created_at, **values
+                )
+            )
+            version = 1
+        else:
+            version = conversation.version + 1
+            result = await self.session.execute(
+                update(_CONVERSATIONS)
+                .where(
+                    _CONVERSATIONS.c.key == conversation.key,
+                    _CONVERSATIONS.c.version == conversation.version,
+                )
+                .values(version=version, **values)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                if self.cache is not None:
+                    self.cache.discard(conversation.key)
+                raise StaleDataError(f"conversation changed since version {conversation.version}")
+        if self.cache is not None:
+            written = ConversationState(
+                conversation.key,
+                conversation.locale,
+                conversation.state,
+                conversation.data,
+                conversation.step,
+                version,
+                conversation.created_at,
+                conversation.expires_at,
+            )
+            self.session.info.setdefault(CONVERSATIONS_WRITTEN, []).append((self.cache, written))
 
     async def get(self, key: str) -> Conversation | None:
         return await self.session.get(Conversation, key)

@@ -35,13 +35,15 @@ TEST_KEY = bytes(range(32))
 _update_ids = itertools.count(1000)
 
 
-def make_flow(**overrides: object) -> CitizenFlow:
+def make_flow(*, pins: PinHasher | None = None, **overrides: object) -> CitizenFlow:
+    """The citizen flow as ``tinbao run`` builds it (keyed PIN hashes), with test settings."""
     catalogue = load_catalogue()
     settings = CitizenSettings(**overrides)  # type: ignore[arg-type]
+    keyring = Keyring(TEST_KEY)
     return CitizenFlow(
         settings=settings,
-        keyring=Keyring(TEST_KEY),
-        pins=PinHasher(time_cost=1, memory_cost=8192),
+        keyring=keyring,
+        pins=pins or PinHasher(keyring.pin_key),
         catalogue=catalogue,
         places=PlaceIndex(catalogue.units),
     )

@@ -18,7 +18,7 @@ from handlers.channels import Capabilities, capabilities
 from handlers.citizen.draft import Draft
 from handlers.events import Attachment, Button, Outcome, Reply
 from handlers.i18n import t
-from storage.models import Conversation
+from storage.repositories import ConversationState
 from storage.types import utcnow
 
 
@@ -127,7 +127,7 @@ class Turn:
     """One event being handled: the conversation, its draft and the replies so far."""
 
     session: AsyncSession
-    conversation: Conversation
+    conversation: ConversationState
     sender_key: str
     channel: str
     chat_id: str

@@ -30,7 +30,7 @@ from handlers.places import PlaceIndex
 from handlers.render import numbered_text
 from handlers.security import Keyring, PinHasher
 from handlers.text import clean_text
-from storage.repositories import Media
+from storage.repositories import ConversationCache, Media
 
 
 class Step:
@@ -76,6 +76,7 @@ class FlowCore:
         locator: Locator | None = None,
         intake: IntakeSettings | None = None,
         instructions: PayoutInstructions | None = None,
+        conversation_cache: ConversationCache | None = None,
     ) -> None:
         self.settings = settings
         self.locator = locator
@@ -86,6 +87,8 @@ class FlowCore:
         self.catalogue = catalogue
         self.places = places
         self._dummy_pin_hash: str | None = None
+        #: The conversations this process wrote last (each step checks the row's version).
+        self.conversation_cache = conversation_cache or ConversationCache()
 
     # ------------------------------------------------------------------ moving between steps
 

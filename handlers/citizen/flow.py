@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import flag_modified
 
 from handlers import media as media_rules
 from handlers.citizen.accident import STEPS as ACCIDENT_STEPS
@@ -59,6 +58,7 @@ from handlers.i18n import pick_locale
 from handlers.security import new_pin
 from handlers.text import clean_text
 from storage.repositories import Conversations
+from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,12 @@ class CitizenFlow(FlowCore):
 
     # ------------------------------------------------------------------ the two phases
 
-    @staticmethod
-    def needs_preparing(event: Event) -> bool:
-        """Whether :meth:`prepare` has work: media to fetch, or a press that may submit."""
+    def needs_preparing(self, event: Event) -> bool:
+        """Whether :meth:`prepare` has work: media to fetch, or a press that may submit (only
+        with a slow PIN hash; a keyed one is made in the write transaction)."""
         if isinstance(event, ButtonPress):
+            if not self.pins.slow:
+                return False
             parsed = parse_button(event.data)
             return parsed is not None and (parsed[1], parsed[2]) in SUBMITTING_PRESSES
         return bool(event.attachments)
@@ -104,11 +106,15 @@ class CitizenFlow(FlowCore):
             if parsed is not None and (parsed[1], parsed[2]) in SUBMITTING_PRESSES:
                 prepared[PREPARED_PIN] = await self._new_pin()
             return prepared
-        key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
-        conversation = await Conversations(session).get(key)
-        if conversation is None:
-            return prepared
         if not event.attachments:
+            return prepared
+        key = self.keyring.sender_key(event.sender.channel, event.sender.user_id)
+        locale = pick_locale(event.sender.language_code, self.settings.default_locale)
+        # Read only: a draft under a previous key (a key rotation) moves at handle() instead.
+        conversation = await Conversations(session, self.conversation_cache).load(
+            key, locale, utcnow()
+        )
+        if conversation.new:
             return prepared
         # A reply to a relayed question carries its photo whatever the state.
         if conversation.state not in _MEDIA_STATES and event.reply_to is None:
@@ -131,6 +137,8 @@ class CitizenFlow(FlowCore):
 
     async def _new_pin(self) -> tuple[str, str]:
         pin = new_pin()
+        if not self.pins.slow:
+            return pin, self.pins.hash(pin)
         return pin, await asyncio.to_thread(self.pins.hash, pin)
 
     async def handle(
@@ -138,9 +146,11 @@ class CitizenFlow(FlowCore):
     ) -> Outcome:
         """Handle one event inside the caller's transaction and return what to send back."""
         sender = event.sender
-        key = self.keyring.sender_key(sender.channel, sender.user_id)
+        key, *previous = self.keyring.sender_keys(sender.channel, sender.user_id)
         locale = pick_locale(sender.language_code, self.settings.default_locale)
-        conversation = await Conversations(session).get_or_create(key, locale)
+        now = utcnow()
+        conversations = Conversations(session, self.conversation_cache)
+        conversation = await conversations.load(key, locale, now, previous)
         # A citizen's updates are handled in order, one at a time (per chat), so the update ids
         # kept on the conversation are enough to drop a duplicate delivery: no extra statement.
         seen = list((conversation.data or {}).get("seen") or [])
@@ -153,6 +163,7 @@ class CitizenFlow(FlowCore):
             channel=sender.channel,
             chat_id=sender.chat_id,
             data=dict(conversation.data or {}),
+            now=now,
         )
         turn.data["seen"] = [*seen, event.update_id][-SEEN_UPDATES:]
         await self._expire_draft(turn)
@@ -162,6 +173,7 @@ class CitizenFlow(FlowCore):
         else:
             await self._on_message(turn, event, prepared or {})
         self._save(turn)
+        await conversations.save(conversation, now)
         return turn.outcome
 
     # ------------------------------------------------------------------ persistence
@@ -180,8 +192,6 @@ class CitizenFlow(FlowCore):
             turn.data.pop("misses", None)
         conversation = turn.conversation
         conversation.data = turn.data
-        flag_modified(conversation, "data")
-        conversation.updated_at = turn.now
         conversation.expires_at = turn.now + self.settings.draft_ttl if turn.has_draft else None
 
     async def _expire_draft(self, turn: Turn) -> None:

@@ -1,0 +1,32 @@
+"""The tip-flow benchmark in a short mode: correctness only (every tip makes exactly one report
+with the code its citizen was shown), never a timing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bench import tip_flow
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("rate", [None, 20.0])
+async def test_the_tip_flow_benchmark_runs_short(backend, rate, capsys, monkeypatch):
+    if backend == "postgresql":
+        url = os.environ.get("TINBAO_TEST_POSTGRES_URL", "").strip()
+        if not url:
+            pytest.skip("TINBAO_TEST_POSTGRES_URL is not set")
+        monkeypatch.setenv(tip_flow.POSTGRES_URL_ENV, url)
+    status = await tip_flow.main_async(3, (backend,), 2, rate)
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert "SKIPPED" not in out.out
+    lines = [line for line in out.out.splitlines() if line.startswith('{"bench"')]
+    metrics = {line.split('"metric": "')[1].split('"')[0] for line in lines}
+    expected = (
+        {"ratio", "tinbao_ups", "echo_ups"}
+        if rate is None
+        else {"p50_ms", "p95_ms", "p99_ms", "echo_p95_ms"}
+    )
+    assert metrics == expected | {"confirm_to_card_p95_ms"}
