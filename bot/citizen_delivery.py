@@ -20,7 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
+from bot.channel import ChannelRegistry, SendError
+from handlers.channels import ChannelName
 from handlers.citizen.relay import SENT_MESSAGE_ID
+from handlers.events import Reply
 from handlers.i18n import t
 from handlers.intake import officers_destination
 from handlers.security import Keyring, format_code
@@ -46,8 +49,11 @@ class CitizenMessenger:
         lease: timedelta = timedelta(seconds=60),
         per_second: float = 20.0,
         clock: Callable[[], datetime] = utcnow,
+        channels: ChannelRegistry | None = None,
     ) -> None:
         self.session_factory = session_factory
+        #: The citizen channels besides Telegram, by the name on the route.
+        self.channels = channels
         self.bot = bot
         self.keyring = keyring
         self.officer_locale = officer_locale
@@ -155,7 +161,22 @@ class CitizenMessenger:
                 self._settle(row, "failed", "the tipster has blocked the bot")
                 return
             text, markup = await self._render(session, row, report)
-            chat_id = int(self.keyring.decrypt(route.route)["chat_id"])
+            target = self.keyring.decrypt(route.route)
+        sender = self.channels.get(str(target.get("channel"))) if self.channels else None
+        if sender is not None and sender.name != ChannelName.TELEGRAM:
+            # Another citizen channel (the web inbox): its own sender, a neutral reply.
+            try:
+                await sender.send(str(target["chat_id"]), [Reply(text=text)])
+            except SendError as exc:
+                if exc.gone or exc.permanent:
+                    await self._finish(row_id, "failed", exc.reason[:200])
+                else:
+                    await self._retry(row_id, exc.retry_after, exc.reason[:200])
+                return
+            self.sent += 1
+            await self._finish(row_id, "sent", None)
+            return
+        chat_id = int(target["chat_id"])
         try:
             sent = await self.bot.send_message(chat_id=chat_id, text=text, reply_markup=markup)
         except Forbidden:

@@ -22,6 +22,7 @@ from bot.delivery import DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
+from bot.web.inbox import WebInbox
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
 from config.rewards import load_instructions
@@ -173,7 +174,11 @@ class Service:
             )
             dispatcher.after_commit.append(service.delivery.kick)
             service.messenger = CitizenMessenger(
-                session_factory, bot, keyring, officer_locale=settings.officer_locale
+                session_factory,
+                bot,
+                keyring,
+                officer_locale=settings.officer_locale,
+                channels=service.channels,
             )
             dispatcher.after_commit.append(service.messenger.kick)
         else:
@@ -182,6 +187,7 @@ class Service:
                 "@BotFather to receive reports; the web server keeps running meanwhile."
             )
         add_zalo_channels(service, keyring)
+        service.channels.add(WebInbox(session_factory, keyring))
         return service
 
     @property

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     # --- web --------------------------------------------------------------------------------
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    #: The citizens' page's public base URL (``https://tinbao.example.vn``), printed on posters.
+    public_url: str | None = None
+    #: Serve the citizens' reporting page at ``/``.
+    web_enabled: bool = True
+    #: Behind a reverse proxy: rate-limit by the first ``X-Forwarded-For`` address (hashed).
+    web_trust_forwarded: bool = False
+    #: The most a citizen's form may upload at once, in MB (each image keeps its own limit).
+    web_upload_max_mb: int = Field(default=60, ge=1, le=500)
 
     # --- citizens ---------------------------------------------------------------------------
     default_locale: Literal["vi", "en"] = "vi"
