@@ -35,6 +35,10 @@ DAY = 24 * 3600
 CHALLENGE_TTL = 3 * 3600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: A CSRF token made for this request (set as a cookie with the response).
+NEW_CSRF: web.RequestKey[str] = web.RequestKey("new_csrf", str)
+#: The ``lang`` field of a posted form.
+FORM_LANG: web.RequestKey[str] = web.RequestKey("form_lang", str)
 
 
 def harden(response: web.StreamResponse) -> None:
@@ -51,8 +55,8 @@ def csrf_token(request: web.Request) -> str:
     """This browser's CSRF token (a new one is set with the response if it had none)."""
     token = request.cookies.get(CSRF_COOKIE, "")
     if len(token) < 32 or len(token) > 64:
-        token = request.get("new_csrf") or secrets.token_urlsafe(32)
-        request["new_csrf"] = token
+        token = request.get(NEW_CSRF) or secrets.token_urlsafe(32)
+        request[NEW_CSRF] = token
     return token
 
 
@@ -63,7 +67,7 @@ def csrf_ok(request: web.Request, sent: str | None) -> bool:
 
 def finish(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
     harden(response)
-    new = request.get("new_csrf")
+    new = request.get(NEW_CSRF)
     if new:
         # A browser-session cookie: no Max-Age, gone when the browser closes.
         response.set_cookie(
@@ -74,7 +78,7 @@ def finish(request: web.Request, response: web.StreamResponse) -> web.StreamResp
 
 def locale_of(request: web.Request, default: str = "vi") -> str:
     """``?lang=`` (or the form's ``lang``) first, then ``Accept-Language``, then Vietnamese."""
-    chosen = request.query.get("lang") or request.get("form_lang")
+    chosen = request.query.get("lang") or request.get(FORM_LANG)
     if chosen in ("vi", "en"):
         return str(chosen)
     header = request.headers.get("Accept-Language", "")

@@ -24,7 +24,7 @@ from bot.web.forms import (
     short_text_error,
     text,
 )
-from bot.web.guard import csrf_ok, locale_of
+from bot.web.guard import FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import inbox_key, new_inbox_id
 from bot.web.site import Site, render, site_of
 from handlers.channels import ChannelName
@@ -125,7 +125,7 @@ async def read_checked(request: web.Request, *, max_files: int) -> tuple[Form, C
         raise web.HTTPRequestEntityTooLarge(
             max_size=settings.web_upload_max_mb * 1024 * 1024, actual_size=0
         ) from None
-    request["form_lang"] = form.get("lang")
+    request[FORM_LANG] = form.get("lang")
     locale = locale_of(request, settings.default_locale)
     if not csrf_ok(request, form.get("csrf")):
         return None

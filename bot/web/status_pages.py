@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.web.evidence import take_evidence
 from bot.web.forms import FormTooLarge, read_form, text
-from bot.web.guard import csrf_ok, locale_of
+from bot.web.guard import FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import read_inbox
 from bot.web.site import render, site_of
 from handlers.cards import local_time
@@ -43,7 +43,7 @@ async def status_form(request: web.Request) -> web.StreamResponse:
 async def status_check(request: web.Request) -> web.StreamResponse:
     site = site_of(request)
     form = await read_form(request, max_total=64 * 1024, max_files=0)
-    request["form_lang"] = form.get("lang")
+    request[FORM_LANG] = form.get("lang")
     locale = locale_of(request, site.service.settings.default_locale)
     if not csrf_ok(request, form.get("csrf")):
         return render(request, "message.html", status=403, message="web.err.csrf")
@@ -147,7 +147,7 @@ async def status_add(request: web.Request) -> web.StreamResponse:
         )
     except FormTooLarge:
         raise web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0) from None
-    request["form_lang"] = form.get("lang")
+    request[FORM_LANG] = form.get("lang")
     locale = locale_of(request, settings.default_locale)
     if not csrf_ok(request, form.get("csrf")):
         return render(request, "message.html", status=403, message="web.err.csrf")
