@@ -127,6 +127,7 @@ async def service(
         duty_chat_id=DUTY,
         admin_telegram_ids=[515151],
         public_url="https://tinbao.example.vn",
+        web_trust_forwarded=True,
     )
     async with running_service(settings) as running:
         yield running

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["WebInbox", "add_citizen_routes"]
 
 
+async def no_icon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for one; there is none (and no third-party one either)."""
+    return web.Response(status=204)
+
+
 def add_citizen_routes(app: web.Application, service: Service) -> None:
     """Serve the citizen pages on ``app`` (at ``/``, beside ``/admin`` and the webhooks)."""
     from bot.web import report_pages as reports
@@ -43,4 +48,5 @@ def add_citizen_routes(app: web.Application, service: Service) -> None:
     r.add_post("/status", page(status.status_check))
     r.add_get(status.VIEW, page(status.status_view))
     r.add_post(status.VIEW, page(status.status_add))
+    r.add_get("/favicon.ico", page(no_icon))
     r.add_static("/assets/", HERE / "static", append_version=True)

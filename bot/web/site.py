@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from handlers.security import Keyring
 if TYPE_CHECKING:
     from bot.runtime import Service
 
+log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -93,6 +95,10 @@ def page(handler: Handler) -> Handler:
         except web.HTTPException as exc:
             finish(request, exc)
             raise
+        except Exception:
+            # Answered here, not by aiohttp, whose own error log names the client's address.
+            log.exception("citizen page %s %s failed", request.method, request.path)
+            response = render(request, "message.html", status=500, message="web.err.failed")
         return finish(request, response)
 
     return wrapped
