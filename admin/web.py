@@ -43,10 +43,6 @@ def build_web_app(service: Service) -> web.Application:
     if service.telegram is not None and service.settings.webhook_enabled:
         app.router.add_post(service.telegram.webhook_path, service.telegram.handle_webhook)
     add_zalo_routes(app, service)
-    if service.keyring is not None and service.settings.web_enabled:
-        from bot.web import add_citizen_routes
-
-        add_citizen_routes(app, service)
     return app
 
 

@@ -8,11 +8,15 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from config.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from bot.runtime import Service
 
 log = logging.getLogger("tinbao")
 
@@ -58,12 +62,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(settings: Settings) -> None:
+def build_app(service: Service) -> web.Application:
+    """The server's application: health, webhooks and the panel, and the citizens' page at ``/``
+    (``TINBAO_WEB_ENABLED``)."""
     from admin.web import build_web_app
+    from bot.web import add_citizen_routes
+
+    app = build_web_app(service)
+    if service.keyring is not None and service.settings.web_enabled:
+        add_citizen_routes(app, service)
+    return app
+
+
+async def _serve(settings: Settings) -> None:
     from bot.runtime import Service, attach
 
     service = await Service.create(settings)
-    app = build_web_app(service)
+    app = build_app(service)
     attach(app, service)
     runner = app_runner(app)
     await runner.setup()

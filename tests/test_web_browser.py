@@ -31,10 +31,10 @@ from tests.web_support import (
     FORWARDED,
     LX,
     answer,
-    base_url,  # noqa: F401 - fixture
+    base_url_fixture,  # noqa: F401 - fixture
     gps_jpeg,
-    service,  # noqa: F401 - fixture
-    standin,  # noqa: F401 - fixture
+    service_fixture,  # noqa: F401 - fixture
+    standin_fixture,  # noqa: F401 - fixture
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)]

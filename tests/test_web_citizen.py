@@ -18,13 +18,13 @@ from tests.standin.factory import UpdateFactory
 from tests.web_support import (
     LX,
     LX_UNIT,
-    base_url,  # noqa: F401 - fixture
+    base_url_fixture,  # noqa: F401 - fixture
     code_and_pin,
     fill,
     gps_jpeg,
     hidden,
-    service,  # noqa: F401 - fixture
-    standin,  # noqa: F401 - fixture
+    service_fixture,  # noqa: F401 - fixture
+    standin_fixture,  # noqa: F401 - fixture
 )
 
 TIP = {
@@ -174,7 +174,7 @@ async def test_status_with_a_telegram_code_on_the_web_and_the_other_way_round(
             html = await r.text()
             assert r.status == 200 and 'id="status-line"' in html, html[:2000]
             assert t("vi", "status.new") in html
-        status, html = await fill(http, base_url, "/tip", {**TIP, "contact": "none"})
+        _, html = await fill(http, base_url, "/tip", {**TIP, "contact": "none"})
         web_code, web_pin = code_and_pin(html)
     calls = await chat.command("status", f"{web_code} {web_pin}")
     assert any(web_code in text for text in chat.texts(calls)), chat.texts(calls)

@@ -13,8 +13,7 @@ import pytest
 from aiohttp import ClientSession, FormData
 from PIL import Image
 
-from admin.web import build_web_app
-from bot.cli import app_runner
+from bot.cli import app_runner, build_app
 from bot.runtime import Service
 from tests.e2e import running_service, service_settings
 from tests.standin import BotAPIStandIn
@@ -103,14 +102,14 @@ def code_and_pin(html: str) -> tuple[str, str]:
     return code.group(1), pin.group(1)
 
 
-@pytest.fixture
-async def standin() -> AsyncIterator[BotAPIStandIn]:
+@pytest.fixture(name="standin")
+async def standin_fixture() -> AsyncIterator[BotAPIStandIn]:
     async with BotAPIStandIn() as server:
         yield server
 
 
-@pytest.fixture
-async def service(
+@pytest.fixture(name="service")
+async def service_fixture(
     standin: BotAPIStandIn, db_url: str, engine: object, tmp_path: Path
 ) -> AsyncIterator[Service]:
     queues = tmp_path / "queues.toml"
@@ -133,12 +132,12 @@ async def service(
         yield running
 
 
-@pytest.fixture
-async def base_url(service: Service) -> AsyncIterator[str]:
+@pytest.fixture(name="base_url")
+async def base_url_fixture(service: Service) -> AsyncIterator[str]:
     """The service's web app on a free port, run exactly as ``tinbao run`` runs it."""
     from aiohttp import web
 
-    runner = app_runner(build_web_app(service))
+    runner = app_runner(build_app(service))
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()

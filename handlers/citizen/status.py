@@ -118,8 +118,7 @@ async def pin_report(
     window = settings.pin_attempt_window
     code_key = flow.keyring.keyed_hash("code", code)
     if (
-        await limits.count(RATE_PIN_SENDER, sender_key, window)
-        >= settings.pin_attempts_per_sender
+        await limits.count(RATE_PIN_SENDER, sender_key, window) >= settings.pin_attempts_per_sender
         or await limits.count(RATE_PIN_CODE, code_key, window) >= settings.pin_attempts_per_code
     ):
         return None, "status.locked"
