@@ -178,3 +178,38 @@ async def test_status_with_a_telegram_code_on_the_web_and_the_other_way_round(
         web_code, web_pin = code_and_pin(html)
     calls = await chat.command("status", f"{web_code} {web_pin}")
     assert any(web_code in text for text in chat.texts(calls)), chat.texts(calls)
+
+
+async def test_status_page_adds_evidence_and_keeps_a_refused_answer(
+    base_url: str, service: Service, standin: BotAPIStandIn
+) -> None:
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        _, html = await fill(http, base_url, "/tip", TIP)
+        code, pin = code_and_pin(html)
+        await standin.wait_for(lambda c: c.chat_id == LX.id and code in str(c.params), timeout=10)
+        async with http.get(f"{base_url}/status") as r:
+            csrf = hidden(await r.text(), "csrf")
+        data = {"csrf": csrf, "code": code, "pin": pin}
+        async with http.post(f"{base_url}/status", data=data) as r:
+            assert r.status == 200 and t("vi", "web.status.messages") in await r.text()
+            cookie = r.history[0].headers["Set-Cookie"]
+            assert "tb_inbox=" in cookie and "max-age" not in cookie.lower()
+        too_long = "Thêm chi tiết " + "x" * 4100
+        form = FormData({"csrf": csrf, "message": too_long})
+        form.add_field("evidence", gps_jpeg(), filename="b.jpg", content_type="image/jpeg")
+        async with http.post(f"{base_url}/status/report", data=form) as r:
+            html = await r.text()
+            assert r.status == 400 and 'id="message-error"' in html
+            assert too_long in html  # the answer typed is given back
+            kept = hidden(html, "kept")
+            assert kept
+        form = FormData({"csrf": csrf, "message": "Xe biển số 67A-123.45", "kept": kept})
+        async with http.post(f"{base_url}/status/report", data=form) as r:
+            assert r.status == 200 and t("vi", "web.status.sent") in await r.text()
+    await standin.wait_for(
+        lambda c: c.chat_id == LX.id and "67A-123.45" in str(c.params), timeout=10
+    )
+    await standin.wait_for(lambda c: c.chat_id == LX.id and c.method == "sendPhoto", timeout=10)
+    async with service.session_factory() as db:
+        cards = (await db.scalars(select(Report))).all()
+        assert len(cards) == 1

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bot.web.evidence import seal, take_evidence
 from bot.web.forms import (
+    FIELD_MAX,
     Form,
     FormTooLarge,
     coordinates,
@@ -188,10 +189,10 @@ async def tip_submit(request: web.Request) -> web.StreamResponse:
     if unit:
         checked.values["unit"] = unit
     occurred = form.get("occurred") if form.get("occurred") in OCCURRED else "unknown"
-    occurred_text = text(form, "occurred_text", SHORT_TEXT_MAX + 1)
+    occurred_text = text(form, "occurred_text", FIELD_MAX)
     if problem := short_text_error(occurred_text):
         errors["occurred_text"] = t(locale, problem, limit=SHORT_TEXT_MAX)
-    description = text(form, "description", DESCRIPTION_MAX + 1)
+    description = text(form, "description", FIELD_MAX)
     if problem := check_description(description):
         errors["description"] = t(locale, problem, limit=DESCRIPTION_MAX)
     contact = form.get("contact")
@@ -233,7 +234,7 @@ async def accident_submit(request: web.Request) -> web.StreamResponse:
         return refused(request)
     form, checked = read
     locale, errors = checked.locale, checked.errors
-    place = text(form, "place_q", SHORT_TEXT_MAX + 1)
+    place = text(form, "place_q", FIELD_MAX)
     point = coordinates(form)
     unit = None
     if point is not None and site.service.flow.locator is not None:

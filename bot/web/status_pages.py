@@ -9,13 +9,14 @@ add evidence, which takes the chat's relay path to the officers.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.web.evidence import take_evidence
-from bot.web.forms import FormTooLarge, read_form, text
+from bot.web.evidence import seal, take_evidence
+from bot.web.forms import FIELD_MAX, FormTooLarge, read_form, text
 from bot.web.guard import FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import read_inbox
 from bot.web.site import render, site_of
@@ -98,39 +99,56 @@ async def status_view(request: web.Request) -> web.StreamResponse:
         report = await opened_report(request, session)
         if report is None:
             raise web.HTTPSeeOther(f"/status?lang={locale}")
-        status = t(
-            locale,
-            "status.line",
-            code=format_code(report.code),
-            status=t(locale, f"status.{report.status}"),
-            received=local_time(report.created_at),
-        )
-        outcome = (
-            t(locale, f"outcome.citizen.{report.outcome}")
-            if report.status == "resolved" and report.outcome
-            else None
-        )
-        route = await session.scalar(
-            select(ContactRoute).where(ContactRoute.report_id == report.id)
-        )
-        messages = []
-        if route is not None:
-            target = site.keyring.decrypt(route.route)
-            if target.get("channel") == ChannelName.WEB:
-                messages = await read_inbox(session, site.keyring, str(target["chat_id"]))
-        reward = await reward_notice(site.service.flow, session, report, locale)
+        return await show_report(request, session, report, locale)
+
+
+async def show_report(
+    request: web.Request,
+    session: AsyncSession,
+    report: Report,
+    locale: str,
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    message: str = "",
+    media: list[dict[str, Any]] | None = None,
+) -> web.Response:
+    """The report as its tipster sees it, with the answer form (and what they typed in it)."""
+    site = site_of(request)
+    line = t(
+        locale,
+        "status.line",
+        code=format_code(report.code),
+        status=t(locale, f"status.{report.status}"),
+        received=local_time(report.created_at),
+    )
+    outcome = (
+        t(locale, f"outcome.citizen.{report.outcome}")
+        if report.status == "resolved" and report.outcome
+        else None
+    )
+    route = await session.scalar(select(ContactRoute).where(ContactRoute.report_id == report.id))
+    messages = []
+    if route is not None:
+        target = site.keyring.decrypt(route.route)
+        if target.get("channel") == ChannelName.WEB:
+            messages = await read_inbox(session, site.keyring, str(target["chat_id"]))
+    reward = await reward_notice(site.service.flow, session, report, locale)
     return render(
         request,
         "status_view.html",
-        status=200,
-        line=status,
+        status=status,
+        line=line,
         outcome=outcome,
         messages=[(local_time(m.at), m.text) for m in messages],
         reward=t(locale, reward[0], **reward[1]) if reward is not None else None,
         open=report.status not in CLOSED,
         needs_info=report.status == "needs_info",
         sent=request.query.get("sent") == "1",
-        errors={},
+        errors=errors or {},
+        message=message,
+        kept=seal(site.keyring, media or []),
+        kept_count=len(media or []),
         max_media=site.service.settings.max_media_per_report,
     )
 
@@ -152,7 +170,7 @@ async def status_add(request: web.Request) -> web.StreamResponse:
     if not csrf_ok(request, form.get("csrf")):
         return render(request, "message.html", status=403, message="web.err.csrf")
     errors: dict[str, str] = {}
-    message = text(form, "message", DESCRIPTION_MAX + 1)
+    message = text(form, "message", FIELD_MAX)
     if len(message) > DESCRIPTION_MAX:
         errors["message"] = t(locale, "err.too_long", limit=DESCRIPTION_MAX)
     media = await take_evidence(
@@ -165,12 +183,21 @@ async def status_add(request: web.Request) -> web.StreamResponse:
     )
     if not errors and not substance(message) and not media:
         errors["message"] = t(locale, "relay.expecting")
-    if errors:
-        return render(request, "message.html", status=400, message=None, lines=errors.values())
     async with site.service.session_factory() as session, session.begin():
         report = await opened_report(request, session)
         if report is None:
             raise web.HTTPSeeOther(f"/status?lang={locale}")
+        if errors:
+            return await show_report(
+                request,
+                session,
+                report,
+                locale,
+                status=400,
+                errors=errors,
+                message=message,
+                media=media,
+            )
         if report.status in CLOSED:
             return render(request, "message.html", status=409, message="relay.closed")
         addition = report.status != "needs_info"
