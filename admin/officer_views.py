@@ -128,7 +128,11 @@ def _unit_or_404(panel: Panel, code: str) -> Any:
 async def unit_poster(request: web.Request) -> web.StreamResponse:
     panel = panel_of(request)
     entry = _unit_or_404(panel, request.match_info["code"])
-    return render(request, "poster.html", unit=entry, link=deep_link(panel, entry.code))
+    public = (panel.runtime.settings.public_url or "").rstrip("/")
+    web_link = f"{public}/?u={entry.code}" if public else None
+    return render(
+        request, "poster.html", unit=entry, link=deep_link(panel, entry.code), web_link=web_link
+    )
 
 
 @requires("commander")

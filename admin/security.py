@@ -70,14 +70,25 @@ def harden(response: web.StreamResponse, *, https: bool) -> None:
         response.headers["Strict-Transport-Security"] = HSTS
 
 
-def edge(clients: Clients, *, body_timeout: float) -> Middleware:
+#: Paths whose handlers read a large body (the citizens' evidence uploads) as a stream, under
+#: the server's larger ``client_max_size``; every other body is capped at ``max_body`` and read
+#: here, within the body timeout.
+UPLOAD_PATHS: web.AppKey[set[str]] = web.AppKey("upload_paths", set)
+
+
+def edge(clients: Clients, *, body_timeout: float, max_body: int) -> Middleware:
     """The whole server's outermost middleware (see the module doc)."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         https = clients.https(request)
+        upload = request.path in request.app.get(UPLOAD_PATHS, set())
         try:
-            if request.body_exists:
+            if not upload and (request.content_length or 0) > max_body:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=max_body, actual_size=request.content_length or 0
+                )
+            if request.body_exists and not upload:
                 try:
                     async with asyncio.timeout(body_timeout):
                         await request.read()  # cached: request.post() and .json() reuse it

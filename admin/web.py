@@ -7,7 +7,7 @@ from aiohttp import web
 
 from admin.clients import Clients
 from admin.runtime import PanelRuntime
-from admin.security import edge
+from admin.security import UPLOAD_PATHS, edge
 from admin.server import ServerLimits
 from config.settings import Settings
 from storage.db import check_database
@@ -37,11 +37,23 @@ def build_web_app(service: PanelRuntime) -> web.Application:
 
     settings = service.settings
     clients = Clients.of(settings.trusted_proxies, force_https=settings.force_https)
+    # The citizens' page uploads evidence (streamed, on its own paths); everything else is
+    # capped at http_max_body_bytes by the edge.
+    largest = settings.http_max_body_bytes
+    if settings.web_enabled:
+        largest = max(largest, (settings.web_upload_max_mb + 1) * 1024 * 1024)
     app = web.Application(
-        client_max_size=settings.http_max_body_bytes,
-        middlewares=[edge(clients, body_timeout=settings.http_body_timeout)],
+        client_max_size=largest,
+        middlewares=[
+            edge(
+                clients,
+                body_timeout=settings.http_body_timeout,
+                max_body=settings.http_max_body_bytes,
+            )
+        ],
     )
     app[SERVICE_KEY] = service
+    app[UPLOAD_PATHS] = set()
     app.router.add_get("/healthz", healthz)
     if service.keyring is not None:
         app.router.add_get("/admin", admin_root)

@@ -8,10 +8,15 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from aiohttp import web
 from pydantic import ValidationError
 
 from config.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from bot.runtime import Service
 
 log = logging.getLogger("tinbao")
 
@@ -71,14 +76,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_app(service: Service) -> web.Application:
+    """The server's application: health, webhooks and the panel, and the citizens' page at ``/``
+    (``TINBAO_WEB_ENABLED``)."""
+    from admin.web import build_web_app
+    from bot.web import add_citizen_routes
+
+    app = build_web_app(service)
+    if service.keyring is not None and service.settings.web_enabled:
+        add_citizen_routes(app, service)
+    return app
+
+
 async def _serve(settings: Settings) -> None:
     from admin.server import serve
-    from admin.web import build_web_app, server_limits
+    from admin.web import server_limits
     from bot.runtime import Service, attach
 
     service = await Service.create(settings)
-    app = build_web_app(service)
+    app = build_app(service)
     attach(app, service)
+    # No access log at all (admin.server.serve): no client address is ever logged.
     served = await serve(app, settings.http_host, settings.http_port, server_limits(settings))
     log.info("serving on http://%s:%d (health: /healthz)", settings.http_host, settings.http_port)
     stop = asyncio.Event()
@@ -200,3 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 0
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The server's runner: no access log at all, so no client address is ever logged (the
+    citizen page promises it; a reverse proxy in front must not log them either)."""
+    return web.AppRunner(app, access_log=None)

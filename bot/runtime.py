@@ -24,6 +24,7 @@ from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
+from bot.web.inbox import WebInbox
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
 from config.rewards import load_instructions
@@ -185,6 +186,8 @@ class Service:
                 "@BotFather to receive reports; the web server keeps running meanwhile."
             )
         add_zalo_channels(service, keyring)
+        if settings.web_enabled:  # the citizens' page: its inbox is where their messages go
+            service.channels.add(WebInbox(session_factory, keyring))
         # Messages to tipsters go through whichever channel their route names.
         service.messenger = CitizenMessenger(
             session_factory, service.channels, keyring, officer_locale=settings.officer_locale

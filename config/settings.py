@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(default=512, ge=1, le=100_000)
     #: Largest request body in bytes (413 above).
     http_max_body_bytes: int = Field(default=1024**2, ge=1024, le=64 * 1024**2)
+    #: The citizens' page's public base URL (``https://tinbao.example.vn``), printed on posters.
+    public_url: str | None = None
+    #: Serve the citizens' reporting page at ``/``.
+    web_enabled: bool = True
+    #: The most a citizen's form may upload at once, in MB (each image keeps its own limit).
+    web_upload_max_mb: int = Field(default=60, ge=1, le=500)
 
     # --- citizens ---------------------------------------------------------------------------
     default_locale: Literal["vi", "en"] = "vi"

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from handlers import card_actions
+from handlers.channels import ChannelName
 from handlers.domain import CATEGORIES, LOCALES, OCCURRED, REPORT_KIND_EMERGENCY, STATUSES
 from handlers.events import Button, GeoPoint
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
@@ -69,6 +70,10 @@ class Card:
     buttons: list[list[Button]] = field(default_factory=list)
     location: GeoPoint | None = None
     media: list[CardMedia] = field(default_factory=list)
+
+
+#: The citizen channels a card names (its other lines are the same whatever the channel).
+CHANNEL_NAMES = frozenset(ChannelName)
 
 
 def utf16_len(text: str) -> int:
@@ -243,6 +248,9 @@ async def report_card(
     head.append(t(locale, "officer.card.unit", unit=_unit(report, locale)))
     head.append(t(locale, "officer.card.occurred", when=_occurred(report, locale)))
     head.append(t(locale, "officer.card.received", received=local_time(report.created_at)))
+    if report.channel in CHANNEL_NAMES:
+        channel = t(locale, f"web.channel.{report.channel}")
+        head.append(t(locale, "web.card.channel", channel=channel))
     if emergency:
         head.append(t(locale, "officer.card.injured", injured=_injured(report, locale)))
     location = None

@@ -319,7 +319,7 @@ async def test_an_unhandled_error_is_a_500_with_the_security_headers() -> None:
     async def broken(request: web.Request) -> web.Response:
         raise RuntimeError("boom")
 
-    app = web.Application(middlewares=[edge(Clients(), body_timeout=5)])
+    app = web.Application(middlewares=[edge(Clients(), body_timeout=5, max_body=1024**2)])
     app.router.add_get("/", broken)
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/")
@@ -338,7 +338,7 @@ async def limited() -> AsyncIterator[int]:
         await request.post()
         return web.Response(text="ok")
 
-    app = web.Application(middlewares=[edge(Clients(), body_timeout=0.5)])
+    app = web.Application(middlewares=[edge(Clients(), body_timeout=0.5, max_body=1024**2)])
     app.router.add_route("*", "/", hello)
     served = await serve(app, "127.0.0.1", 0, ServerLimits(header_timeout=0.5, max_connections=3))
     try:

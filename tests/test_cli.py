@@ -112,7 +112,7 @@ async def test_run_serves_healthz_without_a_token(tmp_path):
         assert body == {
             "status": "ok",
             "database": "ok",
-            "channels": {"telegram": "disabled: set TINBAO_TELEGRAM_TOKEN"},
+            "channels": {"telegram": "disabled: set TINBAO_TELEGRAM_TOKEN", "web": "running"},
         }
         key = tmp_path / "var" / "secret.key"
         assert key.exists() and (key.stat().st_mode & 0o777) == 0o600

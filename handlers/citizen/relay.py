@@ -14,9 +14,11 @@ Every path ends with a short confirmation that the officers received the answer.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import media as media_rules
 from handlers import outbox
@@ -183,15 +185,25 @@ async def relay_message(
             turn.say("err.too_long", limit=DESCRIPTION_MAX)
             return False
         item.text = text
-    turn.session.add(item)
-    await turn.session.flush()
+    await pass_to_officers(turn.session, report, item, addition=addition, now=turn.now)
+    turn.say("relay.sent", code=format_code(report.code))
+    return True
+
+
+async def pass_to_officers(
+    session: AsyncSession, report: Report, item: RelayMessage, *, addition: bool, now: datetime
+) -> None:
+    """Store ``item`` (the tipster's answer or addition) and queue it for the officers; an
+    answer to a question puts the report back in progress. Any channel, same transaction."""
+    session.add(item)
+    await session.flush()
     outbox.enqueue(
-        turn.session,
+        session,
         outbox.RelayPayload(relay_id=item.id, addition=addition),
-        outbox.Destination.parse(await officers_destination(turn.session, report)),
+        outbox.Destination.parse(await officers_destination(session, report)),
         report_id=report.id,
     )
-    reports = Reports(turn.session)
+    reports = Reports(session)
     if report.status == "needs_info":
         reports.add_event(
             report,
@@ -201,11 +213,9 @@ async def relay_message(
             to_status="in_progress",
         )
         report.status = "in_progress"
-        report.updated_at = turn.now
+        report.updated_at = now
     else:
         reports.add_event(report, action="added_info", actor_kind="citizen")
-    turn.say("relay.sent", code=format_code(report.code))
-    return True
 
 
 async def answer_out_of_turn(

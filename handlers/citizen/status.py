@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from handlers import localtime
 from handlers.citizen.base import (
     RATE_PIN_CODE,
@@ -61,25 +63,32 @@ async def check_status(flow: FlowCore, turn: Turn, code: str, pin: str) -> None:
 
 async def show_reward(flow: FlowCore, turn: Turn, report: Report) -> None:
     """The reward, for whoever proved the PIN: an approved one gets a fresh claim code."""
-    rewards = Rewards(turn.session, keyring=flow.keyring, settings=RewardSettings())
+    said = await reward_notice(flow, turn.session, report, turn.locale)
+    if said is not None:
+        turn.say(said[0], **said[1])
+
+
+async def reward_notice(
+    flow: FlowCore, session: AsyncSession, report: Report, locale: str
+) -> tuple[str, dict[str, str]] | None:
+    """The catalogue key and values of the reward line (any channel), or ``None``."""
+    rewards = Rewards(session, keyring=flow.keyring, settings=RewardSettings())
     reward = await rewards.active_for(report.id)
     if reward is None or reward.status not in ("approved", "paid"):
-        return
+        return None
     amount = format_vnd(reward.amount_vnd)
     if reward.status == "paid":
-        turn.say("reward.citizen.paid", amount=amount)
-        return
+        return "reward.citizen.paid", {"amount": amount}
     claim = await rewards.issue_claim_code(reward)
     instructions = flow.instructions.for_unit(report.unit_code) or t(
-        turn.locale, "reward.citizen.default_instructions"
+        locale, "reward.citizen.default_instructions"
     )
-    turn.say(
-        "reward.citizen.approved",
-        code=format_code(report.code),
-        amount=amount,
-        claim=format_claim_code(claim),
-        instructions=instructions,
-    )
+    return "reward.citizen.approved", {
+        "code": format_code(report.code),
+        "amount": amount,
+        "claim": format_claim_code(claim),
+        "instructions": instructions,
+    }
 
 
 async def dummy_hash(flow: FlowCore) -> str:
@@ -93,29 +102,41 @@ async def dummy_hash(flow: FlowCore) -> str:
 
 async def verify_pin(flow: FlowCore, turn: Turn, code: str, pin: str) -> Report | None:
     """The report for ``code`` if ``pin`` is right; rate-limited per code and per sender."""
-    limits = RateLimits(turn.session)
+    report, refusal = await pin_report(flow, turn.session, turn.sender_key, code, pin)
+    if refusal == "status.locked":
+        turn.say(refusal, minutes=int(flow.settings.pin_attempt_window.total_seconds() // 60))
+    elif refusal is not None:
+        turn.say(refusal)
+    return report
+
+
+async def pin_report(
+    flow: FlowCore, session: AsyncSession, sender_key: str, code: str, pin: str
+) -> tuple[Report | None, str | None]:
+    """The report for ``code`` if ``pin`` is right, else the catalogue key of why not.
+
+    One lockout for every channel: attempts count per sender key and per code.
+    """
+    limits = RateLimits(session)
     settings = flow.settings
     window = settings.pin_attempt_window
     code_key = flow.keyring.keyed_hash("code", code)
     if (
-        await limits.count(RATE_PIN_SENDER, turn.sender_key, window)
-        >= settings.pin_attempts_per_sender
+        await limits.count(RATE_PIN_SENDER, sender_key, window) >= settings.pin_attempts_per_sender
         or await limits.count(RATE_PIN_CODE, code_key, window) >= settings.pin_attempts_per_code
     ):
-        turn.say("status.locked", minutes=int(window.total_seconds() // 60))
-        return None
-    report = await Reports(turn.session).by_code(code)
+        return None, "status.locked"
+    report = await Reports(session).by_code(code)
     pin_hash = report.pin_hash if report is not None else await dummy_hash(flow)
     if flow.pins.is_slow_hash(pin_hash):  # an argon2 hash of an older report
         valid = await asyncio.to_thread(flow.pins.verify, pin_hash, pin)
     else:
         valid = flow.pins.verify(pin_hash, pin)
     if report is None or not valid:
-        limits.hit(RATE_PIN_SENDER, turn.sender_key)
+        limits.hit(RATE_PIN_SENDER, sender_key)
         limits.hit(RATE_PIN_CODE, code_key)
-        turn.say("status.wrong")
-        return None
-    return report
+        return None, "status.wrong"
+    return report, None
 
 
 def read_pin(

@@ -57,11 +57,15 @@ async def submit_report(
     allowance: Allowance,
     now: datetime,
     pin: tuple[str, str] | None = None,
+    rate_key: str | None = None,
 ) -> Submitted:
     """Store ``draft`` as a report of ``origin``'s sender; raises :class:`RateLimited`.
 
-    Emergencies get twice the tip allowance: a real one must not be blocked by tips.
+    Emergencies get twice the tip allowance: a real one must not be blocked by tips. The
+    allowance counts under ``rate_key`` when given (the web: a keyed hash of the connection
+    that expires), else under the sender's key.
     """
+    rate_key = rate_key or origin.sender_key
     if isinstance(draft, DraftInput):
         mode = contact_mode if contact_mode in CONTACT_MODES else "none"
         stored_draft = draft.as_draft(mode)
@@ -72,7 +76,7 @@ async def submit_report(
     kind = "emergency" if stored_draft.get("kind") == "emergency" else "tip"
     limit = allowance.limit * 2 if kind == REPORT_KIND_EMERGENCY else allowance.limit
     limits = RateLimits(session)
-    if await limits.count(RATE_REPORT, origin.sender_key, allowance.window) >= limit:
+    if await limits.count(RATE_REPORT, rate_key, allowance.window) >= limit:
         raise RateLimited(int(allowance.window.total_seconds() // 60))
     stored = await store_report(
         session,
@@ -85,5 +89,5 @@ async def submit_report(
         now=now,
         pin=pin,
     )
-    limits.hit(RATE_REPORT, origin.sender_key)
+    limits.hit(RATE_REPORT, rate_key)
     return Submitted(stored.report.id, format_code(stored.report.code), stored.pin)

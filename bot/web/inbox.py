@@ -1,0 +1,119 @@
+"""The web channel's sender: the anonymous inbox a tipster opens with their code and PIN.
+
+The web cannot push a message to a browser, so a message to a web tipster (a question from the
+police, a status change, a reward) is written into their inbox: the channel's conversation row,
+keyed like every other citizen by a keyed hash of the channel and the inbox id. Each message is
+encrypted with the service key; the status page decrypts them after the code and PIN are proven.
+The inbox id itself is only ever stored inside the report's encrypted contact route.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.channel import SendError
+from handlers.channels import CAPABILITIES, Capabilities, ChannelName
+from handlers.events import Reply
+from handlers.security import Keyring
+from storage.models import Conversation
+from storage.types import utcnow
+
+#: The most messages an inbox keeps (the oldest go first).
+INBOX_LIMIT = 100
+INBOX_STATE = "web_inbox"
+
+
+def new_inbox_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def inbox_key(keyring: Keyring, inbox_id: str) -> str:
+    """The conversation key of an inbox (and the sender key on its reports' routes)."""
+    return keyring.sender_key(ChannelName.WEB, inbox_id)
+
+
+@dataclass(frozen=True)
+class InboxMessage:
+    at: datetime
+    text: str
+
+
+async def read_inbox(session: AsyncSession, keyring: Keyring, inbox_id: str) -> list[InboxMessage]:
+    """The messages in an inbox, oldest first."""
+    row = await session.get(Conversation, inbox_key(keyring, inbox_id))
+    if row is None:
+        return []
+    messages = []
+    for item in (row.data or {}).get("inbox", []):
+        try:
+            text = str(keyring.decrypt(str(item["m"])).get("text", ""))
+            at = datetime.fromisoformat(str(item["at"]))
+        except (KeyError, ValueError):
+            continue
+        messages.append(InboxMessage(at, text))
+    return messages
+
+
+class WebInbox:
+    """The :class:`~bot.channel.Channel` of the web page: sending stores into the inbox."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        keyring: Keyring,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.session_factory = session_factory
+        self.keyring = keyring
+        self.clock = clock
+        self._state = "starting"
+
+    @property
+    def name(self) -> ChannelName:
+        return ChannelName.WEB
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES[ChannelName.WEB]
+
+    async def start(self) -> None:
+        self._state = "running"
+
+    async def stop(self) -> None:
+        self._state = "stopped"
+
+    def state(self) -> str:
+        return self._state
+
+    async def send(self, chat_id: str, replies: Sequence[Reply]) -> list[str]:
+        """Append ``replies`` to inbox ``chat_id``, encrypted; :class:`SendError` if unusable.
+
+        The page has no reply-to: no message id is kept."""
+        if not chat_id or len(chat_id) > 64:
+            raise SendError("not a web inbox id", permanent=True)
+        try:
+            async with self.session_factory() as session, session.begin():
+                key = inbox_key(self.keyring, chat_id)
+                row = await session.get(Conversation, key)
+                if row is None:
+                    row = Conversation(key=key, state=INBOX_STATE, data={}, locale=None)
+                    session.add(row)
+                now = self.clock()
+                items = list((row.data or {}).get("inbox", []))
+                for reply in replies:
+                    if reply.text:
+                        sealed = self.keyring.encrypt({"text": reply.text})
+                        items.append({"at": now.isoformat(), "m": sealed})
+                row.data = {**(row.data or {}), "inbox": items[-INBOX_LIMIT:]}
+                row.updated_at = now
+        except SendError:
+            raise
+        except Exception as exc:  # the database is down: the outbox retries later
+            raise SendError(f"inbox not written: {type(exc).__name__}") from exc
+        return []

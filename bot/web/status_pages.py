@@ -1,0 +1,219 @@
+"""The status page: code and PIN (the chat's lockout), then the report as its tipster sees it.
+
+A right PIN opens a short browser-session cookie (no Max-Age, gone when the browser closes; sealed
+with the service key) that names the report. Behind it: the status line, the officers' messages
+from the anonymous inbox, the reward claim code when one was approved, and a form to answer or
+add evidence, which takes the chat's relay path to the officers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.web.evidence import seal, take_evidence
+from bot.web.forms import FIELD_MAX, FormTooLarge, read_form, text
+from bot.web.guard import FORM_LANG, csrf_ok, locale_of
+from bot.web.inbox import read_inbox
+from bot.web.site import render, site_of
+from handlers.cards import local_time
+from handlers.channels import ChannelName
+from handlers.citizen.draft import DESCRIPTION_MAX
+from handlers.citizen.relay import CLOSED, pass_to_officers
+from handlers.citizen.status import pin_report, reward_notice
+from handlers.i18n import t
+from handlers.security import format_code, parse_code, parse_pin
+from handlers.text import substance
+from storage.models import ContactRoute, RelayMessage, Report
+from storage.types import utcnow
+
+INBOX_COOKIE = "tb_inbox"
+#: How long a proven PIN keeps the report open in this browser.
+OPEN_FOR = 30 * 60
+VIEW = "/status/report"
+
+
+async def status_form(request: web.Request) -> web.StreamResponse:
+    return render(request, "status.html", values={}, errors={})
+
+
+async def status_check(request: web.Request) -> web.StreamResponse:
+    site = site_of(request)
+    form = await read_form(request, max_total=64 * 1024, max_files=0)
+    request[FORM_LANG] = form.get("lang")
+    locale = locale_of(request, site.service.settings.default_locale)
+    if not csrf_ok(request, form.get("csrf")):
+        return render(request, "message.html", status=403, message="web.err.csrf")
+    values = {"code": text(form, "code", 40)}
+    errors: dict[str, str] = {}
+    code = parse_code(values["code"])
+    pin = parse_pin(text(form, "pin", 40))
+    if code is None:
+        errors["code"] = t(locale, "status.bad_code")
+    if pin is None:
+        errors["pin"] = t(locale, "status.bad_pin")
+    if errors or code is None or pin is None:
+        return render(request, "status.html", status=400, values=values, errors=errors)
+    async with site.service.session_factory() as session, session.begin():
+        report, refusal = await pin_report(
+            site.service.flow, session, site.clients.key(request), code, pin
+        )
+    if report is None:
+        window = site.service.settings.pin_attempt_window_minutes
+        errors["pin"] = t(locale, refusal or "status.wrong", minutes=window)
+        return render(request, "status.html", status=403, values=values, errors=errors)
+    response = web.HTTPSeeOther(f"{VIEW}?lang={locale}")
+    sealed = site.keyring.encrypt({"r": report.id, "x": int(time.time()) + OPEN_FOR})
+    response.set_cookie(
+        INBOX_COOKIE,
+        sealed,
+        path="/status",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    raise response
+
+
+async def opened_report(request: web.Request, session: AsyncSession) -> Report | None:
+    token = request.cookies.get(INBOX_COOKIE)
+    if not token:
+        return None
+    try:
+        data = site_of(request).keyring.decrypt(token)
+    except ValueError:
+        return None
+    if int(data.get("x", 0)) < time.time() or not isinstance(data.get("r"), int):
+        return None
+    return await session.get(Report, data["r"])
+
+
+async def status_view(request: web.Request) -> web.StreamResponse:
+    site = site_of(request)
+    locale = locale_of(request, site.service.settings.default_locale)
+    async with site.service.session_factory() as session, session.begin():
+        report = await opened_report(request, session)
+        if report is None:
+            raise web.HTTPSeeOther(f"/status?lang={locale}")
+        return await show_report(request, session, report, locale)
+
+
+async def show_report(
+    request: web.Request,
+    session: AsyncSession,
+    report: Report,
+    locale: str,
+    *,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    message: str = "",
+    media: list[dict[str, Any]] | None = None,
+) -> web.Response:
+    """The report as its tipster sees it, with the answer form (and what they typed in it)."""
+    site = site_of(request)
+    line = t(
+        locale,
+        "status.line",
+        code=format_code(report.code),
+        status=t(locale, f"status.{report.status}"),
+        received=local_time(report.created_at),
+    )
+    outcome = (
+        t(locale, f"outcome.citizen.{report.outcome}")
+        if report.status == "resolved" and report.outcome
+        else None
+    )
+    route = await session.scalar(select(ContactRoute).where(ContactRoute.report_id == report.id))
+    messages = []
+    if route is not None:
+        target = site.keyring.decrypt(route.route)
+        if target.get("channel") == ChannelName.WEB:
+            messages = await read_inbox(session, site.keyring, str(target["chat_id"]))
+    reward = await reward_notice(site.service.flow, session, report, locale)
+    return render(
+        request,
+        "status_view.html",
+        status=status,
+        line=line,
+        outcome=outcome,
+        messages=[(local_time(m.at), m.text) for m in messages],
+        reward=t(locale, reward[0], **reward[1]) if reward is not None else None,
+        open=report.status not in CLOSED,
+        needs_info=report.status == "needs_info",
+        sent=request.query.get("sent") == "1",
+        errors=errors or {},
+        message=message,
+        kept=seal(site.keyring, media or []),
+        kept_count=len(media or []),
+        max_media=site.service.settings.max_media_per_report,
+    )
+
+
+async def status_add(request: web.Request) -> web.StreamResponse:
+    """An answer to the officers, or more information and evidence: the chat's relay path."""
+    site = site_of(request)
+    settings = site.service.settings
+    try:
+        form = await read_form(
+            request,
+            max_total=settings.web_upload_max_mb * 1024 * 1024,
+            max_files=settings.max_media_per_report,
+        )
+    except FormTooLarge:
+        raise web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0) from None
+    request[FORM_LANG] = form.get("lang")
+    locale = locale_of(request, settings.default_locale)
+    if not csrf_ok(request, form.get("csrf")):
+        return render(request, "message.html", status=403, message="web.err.csrf")
+    errors: dict[str, str] = {}
+    message = text(form, "message", FIELD_MAX)
+    if len(message) > DESCRIPTION_MAX:
+        errors["message"] = t(locale, "err.too_long", limit=DESCRIPTION_MAX)
+    media = await take_evidence(
+        site.service.session_factory,
+        site.keyring,
+        form,
+        locale=locale,
+        limit=settings.max_media_per_report,
+        errors=errors,
+    )
+    if not errors and not substance(message) and not media:
+        errors["message"] = t(locale, "relay.expecting")
+    async with site.service.session_factory() as session, session.begin():
+        report = await opened_report(request, session)
+        if report is None:
+            raise web.HTTPSeeOther(f"/status?lang={locale}")
+        if errors:
+            return await show_report(
+                request,
+                session,
+                report,
+                locale,
+                status=400,
+                errors=errors,
+                message=message,
+                media=media,
+            )
+        if report.status in CLOSED:
+            return render(request, "message.html", status=409, message="relay.closed")
+        addition = report.status != "needs_info"
+        now = utcnow()
+        if substance(message):
+            item = RelayMessage(report_id=report.id, direction="to_officers", text=message)
+            await pass_to_officers(session, report, item, addition=addition, now=now)
+            addition = True
+        for image in media:
+            item = RelayMessage(
+                report_id=report.id,
+                direction="to_officers",
+                media_kind="photo",
+                blob_id=image["blob_id"],
+            )
+            await pass_to_officers(session, report, item, addition=addition, now=now)
+            addition = True
+    site.kick()
+    raise web.HTTPSeeOther(f"{VIEW}?lang={locale}&sent=1")
