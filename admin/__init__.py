@@ -1,5 +1,3 @@
-"""The web side of the service: health today, the officers' and commanders' panel next."""
-
-from admin.web import SERVICE_KEY, build_web_app
-
-__all__ = ["SERVICE_KEY", "build_web_app"]
+"""The web application: ``/healthz``, the channels' webhooks and the officers' and commanders'
+panel at ``/admin`` (:func:`admin.web.build_web_app`). It depends on the running service only
+through :class:`admin.runtime.PanelRuntime`."""

@@ -13,8 +13,8 @@ from aiohttp import web
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import admin.charts as charts
 import admin.params as params
-from admin import charts
 from admin.context import (
     Labels,
     locale_of,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 PURGE_INTERVAL = 6 * 3600.0
 
 
-class ZaloAdapter:
+class ZaloAdapter(ABC):
     """The shared half of a Zalo channel; a subclass parses updates and sends text."""
 
     channel_name: ChannelName
@@ -49,17 +50,20 @@ class ZaloAdapter:
 
     # ------------------------------------------------------------------ what a subclass gives
 
+    @abstractmethod
     def message_id(self, update: dict[str, Any]) -> str | None:
         """The update's own message id (the key for deduplication); ``None`` to ignore it."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to_message(self, update: dict[str, Any]) -> Message | None:
         """The update as a citizen's message; ``None`` for anything the flow skips."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def send_text(self, chat_id: str, text: str) -> None:
         """Send one text of at most ``max_text`` characters; raise :class:`SendError`."""
-        raise NotImplementedError
+        ...
 
     # ------------------------------------------------------------------ CitizenSender
 

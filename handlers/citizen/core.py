@@ -8,6 +8,7 @@ the offered choices.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -33,7 +34,7 @@ from handlers.text import clean_text
 from storage.repositories import ConversationCache, Media
 
 
-class Step:
+class Step(ABC):
     """One state of the conversation. Subclasses set :attr:`state` and override the hooks."""
 
     state: ClassVar[State]
@@ -41,8 +42,8 @@ class Step:
     #: ``False``: the step takes free text, and only a number or a full label is a choice.
     choices_only: ClassVar[bool] = True
 
-    def prompt(self, flow: FlowCore, turn: Turn) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def prompt(self, flow: FlowCore, turn: Turn) -> None: ...
 
     async def on_button(self, flow: FlowCore, turn: Turn, action: str, arg: str) -> bool:
         """Handle a press (or a typed choice); ``False`` when this step has no such button."""
@@ -59,7 +60,7 @@ class Step:
         await flow.typed_answer(turn, message, self)
 
 
-class FlowCore:
+class FlowCore(ABC):
     """The shared moves of the citizen flows; :class:`~handlers.citizen.flow.CitizenFlow`
     adds the entry points and registers every step."""
 
@@ -187,9 +188,10 @@ class FlowCore:
 
     # ------------------------------------------------------------------ presses and answers
 
+    @abstractmethod
     async def press(self, turn: Turn, data: str) -> None:
         """A button press, or a typed answer that named a button (overridden by the flow)."""
-        raise NotImplementedError
+        ...
 
     def unknown_button(self, turn: Turn) -> None:
         """A press this step cannot take (forged or garbled): say so, and ask again."""
