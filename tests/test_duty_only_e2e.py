@@ -109,11 +109,15 @@ async def test_the_default_duty_queue_works_for_officers(standin, service):
     # The officer's /queue lists it, and /stats and /officers answer too.
     for command in ("queue", "stats", "officers"):
         await in_duty(officer, command)
+    # The answers go out through the outbox (the group's flood budget): wait for the listing.
+    listed = await standin.wait_for(
+        lambda c: c.chat_id == DUTY.id and format_code(code) in (c.text or "") and "•" in c.text,
+        timeout=20,
+    )
+    assert t("vi", "triage.queue_empty") not in (listed.text or "")
     texts = standin.texts_to(DUTY.id)
     assert not any(t("vi", "triage.not_a_queue") in text for text in texts)
     assert not any(t("vi", "triage.not_permitted") in text for text in texts)
-    listing = next(x for x in texts if format_code(code) in x and "•" in x)
-    assert t("vi", "triage.queue_empty") not in listing
 
     # The officer's claim is honoured, and the card is edited in place.
     claim = next(
