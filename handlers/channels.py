@@ -5,7 +5,7 @@ A flow produces one neutral :class:`~handlers.events.Reply`; each channel render
 limit; a new message where it cannot edit one). The flows read a channel's capabilities only where
 the conversation itself differs, for example a relayed question on a channel with no reply-to.
 
-These are domain facts (PRODUCT.md, "Channels for citizens"; ``docs/channels.md``), so they live
+These are domain facts (``docs/domain.md``, "Channels for citizens"), so they live
 here and not in an adapter. The officers' side always stays in Telegram.
 """
 

@@ -1,4 +1,4 @@
-"""The product's fixed vocabularies (PRODUCT.md): categories, statuses, outcomes, modes."""
+"""The product's fixed vocabularies (docs/domain.md): categories, statuses, outcomes, modes."""
 
 from __future__ import annotations
 

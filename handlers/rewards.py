@@ -1,4 +1,4 @@
-"""The reward workflow (PRODUCT.md, Reward workflow): propose, decide, notify, pay once.
+"""The reward workflow (docs/domain.md, "Reward workflow"): propose, decide, notify, pay once.
 
 A channel-neutral service: the chat (``handlers/triage.py``) and the web panel call the same
 methods. Every stage is an audit event on the report. Races are settled by the database: a

@@ -41,7 +41,7 @@ GROUP_WINDOW_MARGIN: Final = 1.0
 
 @dataclass(frozen=True)
 class FloodLimits:
-    """Telegram's flood limits as the worker applies them (PRODUCT.md), and folding policy."""
+    """Telegram's flood limits as the worker applies them (docs/domain.md), and folding policy."""
 
     #: Messages per second over all chats.
     global_per_second: int = 30
