@@ -184,3 +184,19 @@ async def session(
 ) -> AsyncIterator[AsyncSession]:
     async with session_factory() as session:
         yield session
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limit_left_behind() -> Iterator[None]:
+    """A test that runs the command line in-process (``bot.cli.main``) installs the log's rate
+    limit on the root logger, as ``tinbao`` does at start; it must not outlive that test and
+    swallow the log lines another test counts."""
+    import logging
+
+    from bot.logs import RATE_LIMIT
+
+    yield
+    root = logging.getLogger()
+    for holder in (root, *root.handlers):
+        if RATE_LIMIT in holder.filters:
+            holder.removeFilter(RATE_LIMIT)
