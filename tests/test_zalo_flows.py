@@ -6,6 +6,7 @@ Platform and the Zalo OA, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -226,10 +227,12 @@ class Officers:
                 return await session.scalar(select(CardPost)) is not None
 
         await until(posted)
+        start = len(self.telegram.calls)
         await self.send(self.factory.callback(self.officer, button(card, "r:ask:"), message=card))
         prompt = await self.telegram.wait_for(
             lambda c: c.chat_id == LX.id and "force_reply" in str(c.params.get("reply_markup")),
             timeout=15,
+            start=start,
         )
         await self.send(
             self.factory.group_text(self.officer, question, group=LX, reply_to=prompt.result)
@@ -420,3 +423,42 @@ async def test_codes_work_across_channels(service, telegram, zalo_bot, zalo_oa):
     # A wrong PIN from another channel is refused like any other.
     wrong = await on_zalo.say(f"status {oa_code} 000000")
     assert t("vi", "status.wrong") in wrong
+
+
+# ---------------------------------------------------------------------- anonymity
+
+
+async def test_no_zalo_identity_in_the_database_or_the_logs(
+    service, telegram, zalo_bot, zalo_oa, caplog
+):
+    from tests.test_anonymity import dump_everything
+
+    caplog.set_level(logging.DEBUG)
+    citizens: list[BotCitizen | OACitizen] = []
+    for i in range(3):
+        citizens.append(
+            BotCitizen(service, zalo_bot, f"71234567890000{i:05d}", name=f"Lê Thị Kín{i:02d}")
+        )
+        citizens.append(OACitizen(service, zalo_oa, f"81234567890000{i:05d}"))
+    officers = Officers(service, telegram)
+    for i, citizen in enumerate(citizens):
+        code, _ = await type_tip(citizen, f"Trộm xe máy trước chợ Long Xuyên, lần thứ {i}")
+        if i < 2:  # the relay once each way, on each channel (before tips fold into digests)
+            card = await card_in_group(telegram, LX.id, code)
+            await officers.ask(card, f"Câu hỏi về {code}?")
+            await got(citizen, f"Câu hỏi về {code}?")
+            await citizen.say(f"Trả lời cho {code}")
+            await officers.relayed(f"Trả lời cho {code}")
+    dump = await dump_everything(service.session_factory)
+    logs = caplog.text
+    assert logs
+    for citizen in citizens:
+        needles = [citizen.user_id, f"app{citizen.user_id}"]
+        if isinstance(citizen, BotCitizen):
+            needles.append(citizen.user.display_name)
+        for needle in needles:
+            assert needle not in dump, f"{needle!r} is stored"
+            assert needle not in logs, f"{needle!r} is logged"
+    for call in telegram.calls:
+        for citizen in citizens:
+            assert citizen.user_id not in str(call.params)
