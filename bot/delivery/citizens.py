@@ -8,11 +8,14 @@ a neutral :class:`~handlers.events.Reply` for that channel's capabilities and se
 Nothing here assumes Telegram.
 
 The sender's :class:`~bot.channel.SendError` decides what comes next: ``retry_after`` waits that
-long; ``gone`` marks the route blocked and tells the officers once, in the report's chat;
-``permanent`` fails the row; anything else is retried with backoff. A row whose channel is not
-running in this process waits (parked). A claim code travels encrypted in the row and is wiped
-once delivered or dropped. Rows are taken and settled with the same leases as the officers'
-worker (:mod:`bot.delivery.leases`).
+long; ``gone`` holds the message, marks the route blocked and tells the officers once, in the
+report's chat; ``permanent`` fails the row; anything else is retried with backoff. A held message
+(and any other that comes for a blocked route) waits until the tipster writes again, which
+clears the route and makes it due (:mod:`handlers.citizen.reachable`), or is dropped once it
+has waited ``hold_seconds``. Each channel is paced at its own rate (:data:`CHANNEL_RATES`).
+A row whose channel is not running in this process waits (parked). A claim code travels
+encrypted in the row and is wiped once delivered or dropped. Rows are taken and settled with the
+same leases as the officers' worker (:mod:`bot.delivery.leases`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ KIND = Kind.CITIZEN_MESSAGE.value
 BATCH = 50
 NO_ROUTE = "no route back to the tipster"
 BLOCKED = "the tipster has blocked the bot"
+HELD = "held until the tipster writes again"
+#: Messages per second to each channel's citizens, below its own limits (docs/zalo.md): the
+#: Zalo OA answers ``-32`` when called too fast and counts every message against a quota.
+CHANNEL_RATES: dict[str, float] = {ChannelName.ZALO_OA: 4.0, ChannelName.ZALO_BOT: 8.0}
+#: How long a message for a tipster who cannot be reached waits for them to write again.
+HOLD_SECONDS = 30 * 24 * 3600.0
+#: The officers' notice for a route that went unreachable, by channel.
+UNREACHABLE_NOTICE: dict[str, str] = {ChannelName.ZALO_OA: "zalo.tipster_unreachable"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class CitizenMessenger:
         per_second: float = 20.0,
         retry_cap: float = 300.0,
         park_seconds: float = 60.0,
+        channel_rates: dict[str, float] | None = None,
+        hold_seconds: float = HOLD_SECONDS,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.session_factory = session_factory
@@ -82,6 +95,9 @@ class CitizenMessenger:
         self.interval = 1.0 / per_second
         self.retry_cap = retry_cap
         self.park_seconds = park_seconds
+        self.channel_rates = dict(CHANNEL_RATES if channel_rates is None else channel_rates)
+        self.hold_seconds = hold_seconds
+        self._next_slot: dict[str, float] = {}
         self.clock = clock
         self.leases = Leases(session_factory, clock, lease_seconds)
         self._wake = asyncio.Event()
@@ -146,6 +162,9 @@ class CitizenMessenger:
         """Send one claimed row; ``True`` when it was settled (sent or failed)."""
         async with self.session_factory() as session:
             outgoing = await self._prepare(session, claim)
+        if outgoing == HELD:
+            await self._hold(claim)
+            return False
         if isinstance(outgoing, str):
             await self._drop(claim, outgoing)
             return True
@@ -161,10 +180,11 @@ class CitizenMessenger:
             )
             return False
         replies = render(outgoing.replies, sender.capabilities)
+        await self._pace(outgoing.channel)
         try:
             message_ids = await sender.send(outgoing.chat_id, replies)
         except SendError as exc:
-            return await self._failed(claim, exc)
+            return await self._failed(claim, exc, outgoing.channel)
         self.sent += 1
         payload = self._wiped(claim)
         if message_ids and "relay_id" in payload:
@@ -185,7 +205,9 @@ class CitizenMessenger:
         if route is None:
             return NO_ROUTE
         if route.blocked_at is not None:
-            return BLOCKED
+            # Unreachable for now: held until the tipster writes again, or too old to keep.
+            held_for = (self.clock() - row.created_at).total_seconds()
+            return BLOCKED if held_for >= self.hold_seconds else HELD
         where = self.keyring.decrypt(route.route)
         channel = str(where.get("channel") or ChannelName.TELEGRAM)
         payload = CitizenPayload.from_json(claim.payload)
@@ -208,6 +230,18 @@ class CitizenMessenger:
             values.update(self.keyring.decrypt(payload.secret))
         return Reply(text=t(locale, str(payload.key), **values))
 
+    async def _pace(self, channel: str) -> None:
+        """Wait for ``channel``'s next slot (its own rate, on top of the overall one)."""
+        rate = self.channel_rates.get(channel)
+        if not rate:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next_slot.get(channel, now))
+        self._next_slot[channel] = slot + 1.0 / rate
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
     # -------------------------------------------------------------------------- outcomes
 
     @staticmethod
@@ -221,10 +255,10 @@ class CitizenMessenger:
         await self.leases.fail(claim, error, payload=self._wiped(claim))
         log.info("outbox row %d to a tipster dropped: %s", claim.row_id, error)
 
-    async def _failed(self, claim: Claim, exc: SendError) -> bool:
+    async def _failed(self, claim: Claim, exc: SendError, channel: str) -> bool:
         if exc.gone:
-            await self._blocked(claim)
-            return True
+            await self._blocked(claim, channel)
+            return False
         if exc.permanent:
             await self.leases.fail(
                 claim, f"refused: {exc.reason[:200]}", payload=self._wiped(claim)
@@ -237,9 +271,21 @@ class CitizenMessenger:
         await self.leases.release(claim, delay, error=exc.reason[:200], failed=True)
         return False
 
-    async def _blocked(self, claim: Claim) -> None:
-        """The tipster cannot be reached there any more: mark the route, tell the officers once."""
+    async def _hold(self, claim: Claim) -> None:
+        """Keep the message until the tipster writes again (which makes it due at once)."""
+        async with self.session_factory() as session:
+            created = await session.scalar(
+                select(OutboxMessage.created_at).where(OutboxMessage.id == claim.row_id)
+            )
+        waited = (self.clock() - created).total_seconds() if created is not None else 0.0
+        left = self.hold_seconds - waited
+        await self.leases.release(claim, max(1.0, left), error=HELD, failed=False)
+
+    async def _blocked(self, claim: Claim, channel: str) -> None:
+        """The tipster cannot be reached there now: mark the route, tell the officers once, and
+        hold the message until they write again."""
         now = self.clock()
+        key = UNREACHABLE_NOTICE.get(channel, "relay.tipster_blocked")
 
         async def mark(session: AsyncSession) -> None:
             row = await session.get(OutboxMessage, claim.row_id)
@@ -253,9 +299,7 @@ class CitizenMessenger:
                 return
             route.blocked_at = now
             notice = ChatTextPayload(
-                text=t(
-                    self.officer_locale, "relay.tipster_blocked", code=format_code(report.code)
-                ),
+                text=t(self.officer_locale, key, code=format_code(report.code)),
                 reply_to_report=report.id,
             )
             enqueue(
@@ -263,12 +307,14 @@ class CitizenMessenger:
                 notice,
                 Dest.parse(await officers_destination(session, report)),
                 report_id=report.id,
-                dedupe_key=f"blocked:{report.id}",
+                # Once for each time the route goes unreachable.
+                dedupe_key=f"blocked:{report.id}:{now.timestamp():.0f}",
                 priority=Priority.TIP,
             )
 
-        await self.leases.fail(claim, BLOCKED, then=mark, payload=self._wiped(claim))
-        log.info("a tipster can no longer be reached (outbox row %s)", claim.row_id)
+        await self.leases.write(mark)
+        await self._hold(claim)
+        log.info("a tipster cannot be reached now; message held (outbox row %s)", claim.row_id)
 
 
 __all__ = ["CitizenMessenger", "Outgoing"]

@@ -138,6 +138,8 @@ class Turn:
     prepared_pin: tuple[str, str] | None = None
     #: This event was a typed answer that matched nothing (counted for the help line).
     missed: bool = False
+    #: Messages held for this tipster were released by this event (they have not seen them).
+    woke: bool = False
 
     @property
     def locale(self) -> str:

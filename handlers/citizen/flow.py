@@ -39,6 +39,7 @@ from handlers.citizen.base import (
 from handlers.citizen.core import FlowCore, Step
 from handlers.citizen.draft import check_description, check_short_text
 from handlers.citizen.menu import STEPS as MENU_STEPS
+from handlers.citizen.reachable import wake_held
 from handlers.citizen.relay import (
     RELAY_STATES,
     answer_out_of_turn,
@@ -50,7 +51,7 @@ from handlers.citizen.relay import (
 )
 from handlers.citizen.relay import STEPS as RELAY_STEPS
 from handlers.citizen.status import STEPS as STATUS_STEPS
-from handlers.citizen.status import start_status
+from handlers.citizen.status import start_status, typed_status
 from handlers.citizen.tip import STEPS as TIP_STEPS
 from handlers.citizen.tip import start_tip
 from handlers.events import ButtonPress, Event, Message, Outcome
@@ -167,6 +168,7 @@ class CitizenFlow(FlowCore):
         )
         turn.data["seen"] = [*seen, event.update_id][-SEEN_UPDATES:]
         await self._expire_draft(turn)
+        turn.woke = await wake_held(turn)
         turn.prepared_pin = (prepared or {}).get(PREPARED_PIN)
         if isinstance(event, ButtonPress):
             await self.press(turn, event.data)
@@ -210,6 +212,9 @@ class CitizenFlow(FlowCore):
         if message.command is not None:
             await self._on_command(turn, message.command, message.args)
             return
+        if (status_args := typed_status(message.text)) is not None:
+            await start_status(self, turn, status_args)
+            return
         if message.reply_to is not None and turn.caps.reply_to:
             report = await replied_question(turn, message.reply_to)
             if report is not None:
@@ -218,7 +223,7 @@ class CitizenFlow(FlowCore):
         if not turn.caps.reply_to and turn.state not in RELAY_STATES:
             if turn.state in DRAFT_STATES:
                 await hint_pending(turn)
-            elif (report := await pending_question(turn)) is not None:
+            elif not turn.woke and (report := await pending_question(turn)) is not None:
                 await answer_out_of_turn(self, turn, report, message, prepared)
                 return
         await self.steps[turn.state].on_message(self, turn, message, prepared)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import cache
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,13 +16,36 @@ from handlers.citizen.base import (
     Turn,
 )
 from handlers.citizen.core import FlowCore, Step
+from handlers.domain import LOCALES
 from handlers.events import Message
 from handlers.i18n import t
+from handlers.places import fold
 from handlers.rewards import Rewards, RewardSettings, format_claim_code, format_vnd
 from handlers.security import format_code, parse_code, parse_pin
 from handlers.text import clean_text
 from storage.models import Report
 from storage.repositories import RateLimits, Reports
+
+
+@cache
+def _status_words() -> frozenset[str]:
+    found: set[str] = set()
+    for locale in LOCALES:
+        found.update(fold(word) for word in t(locale, "zalo.words.status").split("|"))
+    return frozenset(word for word in found if word)
+
+
+def typed_status(text: str | None) -> str | None:
+    """The code (and PIN) of ``status CODE PIN`` typed without the slash, as Zalo users do
+    (``tra cứu CODE PIN`` too); ``None`` unless a tracking code follows the word."""
+    tokens = clean_text(text or "")[:120].split()
+    for size in (1, 2):
+        if len(tokens) <= size or fold(" ".join(tokens[:size])) not in _status_words():
+            continue
+        rest = tokens[size:]
+        if parse_code("".join(rest)) or (len(rest) >= 2 and parse_code("".join(rest[:-1]))):
+            return " ".join(rest)
+    return None
 
 
 async def start_status(flow: FlowCore, turn: Turn, args: str, *, asked: bool = False) -> None:

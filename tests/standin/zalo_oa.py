@@ -5,7 +5,9 @@
   ``refresh_token``): each refresh token works once; the answer rotates both tokens and gives
   ``expires_in`` as a string, as Zalo does.
 * ``POST /v3.0/oa/message/cs`` (header ``access_token``): ``-216`` for an unknown or revoked
-  access token, ``-230`` when the user has not written within 7 days; sends are recorded.
+  access token, ``-213`` when the user has unfollowed the OA, ``-230`` when the user has not
+  written within 7 days; sends are recorded. An ``unfollow`` event closes the way, a ``follow``
+  or any message from the user opens it again.
 * :func:`signed` builds a webhook body and its ``X-ZEvent-Signature`` for tests.
 """
 
@@ -43,6 +45,8 @@ class ZaloOAStandIn:
         self.sends: list[OASend] = []
         #: The last time (ms) each user wrote to the OA; the 7-day window runs from there.
         self.last_seen: dict[str, int] = {}
+        #: Users who unfollowed the OA (``-213`` until they follow again).
+        self.unfollowed: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._counter = itertools.count(1)
@@ -94,6 +98,8 @@ class ZaloOAStandIn:
             error = -216
         elif not 1 <= len(text) <= 2000:
             error = -201
+        elif user_id in self.unfollowed:
+            error = -213
         elif time.time() * 1000 - self.last_seen.get(user_id, 0) > WINDOW_MS:
             error = -230
         self.sends.append(OASend(user_id, text, error))
@@ -108,6 +114,13 @@ class ZaloOAStandIn:
     def revoke_access_tokens(self) -> None:
         self.access_tokens.clear()
 
+    def close_window(self, user_id: str) -> None:
+        """The user last wrote eight days ago: the OA may not message them any more."""
+        self.last_seen[user_id] = int(time.time() * 1000) - WINDOW_MS - 24 * 3600 * 1000
+
+    def refused(self, user_id: str | None = None) -> list[OASend]:
+        return [s for s in self.sends if s.error and user_id in (None, s.user_id)]
+
     def delivered(self, user_id: str | None = None) -> list[str]:
         return [s.text for s in self.sends if not s.error and user_id in (None, s.user_id)]
 
@@ -118,6 +131,10 @@ class ZaloOAStandIn:
         now = int(time.time() * 1000)
         if event_name.startswith("user_send_") or event_name == "follow":
             self.last_seen[user_id] = now
+        if event_name == "follow":
+            self.unfollowed.discard(user_id)
+        elif event_name == "unfollow":
+            self.unfollowed.add(user_id)
         event: dict[str, Any] = {
             "app_id": APP_ID,
             "event_name": event_name,
@@ -125,7 +142,7 @@ class ZaloOAStandIn:
             "user_id_by_app": f"app{user_id}",
             **extra,
         }
-        if event_name == "follow":
+        if event_name in ("follow", "unfollow"):
             event["follower"] = {"id": user_id}
         else:
             event["sender"] = {"id": user_id}
