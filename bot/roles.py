@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from config.settings import ConfigError
 
@@ -76,6 +76,19 @@ def _refused(bot: int, where: str) -> ConfigError:
         "Polling is one process per bot: stop the other one, or set TINBAO_WEBHOOK_URL and run "
         "several 'tinbao run --role web' processes behind one URL (docs/operations.md)."
     )
+
+
+#: Advisory lock key of the start-up writes (the unit catalogue, the admins): several processes
+#: starting at once on one PostgreSQL take turns instead of inserting the same rows.
+STARTUP_LOCK_KEY = (POLLING_LOCK_CLASS << 48) | ((1 << 48) - 1)
+
+
+async def startup_turn(session: AsyncSession) -> None:
+    """Inside a start-up transaction: one process at a time (PostgreSQL; SQLite is one)."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": STARTUP_LOCK_KEY}
+        )
 
 
 class PollingLock:

@@ -25,7 +25,7 @@ from bot.dispatch import Dispatcher
 from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.ordering import ChatOrder, purge_arrivals
-from bot.roles import PollingLock, Role, SendOnlyTelegram
+from bot.roles import PollingLock, Role, SendOnlyTelegram, startup_turn
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
 from config.catalogue import Catalogue, load_catalogue
@@ -105,6 +105,7 @@ class Service:
             catalogue = load_catalogue(settings.units_file)
             session_factory = create_session_factory(engine)
             async with session_factory() as session, session.begin():
+                await startup_turn(session)
                 await Units(session).sync(catalogue)
             queues = load_queue_map(
                 settings.queues_file,
@@ -125,6 +126,7 @@ class Service:
                 settings.reward_instructions_file, known_units=catalogue.by_code.keys()
             )
             async with session_factory() as session, session.begin():
+                await startup_turn(session)
                 await Registry(session).ensure_admins(settings.admin_telegram_ids)
         except ValueError as exc:
             await engine.dispose()
