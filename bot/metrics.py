@@ -32,22 +32,30 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from config.settings import Settings
 from handlers.outbox import TIMER_KINDS as OUTBOX_TIMER_KINDS
 from handlers.outbox import Status
 from storage.models import AuditEvent, OutboxMessage, Report, ReportEvent
 from storage.types import utcnow
 
-if TYPE_CHECKING:
-    from bot.runtime import Service
+
+class Scraped(Protocol):
+    """What a scrape reads of the running service (``bot.runtime.Service``)."""
+
+    settings: Settings
+    session_factory: async_sessionmaker[AsyncSession]
+    telegram: Any
+
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +228,7 @@ def install(engine: Engine) -> None:
 # ------------------------------------------------------------------------------ the scrape
 
 
-async def _read_database(service: Service) -> None:
+async def _read_database(service: Scraped) -> None:
     now = utcnow()
     waiting = OutboxMessage.status.in_((Status.PENDING, Status.SENDING))
     async with service.session_factory() as session:
@@ -256,7 +264,7 @@ def _age(now: datetime, then: datetime | None) -> float:
     return max(0.0, (now - then).total_seconds())
 
 
-async def collect(service: Service) -> bytes:
+async def collect(service: Scraped) -> bytes:
     """Refresh the gauges and render every metric in Prometheus's text format."""
     up = True
     try:
@@ -294,7 +302,7 @@ def allowed(remote: str | None, networks: Iterable[IPv4Network | IPv6Network]) -
     return any(address in network for network in networks)
 
 
-def metrics_handler(service: Service) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def metrics_handler(service: Scraped) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         # The peer's own address: a forwarded header is not trusted for this.
         if not allowed(request.remote, service.settings.metrics_allow):

@@ -25,15 +25,12 @@ import logging
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from config.settings import ConfigError
-
-if TYPE_CHECKING:
-    from bot.telegram import TelegramChannel
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +155,8 @@ class SendOnlyTelegram:
     """Telegram in a ``worker`` process: the bot is initialised to send (cards, alerts), but it
     neither polls nor sets the webhook, which belong to the ``web`` processes."""
 
-    def __init__(self, channel: TelegramChannel) -> None:
+    def __init__(self, channel: Any) -> None:
+        #: A ``bot.telegram.TelegramChannel`` (not imported here: no cycle).
         self.channel = channel
         self.bot = channel.application.bot
         self._task: asyncio.Task[None] | None = None
