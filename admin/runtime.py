@@ -57,6 +57,15 @@ class PanelRuntime(Protocol):
         and handlers."""
         ...
 
+    def process_routes(self) -> list[tuple[str, str, WebHandler]]:
+        """Routes of the process itself (``GET /metrics``), as method, path and handler."""
+        ...
+
+    @property
+    def serves_panel(self) -> bool:
+        """Whether this process serves the panel (a ``worker`` process serves only health)."""
+        ...
+
     def health_details(self) -> Mapping[str, object]:
         """Counters for ``/healthz`` beyond the channel states (malformed updates skipped...)."""
         ...

@@ -55,7 +55,9 @@ def build_web_app(service: PanelRuntime) -> web.Application:
     app[SERVICE_KEY] = service
     app[UPLOAD_PATHS] = set()
     app.router.add_get("/healthz", healthz)
-    if service.keyring is not None:
+    for method, path, process_handler in service.process_routes():  # /metrics
+        app.router.add_route(method, path, process_handler)
+    if service.keyring is not None and service.serves_panel:
         app.router.add_get("/admin", admin_root)
         app.add_subapp("/admin", build_admin_app(service, clients=clients))
     for path, handler in service.webhook_routes():  # Telegram's and the Zalo channels'

@@ -51,7 +51,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("run", help="start the service (web server, and Telegram when configured)")
+    run = commands.add_parser(
+        "run", help="start the service (web server, and Telegram when configured)"
+    )
+    run.add_argument(
+        "--role",
+        choices=("all", "web", "worker"),
+        default="all",
+        help="all (default): everything in one process; web: webhooks, polling, the panel; "
+        "worker: delivery, timers, maintenance. Several of each may share one PostgreSQL.",
+    )
     commands.add_parser("migrate", help="upgrade the database schema to this version")
     units = commands.add_parser("units", help="the unit catalogue")
     units_commands = units.add_subparsers(dest="units_command", metavar="ACTION")
@@ -78,27 +87,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_app(service: Service) -> web.Application:
     """The server's application: health, webhooks and the panel, and the citizens' page at ``/``
-    (``TINBAO_WEB_ENABLED``)."""
+    (``TINBAO_WEB_ENABLED``) in a process that takes citizens' updates (not a worker)."""
     from admin.web import build_web_app
     from bot.web import add_citizen_routes
 
     app = build_web_app(service)
-    if service.keyring is not None and service.settings.web_enabled:
+    if service.keyring is not None and service.settings.web_enabled and service.serves_panel:
         add_citizen_routes(app, service)
     return app
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, role: str = "all") -> None:
     from admin.server import serve
     from admin.web import server_limits
+    from bot.roles import Role
     from bot.runtime import Service, attach
 
-    service = await Service.create(settings)
+    service = await Service.create(settings, Role(role))
     app = build_app(service)
     attach(app, service)
     # No access log at all (admin.server.serve): no client address is ever logged.
     served = await serve(app, settings.http_host, settings.http_port, server_limits(settings))
-    log.info("serving on http://%s:%d (health: /healthz)", settings.http_host, settings.http_port)
+    log.info(
+        "serving on http://%s:%d (role %s; health: /healthz)",
+        settings.http_host,
+        settings.http_port,
+        role,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -199,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValidationError) as exc:
         print(f"tinbao: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "migrate":
             revision = asyncio.run(_migrate(settings))
@@ -211,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             print(asyncio.run(_rotate(settings)))
             return 0
-        asyncio.run(_serve(settings))
+        asyncio.run(_serve(settings, args.role))
         return 0
     except (ConfigError, SchemaMismatch, UnreadableValue) as exc:
         print(f"tinbao: {exc}", file=sys.stderr)

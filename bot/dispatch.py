@@ -13,8 +13,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from bot import metrics
+from bot.ordering import ChatOrder
 from handlers.citizen import CitizenFlow, DuplicateUpdate, MediaFetcher
-from handlers.events import Event, Outcome, Reply
+from handlers.events import ButtonPress, Event, Outcome, Reply
 from handlers.i18n import pick_locale, t
 from handlers.triage import (
     DuplicateOfficerUpdate,
@@ -45,6 +47,8 @@ class Dispatcher:
         self.triage = triage or Triage()
         #: Called after a commit that may have queued officer-facing messages.
         self.after_commit: list[Callable[[], None]] = []
+        #: One chat's updates in update-id order across processes (PostgreSQL webhooks).
+        self.order: ChatOrder | None = None
 
     def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
         return writer(self.engine) if self.engine is not None else contextlib.nullcontext()
@@ -60,13 +64,23 @@ class Dispatcher:
 
     async def process_officer(self, press: OfficerPress) -> OfficerOutcome | None:
         """Handle an officer's press; ``None`` for a duplicate delivery."""
-        return await self._officer(press.update_id, lambda s: self.triage.handle_press(s, press))
+        started = metrics.update_taken("telegram", "officer_press")
+        try:
+            return await self._officer(
+                press.update_id, lambda s: self.triage.handle_press(s, press)
+            )
+        finally:
+            metrics.answered(started)
 
     async def process_officer_message(self, message: OfficerMessage) -> OfficerOutcome | None:
         """Handle a command or typed answer in an officers' chat."""
-        return await self._officer(
-            message.update_id, lambda s: self.triage.handle_message(s, message)
-        )
+        started = metrics.update_taken("telegram", "officer_message")
+        try:
+            return await self._officer(
+                message.update_id, lambda s: self.triage.handle_message(s, message)
+            )
+        finally:
+            metrics.answered(started)
 
     async def _officer(
         self,
@@ -92,6 +106,17 @@ class Dispatcher:
 
     async def process(self, event: Event, fetcher: MediaFetcher) -> Outcome | None:
         """Handle ``event``; ``None`` when it is a duplicate delivery and nothing must be sent."""
+        kind = "press" if isinstance(event, ButtonPress) else "message"
+        started = metrics.update_taken(str(event.sender.channel), kind)
+        try:
+            if self.order is None:
+                return await self._process(event, fetcher)
+            async with self.order.turn(event):
+                return await self._process(event, fetcher)
+        finally:
+            metrics.answered(started)
+
+    async def _process(self, event: Event, fetcher: MediaFetcher) -> Outcome | None:
         try:
             prepared: dict[str, object] = {}
             if self.flow.needs_preparing(event):
@@ -101,6 +126,8 @@ class Dispatcher:
                 session = self.session_factory()
                 try:
                     async with self._writer(), session, session.begin():
+                        if self.order is not None:
+                            await self.order.lock(session, event)
                         outcome = await self.flow.handle(session, event, prepared)
                     self._committed(session)
                     return outcome

@@ -60,6 +60,8 @@ from telegram._utils.types import ODVInput, UploadFileDict
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
+from bot import metrics
+
 __all__ = ["AiohttpRequest"]
 
 log = logging.getLogger(__name__)
@@ -289,10 +291,14 @@ class AiohttpRequest(BaseRequest):
             async with session.request(
                 method, url, data=data, headers=headers, timeout=timeout
             ) as response:
-                return response.status, await response.read()
+                body = await response.read()
+                metrics.bot_api_call(url, response.status)
+                return response.status, body
         except TimeoutError as err:  # also aiohttp's ServerTimeoutError family
+            metrics.bot_api_call(url, None)
             raise TimedOut from err
         except aiohttp.ClientError as err:
+            metrics.bot_api_call(url, None)
             raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
         finally:
             slots.release()

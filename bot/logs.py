@@ -11,10 +11,12 @@ updates, request URLs or image metadata are held at WARNING.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 #: Libraries that log whole updates (with the sender's ids), request URLs, or (Pillow, at
 #: DEBUG) the EXIF fields of evidence images: artist, camera serial, GPS.
@@ -210,11 +212,33 @@ def quiet_library_loggers() -> None:
             logger.setLevel(logging.WARNING)
 
 
-def setup_logging(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``TINBAO_LOG_FORMAT=json``): time (UTC, ISO 8601), level,
+    logger, message and, when there is one, the traceback. It formats what the filters left:
+    the scrubbed, rate-limited text, never a record's raw arguments."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["traceback"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     quiet_library_loggers()
     install_scrubber(None)
     install_rate_limit()

@@ -16,12 +16,16 @@ from datetime import timedelta
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot import metrics
 from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
 from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
+from bot.delivery.shared_budget import SharedBudget
 from bot.dispatch import Dispatcher
 from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
+from bot.ordering import ChatOrder, purge_arrivals
+from bot.roles import PollingLock, Role, SendOnlyTelegram, startup_turn
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
 from bot.web.inbox import WebInbox
@@ -79,10 +83,15 @@ class Service:
     keyring: Keyring | None = None
     #: The citizen channels running in this process; the outbox reaches tipsters through them.
     channels: ChannelRegistry = field(default_factory=ChannelRegistry)
+    #: What this process does (``tinbao run --role``); see :mod:`bot.roles`.
+    role: Role = Role.ALL
+    #: Telegram in a worker process: initialised to send, never receiving.
+    send_only: SendOnlyTelegram | None = None
+    polling_lock: PollingLock | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def create(cls, settings: Settings) -> Service:
+    async def create(cls, settings: Settings, role: Role = Role.ALL) -> Service:
         """Build the service; refuses to start on an unusable configuration or schema."""
         settings.check()
         localtime.configure(settings.timezone)
@@ -97,6 +106,7 @@ class Service:
             catalogue = load_catalogue(settings.units_file)
             session_factory = create_session_factory(engine)
             async with session_factory() as session, session.begin():
+                await startup_turn(session)
                 await Units(session).sync(catalogue)
             queues = load_queue_map(
                 settings.queues_file,
@@ -117,6 +127,7 @@ class Service:
                 settings.reward_instructions_file, known_units=catalogue.by_code.keys()
             )
             async with session_factory() as session, session.begin():
+                await startup_turn(session)
                 await Registry(session).ensure_admins(settings.admin_telegram_ids)
         except ValueError as exc:
             await engine.dispose()
@@ -155,9 +166,17 @@ class Service:
             ),
         )
         dispatcher = Dispatcher(session_factory, flow, triage)
+        metrics.install(engine.sync_engine)
+        shared = engine.dialect.name == "postgresql"
+        if shared and settings.webhook_enabled and role.receives:
+            # Several web processes behind one URL: one chat's updates in order (bot.ordering).
+            dispatcher.order = ChatOrder(
+                session_factory, lambda channel, user: keyring.sender_keys(channel, user)[0]
+            )
         service = cls(settings, engine, session_factory, catalogue, flow, dispatcher)
         service.queues = queues
         service.keyring = keyring
+        service.role = role
         if settings.telegram_token is not None:
             channel = TelegramChannel(settings, dispatcher)
             bot = channel.application.bot
@@ -169,7 +188,10 @@ class Service:
                 keyring=keyring,
             )
             service.telegram = channel
-            service.channels.add(TelegramCitizenChannel(channel))
+            if role.receives:
+                service.channels.add(TelegramCitizenChannel(channel))
+            else:
+                service.send_only = SendOnlyTelegram(channel)
             service.delivery = DeliveryWorker(
                 session_factory,
                 bot,
@@ -180,14 +202,25 @@ class Service:
                 keyring=keyring,
             )
             dispatcher.after_commit.append(service.delivery.kick)
+            if shared:
+                limits = FloodLimits.from_settings(settings)
+                service.delivery.pacer.shared = SharedBudget(
+                    session_factory,
+                    global_per_second=limits.global_per_second,
+                    chat_per_second=limits.chat_per_second,
+                    chat_burst=limits.chat_burst,
+                )
+            if dispatcher.order is not None:
+                channel.arrivals = dispatcher.order.arrived
         else:
             log.warning(
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
                 "@BotFather to receive reports; the web server keeps running meanwhile."
             )
-        add_zalo_channels(service, keyring)
-        if settings.web_enabled:  # the citizens' page: its inbox is where their messages go
-            service.channels.add(WebInbox(session_factory, keyring))
+        if role.receives:
+            add_zalo_channels(service, keyring)
+            if settings.web_enabled:  # the citizens' page: its inbox is where their messages go
+                service.channels.add(WebInbox(session_factory, keyring))
         # Messages to tipsters go through whichever channel their route names.
         service.messenger = CitizenMessenger(
             session_factory, service.channels, keyring, officer_locale=settings.officer_locale
@@ -205,11 +238,24 @@ class Service:
         self,
     ) -> list[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
         routes: list[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = []
+        if not self.role.receives:
+            return routes
         if self.telegram is not None and self.settings.webhook_enabled:
             routes.append((self.telegram.webhook_path, self.telegram.handle_webhook))
         for channel in self.channels:
             routes.extend(getattr(channel, "webhook_routes", list)())
         return routes
+
+    @property
+    def serves_panel(self) -> bool:
+        return self.role.receives
+
+    def process_routes(
+        self,
+    ) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
+        from bot.metrics import metrics_handler
+
+        return [("GET", "/metrics", metrics_handler(self))]
 
     def health_details(self) -> dict[str, object]:
         if self.telegram is None:
@@ -245,17 +291,37 @@ class Service:
         return {"telegram": self.telegram_state, **self.channels.states()}
 
     async def start(self) -> None:
+        if (
+            self.role.receives
+            and self.telegram is not None
+            and not self.settings.webhook_enabled
+            and self.settings.telegram_token is not None
+        ):
+            # Polling is one process per bot: a second one is refused here, not left to fight
+            # over getUpdates.
+            lock = PollingLock(
+                self.engine,
+                self.settings.data_dir,
+                self.settings.telegram_token.get_secret_value(),
+            )
+            await lock.acquire()
+            self.polling_lock = lock
         await self.channels.start()
-        if list(self.channels):
+        if self.send_only is not None:
+            await self.send_only.start()
+        if list(self.channels) or self.send_only is not None:
             self._tasks.append(asyncio.create_task(self._start_delivery(), name="delivery"))
-        self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
+        if self.role.delivers:
+            self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
 
     async def _start_delivery(self) -> None:
-        """The outbox is delivered once Telegram's bot is up (when Telegram is on)."""
-        if self.telegram is not None and self.delivery is not None:
+        """The outbox is delivered once Telegram's bot is up (when Telegram is on): the
+        officers' outbox and the timers by a delivering role, the citizens' outbox by a
+        receiving one (it owns the channels that reach tipsters)."""
+        if self.telegram is not None and self.delivery is not None and self.role.delivers:
             await self.telegram.ready.wait()
             await self.delivery.start()
-        if self.messenger is not None:
+        if self.messenger is not None and self.role.receives:
             await self.messenger.start()
 
     async def stop(self) -> None:
@@ -270,6 +336,11 @@ class Service:
         if self.delivery is not None:
             await self.delivery.stop()
         await self.channels.stop()
+        if self.send_only is not None:
+            await self.send_only.stop()
+        if self.polling_lock is not None:
+            await self.polling_lock.release()
+            self.polling_lock = None
         await self.engine.dispose()
 
     async def run_maintenance(self) -> None:
@@ -277,6 +348,11 @@ class Service:
             result = await purge(
                 session, now=utcnow(), draft_ttl=timedelta(hours=self.settings.draft_ttl_hours)
             )
+        if self.engine.dialect.name == "postgresql":
+            await purge_arrivals(self.session_factory)
+        pacer = self.delivery.pacer if self.delivery is not None else None
+        if pacer is not None and pacer.shared is not None:
+            await pacer.shared.purge()
         log.info(
             "maintenance: %d expired drafts, %d rate hits, %d update ids, %d blobs purged",
             result.drafts,

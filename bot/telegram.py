@@ -18,7 +18,7 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -453,6 +453,8 @@ class TelegramChannel:
         self.ready = asyncio.Event()
         #: Re-renders posted cards after a state change (set by the composition root).
         self.cards: CardRefresher | None = None
+        #: Registers a citizen's update as soon as the webhook has it (:mod:`bot.ordering`).
+        self.arrivals: Callable[[Event], Awaitable[None]] | None = None
         #: Updates fully handled (replies sent); waiters are woken on each one.
         self.updates_handled = 0
         self._handled = asyncio.Condition()
@@ -615,5 +617,8 @@ class TelegramChannel:
             return web.Response(status=400, text="bad update")
         update = self.intake.parse(data, self.application.bot)
         if update is not None:
+            event = to_event(update) if self.arrivals is not None else None
+            if event is not None and self.arrivals is not None:
+                await self.arrivals(event)
             await self.application.update_queue.put(update)
         return web.Response(text="ok")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = frozenset(
@@ -161,8 +161,15 @@ class Settings(BaseSettings):
     #: Audit events not tied to a report (enrolments, sign-ins, retention runs).
     retention_audit_days: int = Field(default=0, ge=0)
 
-    # --- logging ----------------------------------------------------------------------------
+    # --- logging and metrics ---------------------------------------------------------------
     log_level: str = "INFO"
+    #: ``text`` (one line per record) or ``json`` (one JSON object per line, for a collector).
+    log_format: Literal["text", "json"] = "text"
+    #: Addresses or networks that may read ``GET /metrics`` (the peer's own address); empty:
+    #: anyone who reaches the port (keep the proxy from exposing it).
+    metrics_allow: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
 
     # --- time ---------------------------------------------------------------------------------
     #: The zone of every time shown to a person (IANA name); the database keeps UTC.
@@ -178,9 +185,9 @@ class Settings(BaseSettings):
             return [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
         return value
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "metrics_allow", mode="before")
     @classmethod
-    def _split_proxies(cls, value: object) -> object:
+    def _split_proxies(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -192,8 +199,8 @@ class Settings(BaseSettings):
                 return [ip_network(str(part), strict=False) for part in value if str(part)]
             except ValueError as exc:
                 raise ValueError(
-                    f"TINBAO_TRUSTED_PROXIES: {exc} (expected addresses or networks, "
-                    "comma-separated, e.g. 127.0.0.1,10.0.0.0/8)"
+                    f"TINBAO_{str(info.field_name).upper()}: {exc} (expected addresses or "
+                    "networks, comma-separated, e.g. 127.0.0.1,10.0.0.0/8)"
                 ) from exc
         return value
 

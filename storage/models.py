@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -471,3 +472,28 @@ class StatsDurations(_StatsKey, Base):
     measure: Mapped[str] = mapped_column(String(8), primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     reports: Mapped[int] = mapped_column(BigInteger)
+
+
+class UpdateArrival(Base):
+    """An update some web process has seen and not yet handled (PostgreSQL, several processes):
+    a later update of the same chat waits for it (:mod:`bot.ordering`). ``chat`` is a number
+    derived from the keyed sender hash, never a chat id; the row goes when the update is
+    handled."""
+
+    __tablename__ = "update_arrivals"
+
+    chat: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    channel: Mapped[str] = mapped_column(String(16), primary_key=True)
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    arrived_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class SendSlot(Base):
+    """A flood budget shared by every process (:mod:`bot.delivery.shared_budget`): the moment,
+    in the database's clock (epoch seconds), from which the budget ``key`` is free again."""
+
+    __tablename__ = "send_slots"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    free_at: Mapped[float] = mapped_column(Float)
+    stamped: Mapped[float] = mapped_column(Float)

@@ -24,6 +24,7 @@ from sqlalchemy import and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.delivery.rows import Blocked, Target
+from bot.delivery.shared_budget import SharedBudget
 from handlers.outbox import Priority, Status
 from storage.models import OutboxMessage
 
@@ -171,6 +172,8 @@ class Pacer:
         #: Chats whose plan came out empty, until when (the scheduler looks again then).
         self.blocked: dict[int, float] = {}
         self._recent_429: deque[tuple[float, int]] = deque(maxlen=32)
+        #: The per-chat and global budgets shared with other processes (PostgreSQL).
+        self.shared: SharedBudget | None = None
 
     # -------------------------------------------------------------------------- budgets
 
@@ -327,6 +330,13 @@ class Pacer:
                 self.chat_bucket(chat_id).wait_time(mono),
                 self._global.wait_time(mono, weight),
             )
+            if wait <= 0 and self.shared is not None:
+                # The in-process pacing agrees; now the budget all processes share.
+                wait = await self.shared.reserve(chat_id, weight)
+                if wait > 0:
+                    await nap(wait)
+                mono = self.mono()
+                break
             if wait <= 0:
                 break
             await nap(wait)

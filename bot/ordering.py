@@ -1,0 +1,158 @@
+"""One chat's updates in update-id order across web processes (PostgreSQL).
+
+Several ``web`` processes behind one URL may be handed two updates of one chat at once. Two
+things keep them in order:
+
+1. **One at a time.** The transaction that handles a citizen's update first takes
+   ``pg_advisory_xact_lock(chat)``: a second process handling the same chat waits for the
+   first one's commit (the key is derived from the keyed sender hash, never the chat id).
+2. **Earlier first.** Each update is registered in ``update_arrivals`` (chat key, update id) as
+   soon as a process sees it: at the webhook (Telegram), else when it reaches the dispatcher.
+   Before taking the lock, an update waits while an *earlier* update of the same chat is
+   registered and not yet handled, at most :data:`HOLD_LIMIT` seconds (a process that died
+   holding one must not stall the chat). Handling an update removes its row.
+
+The guarantee: two updates of one chat are handled one after the other, never concurrently;
+and the earlier one is handled first whenever it was registered before the later one finished
+waiting (in practice: whenever it reached any web process before the later one was handled).
+Only an earlier update that reaches no process until after the later one was handled, or
+one whose process stalls for more than :data:`HOLD_LIMIT`, comes after it; the conversation's
+version check still keeps the draft consistent then, and a duplicate is still dropped.
+
+SQLite is one process: the adapters' per-chat processing already orders a chat's updates, so
+:class:`ChatOrder` is only installed on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+from sqlalchemy import delete, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from handlers.events import Event
+from storage.models import UpdateArrival
+from storage.types import utcnow
+
+log = logging.getLogger(__name__)
+
+#: Seconds an update waits at most for an earlier one of its chat.
+HOLD_LIMIT = 3.0
+#: Seconds between two looks while waiting.
+HOLD_STEP = 0.02
+#: An arrival older than this is a leftover (its process died); it holds nothing back.
+STALE_AFTER = timedelta(minutes=2)
+#: High bits of the per-chat lock keys ("tc"), apart from the polling lock's.
+CHAT_LOCK_CLASS = 0x7463
+
+
+def chat_lock_key(sender_hash: str) -> int:
+    """A signed 64-bit key from a keyed sender hash."""
+    digest = int.from_bytes(hashlib.sha256(sender_hash.encode()).digest()[:6], "big")
+    return (CHAT_LOCK_CLASS << 48) | digest
+
+
+class ChatOrder:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        sender_hash: Callable[[str, str], str],
+    ) -> None:
+        self.session_factory = session_factory
+        self.sender_hash = sender_hash
+        #: Updates that waited for an earlier one, and waits that ran out (for tests and logs).
+        self.held = 0
+        self.gave_up = 0
+
+    def key(self, event: Event) -> int:
+        return chat_lock_key(self.sender_hash(str(event.sender.channel), event.sender.user_id))
+
+    async def arrived(self, event: Event) -> None:
+        """Register ``event`` (idempotent). Best effort: a failure only weakens the order."""
+        try:
+            async with self.session_factory() as session, session.begin():
+                await session.execute(
+                    pg_insert(UpdateArrival)
+                    .values(
+                        chat=self.key(event),
+                        update_id=event.update_id,
+                        channel=str(event.sender.channel),
+                        arrived_at=utcnow(),
+                    )
+                    .on_conflict_do_nothing()
+                )
+        except Exception as exc:
+            log.warning("update arrival not registered (%s)", type(exc).__name__)
+
+    async def _earlier_waiting(self, event: Event) -> bool:
+        async with self.session_factory() as session:
+            found = await session.scalar(
+                select(UpdateArrival.update_id)
+                .where(
+                    UpdateArrival.chat == self.key(event),
+                    UpdateArrival.channel == str(event.sender.channel),
+                    UpdateArrival.update_id < event.update_id,
+                    UpdateArrival.arrived_at > utcnow() - STALE_AFTER,
+                )
+                .limit(1)
+            )
+        return found is not None
+
+    @contextlib.asynccontextmanager
+    async def turn(self, event: Event) -> AsyncIterator[None]:
+        """Register, wait for earlier updates of the chat, run the body, then deregister."""
+        await self.arrived(event)
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + HOLD_LIMIT
+            waited = False
+            while await self._earlier_waiting(event):
+                if loop.time() >= deadline:
+                    self.gave_up += 1
+                    log.warning("an earlier update of a chat did not come in time; going on")
+                    break
+                waited = True
+                await asyncio.sleep(HOLD_STEP)
+            if waited:
+                self.held += 1
+        except Exception as exc:  # the database is down: the body will say so
+            log.warning("update order not checked (%s)", type(exc).__name__)
+        try:
+            yield
+        finally:
+            await self._done(event)
+
+    async def _done(self, event: Event) -> None:
+        with contextlib.suppress(Exception):
+            async with self.session_factory() as session, session.begin():
+                await session.execute(
+                    delete(UpdateArrival).where(
+                        UpdateArrival.chat == self.key(event),
+                        UpdateArrival.channel == str(event.sender.channel),
+                        UpdateArrival.update_id == event.update_id,
+                    )
+                )
+
+    async def lock(self, session: AsyncSession, event: Event) -> None:
+        """Inside the handling transaction: one process at a time per chat."""
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.key(event)})
+
+
+async def purge_arrivals(session_factory: async_sessionmaker[AsyncSession]) -> int:
+    """Drop leftover arrivals of processes that died (maintenance)."""
+    async with session_factory() as session, session.begin():
+        result = await session.execute(
+            delete(UpdateArrival).where(UpdateArrival.arrived_at < utcnow() - STALE_AFTER)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+__all__ = ["HOLD_LIMIT", "ChatOrder", "chat_lock_key", "purge_arrivals"]
