@@ -164,3 +164,13 @@ class DatabaseWatch:
             with contextlib.suppress(Exception):
                 await self.check()
             await asyncio.sleep(PROBE_DOWN if self.down else PROBE_UP)
+
+
+async def paused(watch: DatabaseWatch | None, exc: BaseException, what: str) -> bool:
+    """After a failed pass of a background loop: ``True`` (and a WARNING without traceback,
+    once per outage) when the database is down, so the loop just tries again shortly."""
+    if watch is None or not await watch.failed(exc):
+        return False
+    if watch.first_notice("#loop", what):
+        log.warning("%s paused: the database is down; resuming by itself when it is back", what)
+    return True

@@ -22,6 +22,8 @@ from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
 from bot.dispatch import Dispatcher
 from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
+from bot.outage import DatabaseWatch
+from bot.spool import Spool, SpoolIntake
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
 from config.catalogue import Catalogue, load_catalogue
@@ -78,6 +80,10 @@ class Service:
     keyring: Keyring | None = None
     #: The citizen channels running in this process; the outbox reaches tipsters through them.
     channels: ChannelRegistry = field(default_factory=ChannelRegistry)
+    #: Whether the database answers, since when it does not (bot.outage).
+    watch: DatabaseWatch | None = None
+    #: Webhook and Zalo updates on disk until handled (bot.spool).
+    spool: SpoolIntake | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -157,6 +163,8 @@ class Service:
         service = cls(settings, engine, session_factory, catalogue, flow, dispatcher)
         service.queues = queues
         service.keyring = keyring
+        watch = service.watch = dispatcher.watch = DatabaseWatch(engine)
+        service.spool = SpoolIntake(Spool(settings.data_dir / "spool", keyring), watch)
         if settings.telegram_token is not None:
             channel = TelegramChannel(settings, dispatcher)
             bot = channel.application.bot
@@ -168,6 +176,8 @@ class Service:
                 keyring=keyring,
             )
             service.telegram = channel
+            if settings.webhook_enabled:
+                channel.use_spool(service.spool)
             service.channels.add(TelegramCitizenChannel(channel))
             service.delivery = DeliveryWorker(
                 session_factory,
@@ -179,17 +189,23 @@ class Service:
                 keyring=keyring,
             )
             dispatcher.after_commit.append(service.delivery.kick)
+            service.delivery.watch = service.delivery.timers.watch = watch
         else:
             log.warning(
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
                 "@BotFather to receive reports; the web server keeps running meanwhile."
             )
         add_zalo_channels(service, keyring)
+        for citizen_channel in service.channels:  # the Zalo channels: spool first
+            use_spool = getattr(citizen_channel, "use_spool", None)
+            if use_spool is not None:
+                use_spool(service.spool)
         # Messages to tipsters go through whichever channel their route names.
         service.messenger = CitizenMessenger(
             session_factory, service.channels, keyring, officer_locale=settings.officer_locale
         )
         dispatcher.after_commit.append(service.messenger.kick)
+        service.messenger.watch = watch
         return service
 
     # --- what the web panel needs (admin.runtime.PanelRuntime) ---------------------------------
@@ -209,9 +225,15 @@ class Service:
         return routes
 
     def health_details(self) -> dict[str, object]:
-        if self.telegram is None:
-            return {}
-        return {"telegram_metrics": self.telegram.metrics.as_dict()}
+        details: dict[str, object] = {}
+        if self.watch is not None:
+            details["database_down_since"] = self.watch.down_since_iso()
+            details["database_errors"] = self.watch.errors
+        if self.spool is not None:
+            details["spool_pending"] = self.spool.size()
+        if self.telegram is not None:
+            details["telegram_metrics"] = self.telegram.metrics.as_dict()
+        return details
 
     def bot_username(self) -> str | None:
         try:
@@ -242,7 +264,11 @@ class Service:
         return {"telegram": self.telegram_state, **self.channels.states()}
 
     async def start(self) -> None:
+        if self.watch is not None:
+            self.watch.start()
         await self.channels.start()
+        if self.spool is not None:
+            self.spool.start()
         if list(self.channels):
             self._tasks.append(asyncio.create_task(self._start_delivery(), name="delivery"))
         self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
@@ -262,11 +288,15 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.spool is not None:
+            await self.spool.stop()
         if self.messenger is not None:
             await self.messenger.stop()
         if self.delivery is not None:
             await self.delivery.stop()
         await self.channels.stop()
+        if self.watch is not None:
+            await self.watch.stop()
         await self.engine.dispose()
 
     async def run_maintenance(self) -> None:

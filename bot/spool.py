@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -195,7 +196,7 @@ class SpoolIntake:
     async def drained(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         """Wait until the spool is empty (tests, a graceful stop)."""
         async with asyncio.timeout(timeout):
-            while len(self.spool):
+            while len(self.spool):  # noqa: ASYNC110 - tests only
                 await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,7 +240,7 @@ class SpoolIntake:
             previous = self._tails.get(key)
             task = asyncio.create_task(self._one(record, key, handler, previous))
             self._tails[key] = task
-            task.add_done_callback(lambda done, key=key: self._forget_tail(key, done))
+            task.add_done_callback(functools.partial(self._forget_tail, key))
 
     def _forget_tail(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
         if self._tails.get(key) is task:
