@@ -183,10 +183,10 @@ class ZaloAdapter:
                 await self._noted(self.to_message(update))
                 return False
             raise
+        if row_id is None:
+            log.info("%s: a redelivered message was ignored", self.channel_name)
+            return True
         try:
-            if row_id is None:
-                log.info("%s: a redelivered message was ignored", self.channel_name)
-                return True
             message = self.to_message(update)
             if message is not None:
                 try:
