@@ -9,6 +9,7 @@ except in CI (``TINBAO_REQUIRE_POSTGRES=1``), where it fails.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -68,7 +69,9 @@ class PgInstance:
         command = [str(self.bindir / tool), *args]
         if self._user is not None:
             command = ["runuser", "-u", self._user, "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        result = subprocess.run(  # noqa: S603 - fixed binaries, no user input
+            command, capture_output=True, text=True, timeout=60, check=False
+        )
         if result.returncode != 0:
             log = self.log.read_text() if self.log.exists() else ""
             raise RuntimeError(f"{tool} failed: {result.stdout}{result.stderr}{log}")
@@ -86,8 +89,6 @@ class PgInstance:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             self.stop()
-        except RuntimeError:
-            pass
         shutil.rmtree(self.root, ignore_errors=True)
