@@ -37,6 +37,7 @@ from telegram.constants import ChatType
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import Application, BaseUpdateProcessor, ContextTypes, TypeHandler
 
+from bot.answers import patiently
 from bot.dispatch import Dispatcher
 from bot.http import AiohttpRequest
 from bot.outage import DatabaseDown
@@ -350,25 +351,37 @@ class Renderer:
                 if len(text) > TEXT_LIMIT:
                     text = first.text
                 markup = _markup(first)
+                message = query.message
                 try:
-                    await self.bot.edit_message_text(
-                        chat_id=query.message.chat.id,
-                        message_id=query.message.message_id,
-                        text=text,
-                        reply_markup=markup if isinstance(markup, InlineKeyboardMarkup) else None,
+                    await patiently(
+                        lambda: self.bot.edit_message_text(
+                            chat_id=message.chat.id,
+                            message_id=message.message_id,
+                            text=text,
+                            reply_markup=markup
+                            if isinstance(markup, InlineKeyboardMarkup)
+                            else None,
+                        )
                     )
                     replies = replies[1:]
                 except BadRequest:
                     await self._clear(query.message.chat.id, query.message.message_id)
+                except TelegramError as exc:  # tried patiently: the prompt goes as a new message
+                    log.warning("a pressed message was not edited (%s)", type(exc).__name__)
             else:
                 await self._clear(query.message.chat.id, query.message.message_id)
         for reply in replies:
             try:
-                await self.bot.send_message(
-                    chat_id=int(chat_id), text=reply.text, reply_markup=_markup(reply)
+                await patiently(
+                    lambda reply=reply: self.bot.send_message(  # type: ignore[misc]
+                        chat_id=int(chat_id), text=reply.text, reply_markup=_markup(reply)
+                    )
                 )
             except Forbidden:
                 log.info("a citizen has blocked the bot; reply dropped")
+                return
+            except TelegramError as exc:  # tried patiently (bot.answers); state is committed
+                log.warning("an answer to a citizen was not delivered (%s)", type(exc).__name__)
                 return
 
     async def _clear(self, chat_id: int, message_id: int) -> None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from bot.answers import patiently
 from bot.channel import SendError
 from bot.dispatch import Dispatcher
 from bot.outage import DatabaseDown
@@ -218,8 +220,9 @@ class ZaloAdapter:
         outcome = await self.dispatcher.process(message, self.fetcher)
         if outcome is None or not outcome.replies:
             return
-        try:
-            await self.send(message.sender.chat_id, outcome.replies)
+        try:  # each text tried again after a 429 or a passing error (bot.answers)
+            for text in render_texts(outcome.replies, self.capabilities):
+                await patiently(functools.partial(self.send_text, message.sender.chat_id, text))
         except SendError as exc:
             # The flow's state is committed; the citizen sees the next prompt on their next
             # message. Never log the chat id.
