@@ -73,9 +73,12 @@ async def standin() -> AsyncIterator[BotAPIStandIn]:
 
 
 async def _wait(condition: Callable[[], Awaitable[bool]], what: str, limit: float = 40.0) -> None:
-    async with asyncio.timeout(limit):
-        while not await condition():  # noqa: ASYNC110 - polls a database and a stand-in
-            await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(limit):
+            while not await condition():  # noqa: ASYNC110 - polls a database and a stand-in
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"waited {limit:.0f} s for {what}") from None
 
 
 @pytest.mark.parametrize("mode", ["polling", "webhook"])
