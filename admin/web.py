@@ -3,6 +3,8 @@ at ``/admin`` (:mod:`admin.panel`). It depends on :class:`admin.runtime.PanelRun
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from admin.clients import Clients
@@ -15,15 +17,38 @@ from storage.db import check_database
 SERVICE_KEY: web.AppKey[PanelRuntime] = web.AppKey("service")
 
 
+def _database(database_ok: bool, details: Mapping[str, object]) -> str:
+    """``ok``, or ``down since <ISO UTC>`` (when the process's watch saw the outage begin)."""
+    if database_ok:
+        return "ok"
+    since = details.get("database_down_since")
+    return f"down since {since}" if since else "unreachable"
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Database and channel state; 503 when the database cannot be reached."""
     service = request.app[SERVICE_KEY]
     database_ok = await check_database(service.engine)
+    details = service.health_details()
     body: dict[str, object] = {
         "status": "ok" if database_ok else "degraded",
-        "database": "ok" if database_ok else "unreachable",
+        "database": _database(database_ok, details),
         "channels": dict(service.channel_states()),
-        **service.health_details(),
+        **details,
+    }
+    return web.json_response(body, status=200 if database_ok else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to serve: 200 while the database answers, else 503 with "down since …" (the
+    webhooks still take updates into the spool meanwhile)."""
+    service = request.app[SERVICE_KEY]
+    database_ok = await check_database(service.engine)
+    details = service.health_details()
+    body: dict[str, object] = {
+        "ready": database_ok,
+        "database": _database(database_ok, details),
+        "spool_pending": details.get("spool_pending", 0),
     }
     return web.json_response(body, status=200 if database_ok else 503)
 
@@ -55,6 +80,7 @@ def build_web_app(service: PanelRuntime) -> web.Application:
     app[SERVICE_KEY] = service
     app[UPLOAD_PATHS] = set()
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     for method, path, process_handler in service.process_routes():  # /metrics
         app.router.add_route(method, path, process_handler)
     if service.keyring is not None and service.serves_panel:

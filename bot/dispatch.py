@@ -15,6 +15,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from bot import metrics
 from bot.ordering import ChatOrder
+from bot.outage import DatabaseDown, DatabaseWatch
 from handlers.citizen import CitizenFlow, DuplicateUpdate, MediaFetcher
 from handlers.events import ButtonPress, Event, Outcome, Reply
 from handlers.i18n import pick_locale, t
@@ -49,6 +50,18 @@ class Dispatcher:
         self.after_commit: list[Callable[[], None]] = []
         #: One chat's updates in update-id order across processes (PostgreSQL webhooks).
         self.order: ChatOrder | None = None
+        #: Set by the composition root: a failure while the database is down raises
+        #: :class:`~bot.outage.DatabaseDown` instead of answering "an error occurred".
+        self.watch: DatabaseWatch | None = None
+
+    async def _outage(self, exc: BaseException) -> bool:
+        """``True`` when ``exc`` came from a database that cannot be reached."""
+        return self.watch is not None and await self.watch.failed(exc)
+
+    def _held(self) -> None:
+        """While the database is known to be down, nothing is tried (order is kept)."""
+        if self.watch is not None and self.watch.down:
+            raise DatabaseDown("the database is down")
 
     def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
         return writer(self.engine) if self.engine is not None else contextlib.nullcontext()
@@ -87,6 +100,7 @@ class Dispatcher:
         update_id: int,
         handle: Callable[[AsyncSession], Awaitable[OfficerOutcome]],
     ) -> OfficerOutcome | None:
+        self._held()
         try:
             for attempt in range(1, RETRIES + 1):
                 try:
@@ -99,13 +113,19 @@ class Dispatcher:
                 except (StaleDataError, IntegrityError, OperationalError):
                     if attempt == RETRIES:
                         raise
-        except Exception:
+        except Exception as exc:
+            if await self._outage(exc):
+                raise DatabaseDown("the database is down") from exc
             log.exception("officer update %s failed", update_id)
             return OfficerOutcome(notice=t(self.triage.locale, "err.internal"), alert=True)
         raise AssertionError("unreachable")
 
     async def process(self, event: Event, fetcher: MediaFetcher) -> Outcome | None:
-        """Handle ``event``; ``None`` when it is a duplicate delivery and nothing must be sent."""
+        """Handle ``event``; ``None`` when it is a duplicate delivery and nothing must be sent.
+
+        Raises :class:`~bot.outage.DatabaseDown` when the database cannot be reached: the event
+        is not handled, and must be handled again later (the draft is unchanged)."""
+        self._held()
         kind = "press" if isinstance(event, ButtonPress) else "message"
         started = metrics.update_taken(str(event.sender.channel), kind)
         try:
@@ -142,7 +162,9 @@ class Dispatcher:
                     if attempt == RETRIES:
                         raise
                     log.info("retrying update %s after %s", event.update_id, type(exc).__name__)
-        except Exception:
+        except Exception as exc:
+            if await self._outage(exc):
+                raise DatabaseDown("the database is down") from exc
             log.exception("update %s failed; the draft is unchanged", event.update_id)
             locale = pick_locale(event.sender.language_code)
             return Outcome(replies=[Reply(text=t(locale, "err.internal"))])

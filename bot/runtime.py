@@ -25,7 +25,9 @@ from bot.dispatch import Dispatcher
 from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.ordering import ChatOrder, purge_arrivals
+from bot.outage import DatabaseWatch
 from bot.roles import PollingLock, Role, SendOnlyTelegram, startup_turn
+from bot.spool import Spool, SpoolIntake
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
 from bot.web.inbox import WebInbox
@@ -88,6 +90,10 @@ class Service:
     #: Telegram in a worker process: initialised to send, never receiving.
     send_only: SendOnlyTelegram | None = None
     polling_lock: PollingLock | None = None
+    #: Whether the database answers, since when it does not (bot.outage).
+    watch: DatabaseWatch | None = None
+    #: Webhook and Zalo updates on disk until handled (bot.spool).
+    spool: SpoolIntake | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -177,6 +183,10 @@ class Service:
         service.queues = queues
         service.keyring = keyring
         service.role = role
+        watch = service.watch = dispatcher.watch = DatabaseWatch(engine)
+        service.spool = SpoolIntake(Spool(settings.data_dir / "spool", keyring), watch)
+        metrics.set_spool_size_source(service.spool.size)
+        metrics.set_database_state_source(lambda: not watch.down)
         if settings.telegram_token is not None:
             channel = TelegramChannel(settings, dispatcher)
             bot = channel.application.bot
@@ -188,6 +198,8 @@ class Service:
                 keyring=keyring,
             )
             service.telegram = channel
+            if settings.webhook_enabled:
+                channel.use_spool(service.spool)
             if role.receives:
                 service.channels.add(TelegramCitizenChannel(channel))
             else:
@@ -212,6 +224,7 @@ class Service:
                 )
             if dispatcher.order is not None:
                 channel.arrivals = dispatcher.order.arrived
+            service.delivery.watch = service.delivery.timers.watch = watch
         else:
             log.warning(
                 "TINBAO_TELEGRAM_TOKEN is not set: Telegram is off. Set it to the token from "
@@ -221,11 +234,16 @@ class Service:
             add_zalo_channels(service, keyring)
             if settings.web_enabled:  # the citizens' page: its inbox is where their messages go
                 service.channels.add(WebInbox(session_factory, keyring))
+        for citizen_channel in service.channels:  # the Zalo channels: spool first
+            use_spool = getattr(citizen_channel, "use_spool", None)
+            if use_spool is not None:
+                use_spool(service.spool)
         # Messages to tipsters go through whichever channel their route names.
         service.messenger = CitizenMessenger(
             session_factory, service.channels, keyring, officer_locale=settings.officer_locale
         )
         dispatcher.after_commit.append(service.messenger.kick)
+        service.messenger.watch = watch
         return service
 
     # --- what the web panel needs (admin.runtime.PanelRuntime) ---------------------------------
@@ -258,9 +276,15 @@ class Service:
         return [("GET", "/metrics", metrics_handler(self))]
 
     def health_details(self) -> dict[str, object]:
-        if self.telegram is None:
-            return {}
-        return {"telegram_metrics": self.telegram.metrics.as_dict()}
+        details: dict[str, object] = {}
+        if self.watch is not None:
+            details["database_down_since"] = self.watch.down_since_iso()
+            details["database_errors"] = self.watch.errors
+        if self.spool is not None:
+            details["spool_pending"] = self.spool.size()
+        if self.telegram is not None:
+            details["telegram_metrics"] = self.telegram.metrics.as_dict()
+        return details
 
     def bot_username(self) -> str | None:
         try:
@@ -306,7 +330,11 @@ class Service:
             )
             await lock.acquire()
             self.polling_lock = lock
+        if self.watch is not None:
+            self.watch.start()
         await self.channels.start()
+        if self.spool is not None:
+            self.spool.start()
         if self.send_only is not None:
             await self.send_only.start()
         if list(self.channels) or self.send_only is not None:
@@ -331,6 +359,8 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.spool is not None:
+            await self.spool.stop()
         if self.messenger is not None:
             await self.messenger.stop()
         if self.delivery is not None:
@@ -341,6 +371,8 @@ class Service:
         if self.polling_lock is not None:
             await self.polling_lock.release()
             self.polling_lock = None
+        if self.watch is not None:
+            await self.watch.stop()
         await self.engine.dispose()
 
     async def run_maintenance(self) -> None:

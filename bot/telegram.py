@@ -37,9 +37,13 @@ from telegram.constants import ChatType
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import Application, BaseUpdateProcessor, ContextTypes, TypeHandler
 
+from bot.answers import patiently
 from bot.dispatch import Dispatcher
 from bot.http import AiohttpRequest
+from bot.outage import DatabaseDown
+from bot.spool import SpoolError, SpoolIntake
 from bot.telegram_intake import ResilientBot, TelegramMetrics, UpdateIntake
+from bot.telegram_polling import ConfirmingPoller
 from config.settings import Settings
 from handlers.channels import CAPABILITIES, ChannelName
 from handlers.events import (
@@ -347,25 +351,37 @@ class Renderer:
                 if len(text) > TEXT_LIMIT:
                     text = first.text
                 markup = _markup(first)
+                message = query.message
                 try:
-                    await self.bot.edit_message_text(
-                        chat_id=query.message.chat.id,
-                        message_id=query.message.message_id,
-                        text=text,
-                        reply_markup=markup if isinstance(markup, InlineKeyboardMarkup) else None,
+                    await patiently(
+                        lambda: self.bot.edit_message_text(
+                            chat_id=message.chat.id,
+                            message_id=message.message_id,
+                            text=text,
+                            reply_markup=markup
+                            if isinstance(markup, InlineKeyboardMarkup)
+                            else None,
+                        )
                     )
                     replies = replies[1:]
                 except BadRequest:
                     await self._clear(query.message.chat.id, query.message.message_id)
+                except TelegramError as exc:  # tried patiently: the prompt goes as a new message
+                    log.warning("a pressed message was not edited (%s)", type(exc).__name__)
             else:
                 await self._clear(query.message.chat.id, query.message.message_id)
         for reply in replies:
             try:
-                await self.bot.send_message(
-                    chat_id=int(chat_id), text=reply.text, reply_markup=_markup(reply)
+                await patiently(
+                    lambda reply=reply: self.bot.send_message(  # type: ignore[misc]
+                        chat_id=int(chat_id), text=reply.text, reply_markup=_markup(reply)
+                    )
                 )
             except Forbidden:
                 log.info("a citizen has blocked the bot; reply dropped")
+                return
+            except TelegramError as exc:  # tried patiently (bot.answers); state is committed
+                log.warning("an answer to a citizen was not delivered (%s)", type(exc).__name__)
                 return
 
     async def _clear(self, chat_id: int, message_id: int) -> None:
@@ -441,14 +457,16 @@ class TelegramChannel:
             intake=self.intake,
         )
         builder = Application.builder().bot(bot).concurrent_updates(PerChatUpdateProcessor(64))
-        if settings.webhook_enabled:
-            builder = builder.updater(None)
+        # Polling is tinbao's own loop (bot.telegram_polling): the offset moves past an update
+        # only once it is handled.
+        builder = builder.updater(None)
         self.application = builder.build()
         self.application.add_handler(TypeHandler(Update, self._on_update))
         self.application.add_error_handler(self._on_error)
         self.renderer = Renderer(self.application.bot)
         self.fetcher = TelegramFetcher(self.application.bot)
         self._task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         #: Set once the bot is initialised and updates flow.
         self.ready = asyncio.Event()
         #: Re-renders posted cards after a state change (set by the composition root).
@@ -458,6 +476,15 @@ class TelegramChannel:
         #: Updates fully handled (replies sent); waiters are woken on each one.
         self.updates_handled = 0
         self._handled = asyncio.Condition()
+        #: The spool webhook updates are written to (set by the composition root).
+        self.spool: SpoolIntake | None = None
+        self.poller = ConfirmingPoller(
+            bot,
+            self.process_update,
+            timeout=settings.polling_timeout,
+            allowed_updates=ALLOWED_UPDATES,
+            on_error=self._on_polling_error,
+        )
 
     @property
     def webhook_path(self) -> str:
@@ -465,16 +492,59 @@ class TelegramChannel:
         return path if path and path != "/" else "/telegram/webhook"
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self.process_update(update)
+
+    async def process_update(self, update: Update) -> bool:
+        """Handle one update; ``False`` when the database is down and it must come again."""
+        await self.ready.wait()
         press = PressAnswer(update, self.settings.default_locale, self.metrics)
         failed = True
+        handled = True
         try:
             await self._handle(update, press)
             failed = False
+        except DatabaseDown:
+            handled = failed = False
+            await self._noted(update, press)
+        except Exception as exc:  # never the update in the log: it carries the citizen's ids
+            self.metrics.handler_errors += 1
+            log.error("telegram handler error: %s", type(exc).__name__, exc_info=exc)
         finally:
             await press.ensure(failed)
             async with self._handled:
                 self.updates_handled += 1
                 self._handled.notify_all()
+        return handled
+
+    async def _noted(self, update: Update, press: PressAnswer) -> None:
+        """During an outage: "noted, handled as soon as possible", once per citizen."""
+        event = to_event(update)
+        if event is None:
+            if update.callback_query is not None:
+                await press.answer(t(self.settings.officer_locale, "outage.noted"))
+            return
+        locale = pick_locale(event.sender.language_code, self.settings.default_locale)
+        await press.answer(t(locale, "outage.noted"))
+        watch = self.dispatcher.watch
+        if watch is None or not watch.first_notice(CHANNEL, event.sender.chat_id):
+            return
+        try:
+            await self.application.bot.send_message(
+                chat_id=int(event.sender.chat_id), text=t(locale, "outage.noted")
+            )
+        except TelegramError as exc:
+            log.info("the outage notice was not delivered (%s)", type(exc).__name__)
+
+    async def _from_spool(self, data: dict[str, Any]) -> bool:
+        update = self.intake.parse(data, self.application.bot)
+        if update is None:
+            return True
+        return await self.process_update(update)
+
+    def use_spool(self, spool: SpoolIntake) -> None:
+        """Webhook updates go to ``spool`` before the 200, and are handled from it."""
+        self.spool = spool
+        spool.register(CHANNEL, self._from_spool, _raw_chat_key)
 
     async def wait_handled(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until ``count`` updates in all have been handled (tests and benchmarks)."""
@@ -566,13 +636,8 @@ class TelegramChannel:
         else:
             await app.bot.delete_webhook()
             await app.start()
-            assert app.updater is not None
-            await app.updater.start_polling(
-                timeout=self.settings.polling_timeout,
-                allowed_updates=ALLOWED_UPDATES,
-                error_callback=self._on_polling_error,
-            )
             self.state = "polling"
+            self._poll_task = asyncio.create_task(self.poller.run(), name="telegram-polling")
         self.ready.set()
         log.info("Telegram channel running (%s)", self.state)
 
@@ -581,9 +646,12 @@ class TelegramChannel:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
         app = self.application
-        if app.updater is not None and app.updater.running:
-            await app.updater.stop()
         if app.running:
             await app.stop()
         await app.shutdown()
@@ -616,9 +684,39 @@ class TelegramChannel:
             self.metrics.webhook_refused += 1
             return web.Response(status=400, text="bad update")
         update = self.intake.parse(data, self.application.bot)
+        if update is not None and self.arrivals is not None:
+            # Registered before the 200, so that a later update of the same chat taken by
+            # another process waits for this one (bot.ordering). Best effort: the database may
+            # be down, and the spool below still keeps the update.
+            event = to_event(update)
+            if event is not None:
+                try:
+                    await self.arrivals(event)
+                except Exception as exc:
+                    log.warning("update arrival not registered (%s)", type(exc).__name__)
+        if self.spool is not None:
+            try:  # written down (fsync'd) before the 200; handled from the spool
+                await self.spool.submit(CHANNEL, data)
+            except SpoolError:
+                return web.Response(status=503, text="not stored")
+            return web.Response(text="ok")
         if update is not None:
-            event = to_event(update) if self.arrivals is not None else None
-            if event is not None and self.arrivals is not None:
-                await self.arrivals(event)
             await self.application.update_queue.put(update)
         return web.Response(text="ok")
+
+
+def _raw_chat_key(data: dict[str, Any]) -> str | None:
+    """The chat of a raw update (for the spool's per-chat order)."""
+    for kind in ("message", "edited_message"):
+        message = data.get(kind)
+        if isinstance(message, dict) and isinstance(message.get("chat"), dict):
+            return str(message["chat"].get("id"))
+    query = data.get("callback_query")
+    if isinstance(query, dict):
+        message = query.get("message")
+        if isinstance(message, dict) and isinstance(message.get("chat"), dict):
+            return str(message["chat"].get("id"))
+        user = query.get("from")
+        if isinstance(user, dict):
+            return f"u{user.get('id')}"
+    return None

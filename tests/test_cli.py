@@ -113,6 +113,9 @@ async def test_run_serves_healthz_without_a_token(tmp_path):
             "status": "ok",
             "database": "ok",
             "channels": {"telegram": "disabled: set TINBAO_TELEGRAM_TOKEN", "web": "running"},
+            "database_down_since": None,
+            "database_errors": 0,
+            "spool_pending": 0,
         }
         key = tmp_path / "var" / "secret.key"
         assert key.exists() and (key.stat().st_mode & 0o777) == 0o600

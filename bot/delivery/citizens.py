@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import ChannelRegistry, SendError
 from bot.delivery.leases import Claim, Leases, claimable
+from bot.outage import DatabaseWatch, paused
 from handlers.channels import Capabilities, ChannelName, capabilities
 from handlers.citizen.relay import SENT_MESSAGE_ID, question_reply
 from handlers.events import Reply
@@ -92,6 +93,8 @@ class CitizenMessenger:
         self.keyring = keyring
         self.officer_locale = officer_locale
         self.poll_interval = poll_interval
+        #: The process's database watch: a round that fails during an outage is only paused.
+        self.watch: DatabaseWatch | None = None
         self.interval = 1.0 / per_second
         self.retry_cap = retry_cap
         self.park_seconds = park_seconds
@@ -124,8 +127,9 @@ class CitizenMessenger:
         while not self._stopping:
             try:
                 await self.run_once()
-            except Exception:
-                log.exception("citizen delivery round failed; trying again")
+            except Exception as exc:
+                if not await paused(self.watch, exc, "citizen delivery"):
+                    log.exception("citizen delivery round failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()

@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from bot.delivery.leases import Leases, claimable, rowcount
 from bot.delivery.rows import error_text
+from bot.outage import DatabaseWatch, paused
 from handlers.outbox import TIMER_PREFIX, Status
 from storage.models import OutboxMessage
 from storage.types import utcnow
@@ -64,6 +65,8 @@ class TimerWorker:
         self.handler = handler
         self.clock = clock
         self.poll_interval = poll_interval
+        #: The process's database watch: a pass that fails during an outage is only paused.
+        self.watch: DatabaseWatch | None = None
         self.park_seconds = park_seconds
         self.retry_base = retry_base
         self.retry_cap = retry_cap
@@ -103,8 +106,9 @@ class TimerWorker:
             try:
                 await self.run_once()
                 delay = await self._next_due()
-            except Exception:
-                log.exception("timer pass failed; trying again shortly")
+            except Exception as exc:
+                if not await paused(self.watch, exc, "timers"):
+                    log.exception("timer pass failed; trying again shortly")
                 delay = min(self.poll_interval, 2.0)
             if self._stopping:
                 break

@@ -45,6 +45,7 @@ from bot.delivery.officers import SENT_KINDS, Call, OfficerSender, is_chat_gone
 from bot.delivery.pacing import FloodLimits, Pacer
 from bot.delivery.rows import Blocked, Job, LeaseLost, Row, Target, error_text
 from bot.delivery.timers import TimerHandler, TimerWorker
+from bot.outage import DatabaseWatch, paused
 from config.queues import QueueMap
 from handlers.domain import REPORT_KIND_EMERGENCY
 from handlers.outbox import (
@@ -162,6 +163,8 @@ class DeliveryWorker:
         self.retry_base = retry_base
         self.retry_cap = retry_cap
         self.poll_interval = poll_interval
+        #: The process's database watch: a pass that fails during an outage is only paused.
+        self.watch: DatabaseWatch | None = None
         self.park_seconds = park_seconds
         self.max_lanes = max_lanes
         self.scan_limit = scan_limit
@@ -247,8 +250,9 @@ class DeliveryWorker:
             try:
                 await self._round(wait=False)
                 delay = await self._next_wake()
-            except Exception:
-                log.exception("delivery pass failed; trying again shortly")
+            except Exception as exc:
+                if not await paused(self.watch, exc, "delivery"):
+                    log.exception("delivery pass failed; trying again shortly")
                 delay = min(self.poll_interval, 2.0)
             if self._stopping:
                 break

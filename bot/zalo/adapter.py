@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from bot.answers import patiently
 from bot.channel import SendError
 from bot.dispatch import Dispatcher
+from bot.outage import DatabaseDown
+from bot.spool import SpoolIntake
 from bot.zalo.inbox import Inbox
 from bot.zalo.text import render_texts
 from handlers.channels import CAPABILITIES, Capabilities, ChannelName
 from handlers.citizen import MediaFetcher
 from handlers.events import Message, Reply
+from handlers.i18n import pick_locale, t
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,17 @@ class ZaloAdapter(ABC):
         #: Updates fully handled (replies sent); waiters are woken on each one (tests).
         self.updates_handled = 0
         self._handled = asyncio.Condition()
+        #: The spool updates are written to first (set by the composition root).
+        self.spool: SpoolIntake | None = None
+
+    def use_spool(self, spool: SpoolIntake) -> None:
+        """Updates go to ``spool`` first (fsync'd), and are handled from it."""
+        self.spool = spool
+        spool.register(str(self.channel_name), self._from_spool, self._chat_key)
+
+    def _chat_key(self, update: dict[str, Any]) -> str | None:
+        message = self.to_message(update)
+        return message.sender.chat_id if message is not None else None
 
     # ------------------------------------------------------------------ what a subclass gives
 
@@ -89,10 +105,16 @@ class ZaloAdapter(ABC):
     # ------------------------------------------------------------------ receiving
 
     async def accept(self, update: dict[str, Any]) -> bool:
-        """Store ``update`` and queue it; ``False`` when it was ignored or seen before."""
+        """Store ``update`` and queue it; ``False`` when it was ignored or seen before.
+
+        With the spool, it is written there (raising :class:`~bot.spool.SpoolError` when even
+        that fails) and handled from it: the database may be down."""
         message_id = self.message_id(update)
         if message_id is None:
             return False
+        if self.spool is not None:
+            await self.spool.submit(str(self.channel_name), update)
+            return True
         row_id = await self.inbox.put(message_id, update)
         if row_id is None:
             log.info("%s: a redelivered message was ignored", self.channel_name)
@@ -152,12 +174,59 @@ class ZaloAdapter(ABC):
                 self.updates_handled += 1
                 self._handled.notify_all()
 
+    async def _from_spool(self, update: dict[str, Any]) -> bool:
+        """Handle a spooled update: ``False`` while the database is down (it stays spooled).
+
+        The inbox still recognises a message id Zalo delivered twice."""
+        message_id = self.message_id(update)
+        if message_id is None:
+            return True
+        try:
+            row_id = await self.inbox.claim(message_id, update)
+        except Exception as exc:
+            watch = self.dispatcher.watch
+            if watch is not None and await watch.failed(exc):
+                await self._noted(self.to_message(update))
+                return False
+            raise
+        if row_id is None:
+            log.info("%s: a redelivered message was ignored", self.channel_name)
+            return True
+        try:
+            message = self.to_message(update)
+            if message is not None:
+                try:
+                    await self._process(message)
+                except DatabaseDown:
+                    await self._noted(message)
+                    return False
+            await self.inbox.done(row_id)
+            return True
+        finally:
+            async with self._handled:
+                self.updates_handled += 1
+                self._handled.notify_all()
+
+    async def _noted(self, message: Message | None) -> None:
+        """During an outage: "noted, handled as soon as possible", once per citizen."""
+        watch = self.dispatcher.watch
+        if message is None or watch is None:
+            return
+        if not watch.first_notice(str(self.channel_name), message.sender.chat_id):
+            return
+        locale = pick_locale(message.sender.language_code)
+        try:
+            await self.send(message.sender.chat_id, [Reply(text=t(locale, "outage.noted"))])
+        except SendError as exc:
+            log.info("%s: the outage notice was not delivered: %s", self.channel_name, exc.reason)
+
     async def _process(self, message: Message) -> None:
         outcome = await self.dispatcher.process(message, self.fetcher)
         if outcome is None or not outcome.replies:
             return
-        try:
-            await self.send(message.sender.chat_id, outcome.replies)
+        try:  # each text tried again after a 429 or a passing error (bot.answers)
+            for text in render_texts(outcome.replies, self.capabilities):
+                await patiently(functools.partial(self.send_text, message.sender.chat_id, text))
         except SendError as exc:
             # The flow's state is committed; the citizen sees the next prompt on their next
             # message. Never log the chat id.

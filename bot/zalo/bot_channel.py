@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import SendError
 from bot.dispatch import Dispatcher
+from bot.spool import SpoolError
 from bot.zalo.adapter import ZaloAdapter
 from bot.zalo.bot_api import ZaloBotApiError, ZaloBotClient, sleep_backoff
 from bot.zalo.fetch import UrlFetcher
@@ -226,7 +227,10 @@ class ZaloBotChannel(ZaloAdapter):
             if body is None:
                 continue
             for update in unwrap(body):
-                await self.accept(update)
+                try:
+                    await self.accept(update)
+                except SpoolError:  # handed out once: nothing else can keep it (logged)
+                    continue
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -259,8 +263,11 @@ class ZaloBotChannel(ZaloAdapter):
             return web.Response(status=400, text="bad update")
         if not updates:
             return web.Response(status=400, text="bad update")
-        for update in updates:
-            await self.accept(update)
+        try:
+            for update in updates:
+                await self.accept(update)
+        except SpoolError:  # not even written down: Zalo must deliver it again
+            return web.Response(status=503, text="not stored")
         return web.Response(text="ok")
 
 

@@ -73,6 +73,20 @@ class Inbox:
             return None
         return row.id
 
+    async def claim(self, message_id: str, update: dict[str, Any]) -> int | None:
+        """The row to handle ``update`` under: a new one, or the one stored before and not
+        handled yet (a crash between the two); ``None`` when it was handled already."""
+        row_id = await self.put(message_id, update)
+        if row_id is not None:
+            return row_id
+        async with self.session_factory() as session:
+            found = await session.scalar(
+                select(ZaloInbox.id).where(
+                    ZaloInbox.msg_key == self.key(message_id), ZaloInbox.handled_at.is_(None)
+                )
+            )
+        return int(found) if found is not None else None
+
     async def pending(self) -> list[tuple[int, dict[str, Any]]]:
         """Stored updates not handled yet, oldest first."""
         async with self.session_factory() as session:

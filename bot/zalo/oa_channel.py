@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel import SendError
 from bot.dispatch import Dispatcher
+from bot.spool import SpoolError
 from bot.zalo.adapter import ZaloAdapter
 from bot.zalo.bot_channel import NotStarted, split_command
 from bot.zalo.fetch import UrlFetcher
@@ -273,7 +274,10 @@ class ZaloOAChannel(ZaloAdapter):
         if not _recent(timestamp):
             log.warning("Zalo OA webhook: an event outside the replay window was refused")
             return web.Response(status=403, text="stale")
-        await self.accept(event)
+        try:
+            await self.accept(event)
+        except SpoolError:  # not even written down: Zalo must deliver it again
+            return web.Response(status=503, text="not stored")
         return web.Response(text="ok")
 
 
