@@ -683,26 +683,38 @@ class TelegramChannel:
         if isinstance(update_id, bool) or not isinstance(update_id, int):
             self.metrics.webhook_refused += 1
             return web.Response(status=400, text="bad update")
-        update = self.intake.parse(data, self.application.bot)
-        if update is not None and self.arrivals is not None:
-            # Registered before the 200, so that a later update of the same chat taken by
-            # another process waits for this one (bot.ordering). Best effort: the database may
-            # be down, and the spool below still keeps the update.
-            event = to_event(update)
-            if event is not None:
-                try:
-                    await self.arrivals(event)
-                except Exception as exc:
-                    log.warning("update arrival not registered (%s)", type(exc).__name__)
         if self.spool is not None:
+            await self._arrived(data)
             try:  # written down (fsync'd) before the 200; handled from the spool
                 await self.spool.submit(CHANNEL, data)
             except SpoolError:
                 return web.Response(status=503, text="not stored")
             return web.Response(text="ok")
+        update = self.intake.parse(data, self.application.bot)
         if update is not None:
+            await self._arrived(data, update)
             await self.application.update_queue.put(update)
         return web.Response(text="ok")
+
+    async def _arrived(self, data: dict[str, Any], update: Update | None = None) -> None:
+        """Register the update's arrival before the 200, so that a later update of the same
+        chat taken by another process waits for this one (bot.ordering). Best effort: the
+        database may be down (the spool still keeps the update), and an update that cannot be
+        read is counted once, where it is handled."""
+        if self.arrivals is None:
+            return
+        if update is None:
+            try:
+                update = Update.de_json(data, self.application.bot)
+            except Exception:
+                return
+        event = to_event(update) if update is not None else None
+        if event is None:
+            return
+        try:
+            await self.arrivals(event)
+        except Exception as exc:
+            log.warning("update arrival not registered (%s)", type(exc).__name__)
 
 
 def _raw_chat_key(data: dict[str, Any]) -> str | None:
