@@ -13,7 +13,7 @@ from admin.queries import stats as direct_stats
 from admin.stats.check import differences
 from admin.stats.queries import Figures, adapt, daily, figures, monthly_series, period_months
 from config.catalogue import load_catalogue
-from storage.models import Report, StatsReceived
+from storage.models import Report, stats_received
 from storage.repositories import Units
 from storage.stats_rollup import rebuild_statements
 
@@ -186,8 +186,8 @@ async def test_figures_equal_a_direct_count(session_factory: Factory) -> None:
         assert len(days) == 28 and days[0][1] == 1 and sum(n for _, n in days) == 4
         assert sum(n for _, n in await daily(db, Period(2025, 1), None)) == 1
         count = await db.scalar(
-            select(func.sum(StatsReceived.reports)).where(
-                adapt(Report.queue_key.is_(None), StatsReceived.__table__)  # type: ignore[arg-type]
+            select(func.sum(stats_received.c.reports)).where(
+                adapt(Report.queue_key.is_(None), stats_received)
             )
         )
         assert count == 6

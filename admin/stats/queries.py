@@ -19,13 +19,20 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.schema import Column
 
 from admin.queries import LOCAL, Period, _dialect
-from storage.models import Report, StatsDurations, StatsReceived, StatsResolved
-from storage.stats_rollup import BUCKET_EDGES
+from storage.models import Report, stats_received, stats_resolved
+from storage.stats_rollup import (
+    ACK_COLUMNS,
+    BUCKET_EDGES,
+    CLAIM_COLUMNS,
+    OUTCOME_COLUMNS,
+    OUTCOMES,
+    STATUS_COLUMNS,
+    STATUSES,
+)
 
-RECEIVED: Table = StatsReceived.__table__  # type: ignore[assignment]
-RESOLVED: Table = StatsResolved.__table__  # type: ignore[assignment]
-DURATIONS: Table = StatsDurations.__table__  # type: ignore[assignment]
-NULLABLE = ("unit_code", "queue_key", "category", "outcome")
+RECEIVED: Table = stats_received
+RESOLVED: Table = stats_resolved
+NULLABLE = ("unit_code", "queue_key", "category")
 
 
 class UnsupportedScope(ValueError):
@@ -132,55 +139,68 @@ def category_key(kind: str, category: str) -> str:
 async def figures(
     session: AsyncSession, months: tuple[int, int], where: ColumnElement[bool] | None
 ) -> Figures:
-    """Everything the page and the report show for ``months`` (three grouped reads)."""
+    """Everything the page and the report show for ``months`` (three grouped reads of about
+    a thousand rollup rows a month)."""
     first, last = months
     out = Figures()
     r = RECEIVED.c
+    received = adapt(where, RECEIVED)
     rows = await session.execute(
-        select(r.unit_code, r.kind, r.category, r.status, func.sum(r.reports))
-        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
-        .group_by(r.unit_code, r.kind, r.category, r.status)
+        select(
+            r.unit_code,
+            r.kind,
+            r.category,
+            func.sum(r.reports),
+            *(func.sum(r[c]) for c in STATUS_COLUMNS),
+        )
+        .where(r.month >= first, r.month <= last, received)
+        .group_by(r.unit_code, r.kind, r.category)
     )
-    for unit, kind, category, status, count in rows.tuples():
+    for unit, kind, category, count, *statuses in rows:
         n = int(count or 0)
         if not n:
             continue
         out.received += n
         if kind == "emergency":
             out.emergencies += n
-        _add(out.by_status, status, n)
+        for status, m in zip(STATUSES, statuses, strict=True):
+            if m:
+                _add(out.by_status, status, int(m))
         _add(out.by_category, category_key(kind, category), n)
         _add(out.by_unit, unit, n)
     s = RESOLVED.c
     resolved_rows = await session.execute(
         select(
-            s.kind, s.category, s.outcome, s.assisted, func.sum(s.reports), func.sum(s.subjects)
+            s.kind,
+            s.category,
+            func.sum(s.reports),
+            func.sum(s.subjects),
+            func.sum(s.assisted),
+            *(func.sum(s[c]) for c in OUTCOME_COLUMNS),
         )
         .where(s.month >= first, s.month <= last, adapt(where, RESOLVED))
-        .group_by(s.kind, s.category, s.outcome, s.assisted)
+        .group_by(s.kind, s.category)
     )
-    for kind, category, outcome, assisted, count, subjects in resolved_rows.tuples():
-        n = int(count or 0)
-        out.resolved += n
+    for kind, category, count, subjects, assisted, *outcomes in resolved_rows:
+        out.resolved += int(count or 0)
         out.subjects += int(subjects or 0)
-        if outcome == "clarified":
-            out.clarified += n
-        elif outcome == "handled":
-            out.handled += n
-        if assisted and n:
-            out.assisted += n
-            _add(out.assisted_by_category, category_key(kind, category), n)
-    d = DURATIONS.c
-    duration_rows = await session.execute(
-        select(d.measure, d.bucket, func.sum(d.reports))
-        .where(d.month >= first, d.month <= last, adapt(where, DURATIONS))
-        .group_by(d.measure, d.bucket)
-    )
-    histograms: dict[str, dict[int, int]] = {"claim": {}, "ack": {}}
-    for measure, bucket, count in duration_rows.tuples():
-        histograms.setdefault(measure, {})[int(bucket)] = int(count or 0)
-    out.claim_count, out.claim_median = median_of(histograms["claim"])
-    out.ack_count, out.ack_median = median_of(histograms["ack"])
+        by_outcome = dict(zip(OUTCOMES, outcomes, strict=True))
+        out.clarified += int(by_outcome["clarified"] or 0)
+        out.handled += int(by_outcome["handled"] or 0)
+        if assisted:
+            out.assisted += int(assisted)
+            _add(out.assisted_by_category, category_key(kind, category), int(assisted))
+    histogram = (
+        await session.execute(
+            select(*(func.sum(r[c]) for c in (*CLAIM_COLUMNS, *ACK_COLUMNS))).where(
+                r.month >= first, r.month <= last, received
+            )
+        )
+    ).one()
+    counts = [int(n or 0) for n in histogram]
+    claim, ack = counts[: len(CLAIM_COLUMNS)], counts[len(CLAIM_COLUMNS) :]
+    out.claim_count, out.claim_median = median_of(dict(enumerate(claim)))
+    out.ack_count, out.ack_median = median_of(dict(enumerate(ack)))
     return out
 
 

@@ -168,7 +168,8 @@ async def _all(request: web.Request) -> dict[str, Any]:
     async with panel.service.session_factory() as db:
         now = await figures(db, period_months(period), where)
         prev = await figures(db, period_months(before), where)
-        then = await figures(db, period_months(last_year), where)
+        # A year's "previous" is the year before: read once.
+        then = prev if last_year == before else await figures(db, period_months(last_year), where)
         money = await rewards(db, period, where)
         last = period_months(period)[1]
         history = await unit_months(db, shift(last, -12), last, where)
