@@ -31,6 +31,7 @@ from admin.scope import in_queue
 from handlers.domain import CATEGORIES, STATUSES
 from storage.models import Report, Reward
 
+from . import choropleth
 from .queries import (
     Figures,
     combine,
@@ -233,7 +234,14 @@ def _context(request: web.Request, data: dict[str, Any]) -> dict[str, Any]:
         "arrest_kinds": arrests_by_kind(data["fig"]),
         "qs": data["filters"].query(period=data["period"].key),
         "choices": _choices(request),
+        "has_map": _shapes(request) is not None,
     }
+
+
+def _shapes(request: web.Request) -> choropleth.Shapes | None:
+    """The map's boundaries from ``TINBAO_GEOMETRY_FILE`` (None: no map)."""
+    service = panel_of(request).service
+    return choropleth.shapes_of(service.settings.geometry_file, service.catalogue.by_code)
 
 
 def _choices(request: web.Request) -> dict[str, Any]:
@@ -324,6 +332,18 @@ async def stats_chart(request: web.Request) -> web.StreamResponse:
                 items = [(f"{d.day}", n) for d, n in await daily(db, period, where)]
             svg = charts.bar_chart(
                 f"{labels('stats.chart.daily')} — {period.label}", items, horizontal=False
+            )
+        elif which == "map":
+            shapes = _shapes(request)
+            if shapes is None:
+                raise web.HTTPNotFound()
+            fig = await figures(db, period_months(period), where)
+            svg = choropleth.render(
+                shapes,
+                fig.by_unit,
+                title=f"{labels('stats.map.title')} — {period.label}",
+                name=labels.unit,
+                no_reports=labels("stats.map.none"),
             )
         else:
             fig = await figures(db, period_months(period), where)
