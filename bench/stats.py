@@ -1,9 +1,11 @@
 """Benchmark of the panel's statistics and lists at 1,000,000 reports on PostgreSQL.
 
 Seeds the reports, spread over the last five years, with COPY into a scratch database
-(``tinbao_bench_stats``, dropped and re-created), then times the monthly statistics (with the notice's summary), the yearly ones, and the first
-and a deep page of the reports list (keyset on ``(created_at, id)``). Targets: statistics
-within 200 ms, a list page within 50 ms.
+(``tinbao_bench_stats``, dropped and re-created), then times what the statistics page reads for
+a month, a year and five years (the period, the previous one, the same period a year before,
+and the units' 12 months before), and the first and a deep page of the reports list (keyset on
+``(created_at, id)``). Targets: statistics within 200 ms, a list page within 50 ms, at any
+number of reports (``--reports 10000000`` for the issue's ten million).
 
     python -m bench.stats [--url postgresql+asyncpg://postgres@127.0.0.1:5432/postgres]
                           [--reports 1000000] [--years 5] [--database NAME] [--keep]

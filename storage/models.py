@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from storage import stats_rollup
+from storage.stats_rollup import MEASURES
 from storage.types import BigIntKey, JSONType, UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -446,7 +446,7 @@ def _stats_table(name: str) -> Table:
         Column("queue_key", String(64), primary_key=True),
         Column("kind", String(16), primary_key=True),
         Column("category", String(32), primary_key=True),
-        *(Column(m, Integer, nullable=False) for m in stats_rollup.MEASURES[name]),
+        *(Column(m, Integer, nullable=False) for m in MEASURES[name]),
     )
 
 

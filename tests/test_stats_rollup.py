@@ -131,7 +131,7 @@ async def test_rollups_follow_every_change(session_factory: Factory) -> None:
     await _assert_agrees(session_factory)
     # and a rebuild gives the same tables
     async with session_factory() as db, db.begin():
-        dialect = db.bind.dialect.name
+        dialect = db.get_bind().dialect.name
         for statement in rebuild_statements(dialect):
             await db.execute(text(statement))
     await _assert_agrees(session_factory)

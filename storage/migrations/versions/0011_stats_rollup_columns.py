@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from storage import stats_rollup_0010 as old
+import storage.stats_rollup_0010 as old
 from storage.stats_rollup import MEASURES, drop_trigger_statements, fill, trigger_statements
 
 revision = "0011"
