@@ -16,6 +16,9 @@ from storage.repositories import Outbox
 #: Outbox priority of messages in officers' chats.
 PRIORITY_CHAT = 6
 
+#: The rewards chat's approve buttons that carry a commendation: press code → kind.
+COMMENDATION_PRESSES = {"oki": "individual", "okc": "collective"}
+
 
 def post_reward_proposal(
     session: AsyncSession,
@@ -44,7 +47,14 @@ def post_reward_proposal(
                 [
                     {"label": t(locale, "reward.btn.approve"), "data": f"w:ok:{reward.id}"},
                     {"label": t(locale, "reward.btn.reject"), "data": f"w:no:{reward.id}"},
-                ]
+                ],
+                [
+                    {
+                        "label": t(locale, f"commendation.btn.{kind}"),
+                        "data": f"w:{code}:{reward.id}",
+                    }
+                    for code, kind in COMMENDATION_PRESSES.items()
+                ],
             ],
         },
         report_id=report.id,

@@ -23,7 +23,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -363,8 +362,10 @@ class Reward(Base):
     paid_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
     paid_at: Mapped[datetime | None]
     payout_reference: Mapped[str | None] = mapped_column(String(200))
-    #: The reward comes with a letter of commendation (counted in the monthly report).
-    commendation: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: A letter of commendation with the reward, decided on approval: ``individual`` (to the
+    #: tipster) or ``collective`` (to a group of citizens); None without one. Counted by kind
+    #: in the monthly report.
+    commendation: Mapped[str | None] = mapped_column(String(16))
 
 
 class AuditEvent(Base):

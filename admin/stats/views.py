@@ -5,7 +5,7 @@ kind) on top of the viewer's scope."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -117,6 +117,8 @@ class Rewards:
     paid: int = 0
     paid_vnd: int = 0
     commendations: int = 0
+    #: Commendations by kind (``individual``, ``collective``).
+    commended: dict[str, int] = field(default_factory=dict)
 
 
 async def rewards(
@@ -126,8 +128,11 @@ async def rewards(
     paid = select(func.count(), func.coalesce(func.sum(Reward.amount_vnd), 0)).where(
         Reward.status == "paid", Reward.paid_at >= period.start, Reward.paid_at < period.end
     )
-    commended = select(func.count()).where(
-        Reward.commendation.is_(True),
+    commended = (
+        select(Reward.commendation, func.count())
+        .group_by(Reward.commendation)
+        .where(Reward.commendation.is_not(None))
+    ).where(
         Reward.status.in_(("approved", "paid")),
         Reward.decided_at >= period.start,
         Reward.decided_at < period.end,
@@ -138,7 +143,8 @@ async def rewards(
             commended.select_from(Reward).join(Report, Report.id == Reward.report_id).where(where)
         )
     count, total = (await session.execute(paid)).one()
-    return Rewards(int(count), int(total), int(await session.scalar(commended) or 0))
+    kinds = {str(kind): int(n) for kind, n in await session.execute(commended)}
+    return Rewards(int(count), int(total), sum(kinds.values()), kinds)
 
 
 def arrests_by_kind(fig: Figures) -> list[tuple[str, int]]:

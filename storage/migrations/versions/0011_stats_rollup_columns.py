@@ -9,6 +9,10 @@ PostgreSQL. Here the statuses, outcomes and duration buckets become columns of t
 (``stats_received`` by arrival month, ``stats_resolved`` by resolution month; see
 :mod:`storage.stats_rollup`), about 10,000 rows a year each whatever the number of reports.
 The triggers are re-created and the tables filled from the reports, in this transaction.
+
+Commendations: ``rewards.commendation`` (0010's flag, which nothing set yet) becomes the kind of
+commendation decided with the reward, ``individual`` or ``collective`` (NULL: none), as the
+notice counts them ("44 collectives and 336 individuals").
 """
 
 from __future__ import annotations
@@ -52,10 +56,20 @@ def upgrade() -> None:
         )
     for statement in [*fill(dialect), *trigger_statements(dialect)]:
         op.execute(statement)
+    with op.batch_alter_table("rewards") as batch:
+        batch.drop_column("commendation")
+    with op.batch_alter_table("rewards") as batch:
+        batch.add_column(sa.Column("commendation", sa.String(length=16), nullable=True))
 
 
 def downgrade() -> None:
     dialect = op.get_bind().dialect.name
+    with op.batch_alter_table("rewards") as batch:
+        batch.drop_column("commendation")
+    with op.batch_alter_table("rewards") as batch:
+        batch.add_column(
+            sa.Column("commendation", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
     for statement in drop_trigger_statements(dialect):
         op.execute(statement)
     op.drop_table("stats_resolved")
