@@ -4,6 +4,7 @@ kind) on top of the viewer's scope."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from admin.exports import rows as export_rows
 from admin.exports import to_csv, to_xlsx
 from admin.panel import (
     CSP_SVG,
+    PREFIX,
     Labels,
     locale_of,
     officer_of,
@@ -31,7 +33,7 @@ from admin.scope import in_queue
 from handlers.domain import CATEGORIES, STATUSES
 from storage.models import Report, Reward
 
-from . import choropleth
+from . import choropleth, pdf
 from .queries import (
     Figures,
     combine,
@@ -306,75 +308,112 @@ async def stats_units(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def chart_svg(
+    db: AsyncSession,
+    labels: Labels,
+    which: str,
+    period: Period,
+    where: ColumnElement[bool] | None,
+    shapes: choropleth.Shapes | None = None,
+) -> bytes | None:
+    """One of the statistics charts as SVG; None for an unknown one (or the map without
+    boundaries)."""
+    last = period_months(period)[1]
+    if which in ("trend", "trend_category"):
+        series = await monthly_series(db, last, 24, where)
+        x = [f"{m % 100:02d}/{m // 100 % 100:02d}" for m in series.months]
+        if which == "trend":
+            lines = [(labels(f"stats.kind.{k}"), v) for k, v in series.by_kind.items()]
+            title = labels("stats.chart.trend")
+        else:
+            top = sorted(series.by_category.items(), key=lambda kv: -sum(kv[1]))
+            lines = [(labels.category(k), v) for k, v in top]
+            title = labels("stats.chart.trend_category")
+        return charts.line_chart(title, x, lines)
+    if which == "daily":
+        if period.month is None:
+            series = await monthly_series(db, last, 12, where)
+            items = [
+                (f"{m % 100:02d}", sum(v[i] for v in series.by_kind.values()))
+                for i, m in enumerate(series.months)
+            ]
+        else:
+            items = [(f"{d.day}", n) for d, n in await daily(db, period, where)]
+        return charts.bar_chart(
+            f"{labels('stats.chart.daily')} — {period.label}", items, horizontal=False
+        )
+    if which not in ("map", "category", "unit", "status") or (which == "map" and shapes is None):
+        return None
+    fig = await figures(db, period_months(period), where)
+    if which == "map":
+        assert shapes is not None
+        return choropleth.render(
+            shapes,
+            fig.by_unit,
+            title=f"{labels('stats.map.title')} — {period.label}",
+            name=labels.unit,
+            no_reports=labels("stats.map.none"),
+        )
+    if which == "category":
+        items = [
+            (labels.category(k), v)
+            for k, v in sorted(fig.by_category.items(), key=lambda kv: -kv[1])
+        ]
+        title = labels("admin.stats.by_category")
+    elif which == "unit":
+        items = [
+            (labels.unit(k), v) for k, v in sorted(fig.by_unit.items(), key=lambda kv: -kv[1])[:25]
+        ]
+        title = labels("admin.stats.by_unit_top")
+    else:
+        items = [(labels.status(s), fig.by_status[s]) for s in STATUSES if s in fig.by_status]
+        title = labels("admin.stats.by_status")
+    return charts.bar_chart(f"{title} — {period.label}", items or [("—", 0)])
+
+
 @requires("commander")
 async def stats_chart(request: web.Request) -> web.StreamResponse:
     panel = panel_of(request)
     labels = Labels(panel, locale_of(request))
     period = Period.parse(request.query.get("period"))
-    filters = StatsFilter.from_query(request)
-    where = _where(request, filters)
-    which = request.match_info["which"]
-    last = period_months(period)[1]
+    where = _where(request, StatsFilter.from_query(request))
     async with panel.service.session_factory() as db:
-        if which in ("trend", "trend_category"):
-            series = await monthly_series(db, last, 24, where)
-            x = [f"{m % 100:02d}/{m // 100 % 100:02d}" for m in series.months]
-            if which == "trend":
-                lines = [(labels(f"stats.kind.{k}"), v) for k, v in series.by_kind.items()]
-                title = labels("stats.chart.trend")
-            else:
-                top = sorted(series.by_category.items(), key=lambda kv: -sum(kv[1]))
-                lines = [(labels.category(k), v) for k, v in top]
-                title = labels("stats.chart.trend_category")
-            svg = charts.line_chart(title, x, lines)
-        elif which == "daily":
-            if period.month is None:
-                series = await monthly_series(db, last, 12, where)
-                items = [
-                    (f"{m % 100:02d}", sum(v[i] for v in series.by_kind.values()))
-                    for i, m in enumerate(series.months)
-                ]
-            else:
-                items = [(f"{d.day}", n) for d, n in await daily(db, period, where)]
-            svg = charts.bar_chart(
-                f"{labels('stats.chart.daily')} — {period.label}", items, horizontal=False
-            )
-        elif which == "map":
-            shapes = _shapes(request)
-            if shapes is None:
-                raise web.HTTPNotFound()
-            fig = await figures(db, period_months(period), where)
-            svg = choropleth.render(
-                shapes,
-                fig.by_unit,
-                title=f"{labels('stats.map.title')} — {period.label}",
-                name=labels.unit,
-                no_reports=labels("stats.map.none"),
-            )
-        else:
-            fig = await figures(db, period_months(period), where)
-            if which == "category":
-                items = [
-                    (labels.category(k), v)
-                    for k, v in sorted(fig.by_category.items(), key=lambda kv: -kv[1])
-                ]
-                title = labels("admin.stats.by_category")
-            elif which == "unit":
-                items = [
-                    (labels.unit(k), v)
-                    for k, v in sorted(fig.by_unit.items(), key=lambda kv: -kv[1])[:25]
-                ]
-                title = labels("admin.stats.by_unit_top")
-            elif which == "status":
-                items = [
-                    (labels.status(s), fig.by_status[s]) for s in STATUSES if s in fig.by_status
-                ]
-                title = labels("admin.stats.by_status")
-            else:
-                raise web.HTTPNotFound()
-            svg = charts.bar_chart(f"{title} — {period.label}", items or [("—", 0)])
+        svg = await chart_svg(
+            db, labels, request.match_info["which"], period, where, _shapes(request)
+        )
+    if svg is None:
+        raise web.HTTPNotFound()
     response = web.Response(body=svg, content_type="image/svg+xml")
     response.headers["Content-Security-Policy"] = CSP_SVG
+    return response
+
+
+#: The charts of the printable report (the three that matter).
+REPORT_CHARTS = ("trend", "daily", "category")
+
+
+@requires("commander")
+async def stats_report_pdf(request: web.Request) -> web.StreamResponse:
+    """The printable report (a month or a year) as PDF: the same page, laid out for print."""
+    panel = panel_of(request)
+    data = _context(request, await _all(request))
+    page = render(request, "stats_report.html", **data)
+    assert page.text is not None
+    labels = Labels(panel, locale_of(request))
+    where = _where(request, data["filters"])
+    resources = pdf.stylesheet(PREFIX)
+    async with panel.service.session_factory() as db:
+        for which in REPORT_CHARTS:
+            svg = await chart_svg(db, labels, which, data["period"], where)
+            assert svg is not None
+            resources[f"{PREFIX}/stats/chart/{which}.svg"] = (svg, "image/svg+xml")
+    body = await asyncio.to_thread(pdf.to_pdf, page.text, resources)
+    log.info(
+        "statistics %s printed as PDF by officer %s", data["period"].key, officer_of(request).id
+    )
+    response = web.Response(body=body, content_type="application/pdf")
+    name = f"tinbao-report-{data['period'].key}.pdf"
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
 
@@ -422,6 +461,7 @@ def register(router: web.UrlDispatcher) -> None:
     router.add_get("/stats", stats_page)
     router.add_get("/stats/units", stats_units)
     router.add_get("/stats/report", stats_report)
+    router.add_get("/stats/report.pdf", stats_report_pdf)
     router.add_get("/stats/chart/{which}.svg", stats_chart)
     router.add_get("/stats/export.{fmt}", stats_export)
 
