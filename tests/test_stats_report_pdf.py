@@ -77,7 +77,7 @@ def test_nothing_is_fetched_while_rendering() -> None:
     fetched: list[str] = []
 
     class Spy(pdf.InMemory):
-        def fetch(self, url: str, headers: object = None):  # type: ignore[no-untyped-def]
+        def fetch(self, url: str, headers: object = None):
             fetched.append(url)
             return super().fetch(url, headers)
 
