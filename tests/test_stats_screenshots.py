@@ -72,7 +72,7 @@ async def test_screenshots_of_the_statistics_and_the_report(
     db_url: str, engine: object, tmp_path: Path
 ) -> None:
     require_browser()
-    from playwright.async_api import expect
+    from playwright.async_api import ConsoleMessage, Error, expect
 
     settings = Settings(
         database_url=db_url,
@@ -93,16 +93,17 @@ async def test_screenshots_of_the_statistics_and_the_report(
                 context.set_default_timeout(TIMEOUT_MS)
                 page = await context.new_page()
                 problems: list[str] = []
-                page.on("pageerror", lambda error, p=problems: p.append(str(error)))
-                page.on(
-                    "console",
-                    lambda m, p=problems: (
-                        p.append(m.text)
-                        if m.type == "error"
-                        and not m.location.get("url", "").endswith("favicon.ico")
-                        else None
-                    ),
-                )
+
+                def on_console(message: ConsoleMessage, problems: list[str] = problems) -> None:
+                    url = message.location.get("url", "")
+                    if message.type == "error" and not url.endswith("favicon.ico"):
+                        problems.append(message.text)
+
+                def on_error(error: Error, problems: list[str] = problems) -> None:
+                    problems.append(str(error))
+
+                page.on("console", on_console)
+                page.on("pageerror", on_error)
                 await page.goto(f"{base}/admin/login")
                 await page.locator('input[name="username"]').fill("boss")
                 await page.locator('input[name="password"]').fill(PASSWORD)
