@@ -2,7 +2,9 @@
 
 Two tables, one row per local calendar month (``yyyymm``, Vietnam's time), unit, queue, kind and
 category; everything else is a column of counts, so a year of a province is about 10,000 rows
-per table whatever the number of reports:
+per table whatever the number of reports. Each report also counts in a row for its whole year,
+``month = yyyy00``, so that a year or several read one row per key and year, not twelve (readers
+of months exclude ``month % 100 = 0``; see :func:`admin.stats.queries.month_keys`):
 
 * ``stats_received``, by the month a report arrived: ``reports``; one ``st_<status>`` column per
   status (its current status); ``claim_<i>`` and ``ack_<i>``, the times to claim and to
@@ -69,10 +71,15 @@ COUNTED = (
 TRIGGERS = ("stats_rollup_insert", "stats_rollup_delete", "stats_rollup_update")
 
 
-def month_expr(dialect: str, column: str) -> str:
+def month_expr(dialect: str, column: str, whole_year: bool = False) -> str:
+    """The local month of ``column`` as ``yyyymm``; with ``whole_year``, its year as ``yyyy00``."""
     if dialect == "postgresql":
-        return f"CAST(to_char({column} AT TIME ZONE 'Asia/Ho_Chi_Minh', 'YYYYMM') AS integer)"
-    return f"CAST(strftime('%Y%m', {column}, '+7 hours') AS INTEGER)"
+        pattern = "YYYY" if whole_year else "YYYYMM"
+        value = f"CAST(to_char({column} AT TIME ZONE 'Asia/Ho_Chi_Minh', '{pattern}') AS integer)"
+    else:
+        pattern = "%Y" if whole_year else "%Y%m"
+        value = f"CAST(strftime('{pattern}', {column}, '+7 hours') AS INTEGER)"
+    return f"{value} * 100" if whole_year else value
 
 
 def seconds_expr(dialect: str, start: str, end: str) -> str:
@@ -120,16 +127,19 @@ def parts(dialect: str, r: str, b: str) -> list[tuple[str, list[str], list[str],
     return [
         (
             "stats_received",
-            [month_expr(dialect, f"{r}.created_at"), *values],
+            [month_expr(dialect, f"{r}.created_at", whole_year), *values],
             received,
             f"{r}.created_at IS NOT NULL",
-        ),
+        )
+        for whole_year in (False, True)
+    ] + [
         (
             "stats_resolved",
-            [month_expr(dialect, f"{r}.resolved_at"), *values],
+            [month_expr(dialect, f"{r}.resolved_at", whole_year), *values],
             resolved,
             f"{r}.status = 'resolved' AND {r}.resolved_at IS NOT NULL",
-        ),
+        )
+        for whole_year in (False, True)
     ]
 
 

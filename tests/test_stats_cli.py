@@ -73,16 +73,20 @@ async def test_check_finds_a_tampered_count_and_rebuild_repairs_it(
         await connection.execute(text("DELETE FROM stats_resolved"))
     wrong = _tinbao(tmp_path, db_url, "stats", "check")
     assert wrong.returncode == 1, wrong.stderr
-    assert "stats_received: 1 counts disagree" in wrong.stdout
+    # The month's row and the year's (202500) row were both altered.
+    assert "stats_received: 2 counts disagree" in wrong.stdout
     assert "202503 - - tip theft reports: 8, 3" in wrong.stdout  # no unit, no queue
+    assert "202500 - - tip theft reports: 8, 3" in wrong.stdout
     assert "stats_resolved:" in wrong.stdout and "tinbao stats rebuild" in wrong.stdout
     rebuilt = _tinbao(tmp_path, db_url, "stats", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert "stats_received: 1 rows" in rebuilt.stdout
-    assert "stats_resolved: 1 rows" in rebuilt.stdout
+    assert "stats_received: 2 rows" in rebuilt.stdout  # March 2025, and 2025
+    assert "stats_resolved: 2 rows" in rebuilt.stdout
     async with engine.connect() as connection:
-        assert (await connection.scalar(text("SELECT reports FROM stats_received"))) == 3
-        assert (await connection.scalar(text("SELECT oc_clarified FROM stats_resolved"))) == 1
+        rows = await connection.execute(text("SELECT month, reports FROM stats_received"))
+        assert sorted(tuple(row) for row in rows) == [(202500, 3), (202503, 3)]
+        resolved = await connection.execute(text("SELECT oc_clarified FROM stats_resolved"))
+        assert list(resolved.scalars()) == [1, 1]
     again = _tinbao(tmp_path, db_url, "stats", "check")
     assert again.returncode == 0 and "agree" in again.stdout
 

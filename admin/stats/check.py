@@ -33,7 +33,8 @@ def bucket_of(seconds: float) -> int:
 
 async def recount(session: AsyncSession) -> dict[str, Counter[Key]]:
     """What each rollup table should hold, as (month, unit, queue, kind, category, column) →
-    count (zero counts left out), counted from ``reports``."""
+    count (zero counts left out; ``month`` is ``yyyy00`` for a whole year's row), counted from
+    ``reports``."""
     out: dict[str, Counter[Key]] = {table: Counter() for table in MEASURES}
     received, resolved = out["stats_received"], out["stats_resolved"]
     rows = await session.stream(select(Report).execution_options(yield_per=5000))
@@ -61,6 +62,10 @@ async def recount(session: AsyncSession) -> dict[str, Counter[Key]]:
             if report.outcome in OUTCOMES:
                 resolved[(*key, f"oc_{report.outcome}")] += 1
     for counter in out.values():
+        # Every month counts again in its year's row (yyyy00).
+        for key, value in list(counter.items()):
+            month = int(key[0])  # type: ignore[call-overload]
+            counter[(month // 100 * 100, *key[1:])] += value
         for zero in [k for k, v in counter.items() if v == 0]:
             del counter[zero]
     return out

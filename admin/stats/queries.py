@@ -59,6 +59,26 @@ def months_between(first: int, last: int) -> list[int]:
     return out
 
 
+def month_keys(first: int, last: int) -> list[int]:
+    """The rollup keys covering the months ``first``..``last``: ``yyyy00`` for each whole
+    calendar year inside, ``yyyymm`` for the months around them."""
+    keys: list[int] = []
+    key = first
+    while key <= last:
+        if key % 100 == 1 and key + 11 <= last:
+            keys.append(key - 1)  # yyyy00: the whole year
+            key = shift(key, 12)
+        else:
+            keys.append(key)
+            key = shift(key, 1)
+    return keys
+
+
+def months_only(column: Any, first: int, last: int) -> ColumnElement[bool]:
+    """``column`` within ``first``..``last``, monthly rows only (not the yearly ``yyyy00``)."""
+    return and_(column >= first, column <= last, column % 100 != 0)
+
+
 def period_months(period: Period) -> tuple[int, int]:
     if period.month is None:
         return month_key(period.year, 1), month_key(period.year, 12)
@@ -142,6 +162,7 @@ async def figures(
     """Everything the page and the report show for ``months`` (three grouped reads of about
     a thousand rollup rows a month)."""
     first, last = months
+    keys = month_keys(first, last)
     out = Figures()
     r = RECEIVED.c
     received = adapt(where, RECEIVED)
@@ -153,7 +174,7 @@ async def figures(
             func.sum(r.reports),
             *(func.sum(r[c]) for c in STATUS_COLUMNS),
         )
-        .where(r.month >= first, r.month <= last, received)
+        .where(r.month.in_(keys), received)
         .group_by(r.unit_code, r.kind, r.category)
     )
     for unit, kind, category, count, *statuses in rows:
@@ -178,7 +199,7 @@ async def figures(
             func.sum(s.assisted),
             *(func.sum(s[c]) for c in OUTCOME_COLUMNS),
         )
-        .where(s.month >= first, s.month <= last, adapt(where, RESOLVED))
+        .where(s.month.in_(keys), adapt(where, RESOLVED))
         .group_by(s.kind, s.category)
     )
     for kind, category, count, subjects, assisted, *outcomes in resolved_rows:
@@ -193,7 +214,7 @@ async def figures(
     histogram = (
         await session.execute(
             select(*(func.sum(r[c]) for c in (*CLAIM_COLUMNS, *ACK_COLUMNS))).where(
-                r.month >= first, r.month <= last, received
+                r.month.in_(keys), received
             )
         )
     ).one()
@@ -252,7 +273,7 @@ async def monthly_series(
     r = RECEIVED.c
     rows = await session.execute(
         select(r.month, r.kind, r.category, func.sum(r.reports))
-        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
+        .where(months_only(r.month, first, last), adapt(where, RECEIVED))
         .group_by(r.month, r.kind, r.category)
     )
     by_kind: dict[str, list[int]] = {"tip": [0] * count, "emergency": [0] * count}
@@ -271,7 +292,7 @@ async def unit_months(
     r = RECEIVED.c
     rows = await session.execute(
         select(r.unit_code, r.month, func.sum(r.reports))
-        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
+        .where(months_only(r.month, first, last), adapt(where, RECEIVED))
         .group_by(r.unit_code, r.month)
     )
     out: dict[str, dict[int, int]] = {}
