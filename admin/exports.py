@@ -46,6 +46,10 @@ def rows(
         ("summary", "commendations", t("stats.report.commendations"), money.commendations),
     ]
     out += [
+        ("summary", f"commendations_{kind}", t(f"commendation.kind.{kind}"), n)
+        for kind, n in sorted(getattr(money, "commended", {}).items())
+    ]
+    out += [
         ("assisted_arrests", k, category(k), v)
         for k, v in sorted(fig.assisted_by_category.items(), key=lambda kv: -kv[1])
     ]

@@ -92,10 +92,14 @@ async def reward_decide(request: web.Request) -> web.StreamResponse:
                 raise web.HTTPNotFound()
             if decision not in ("approve", "reject"):
                 raise ActionError("admin.error.bad_decision")
+            commendation = form.get("commendation") if decision == "approve" else None
             await work.decide_reward(
                 reward_id,
                 approve=decision == "approve",
                 reason=reason,
+                commendation=commendation
+                if isinstance(commendation, str) and commendation
+                else None,
             )
             report_id = report.id
     except ActionError as refused:

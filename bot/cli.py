@@ -39,6 +39,11 @@ tinbao: anonymous crime tip-offs and traffic-accident emergency reports.
   tinbao admin create-user --username U --role admin|commander|officer [--queue KEY]
                    create a web panel account (the password is asked for, or read from
                    TINBAO_ADMIN_PASSWORD); prints nothing secret.
+  tinbao stats check
+                   recount the statistics from the reports and compare with the rollups
+                   (exit status 1 when they disagree).
+  tinbao stats rebuild
+                   empty the statistics rollups and fill them again from the reports.
 
 Settings come from TINBAO_* environment variables or a .env file; see README.md.
 """
@@ -82,7 +87,28 @@ def _parser() -> argparse.ArgumentParser:
     admin_commands.add_parser(
         "create-user", help="create a web panel account (see: tinbao admin create-user --help)"
     )
+    stats = commands.add_parser("stats", help="the statistics rollups")
+    stats_commands = stats.add_subparsers(dest="stats_command", metavar="ACTION")
+    stats_commands.add_parser("check", help="compare the rollups with a recount of the reports")
+    stats_commands.add_parser("rebuild", help="fill the rollups again from the reports")
     return parser
+
+
+async def _stats(settings: Settings, action: str) -> int:
+    from admin.stats import maintenance
+    from storage.db import create_engine
+    from storage.migrate import ensure_schema
+
+    engine = create_engine(settings.effective_database_url)
+    try:
+        await ensure_schema(engine, auto_upgrade=settings.is_embedded_db)
+        if action == "check":
+            return maintenance.report_check(await maintenance.check(engine), print)
+        for table, rows in (await maintenance.rebuild(engine)).items():
+            print(f"{table}: {rows} rows")
+        return 0
+    finally:
+        await engine.dispose()
 
 
 def build_app(service: Service) -> web.Application:
@@ -208,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return catalogue_main(forwarded)
     if args.command in ("retention", "keys") and getattr(args, f"{args.command}_command") is None:
         parser.parse_args([args.command, "--help"])
+    if args.command == "stats" and args.stats_command not in ("check", "rebuild"):
+        parser.parse_args(["stats", "--help"])
         return 2
     try:
         settings = load_settings()
@@ -226,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "keys":
             print(asyncio.run(_rotate(settings)))
             return 0
+        if args.command == "stats":
+            return asyncio.run(_stats(settings, args.stats_command))
         asyncio.run(_serve(settings, args.role))
         return 0
     except (ConfigError, SchemaMismatch, UnreadableValue) as exc:

@@ -330,7 +330,9 @@ class ReportActions:
         post_reward_proposal(self.session, self.context, report, reward, self.officer)
         return reward
 
-    async def decide_reward(self, reward_id: int, *, approve: bool, reason: str) -> Reward:
+    async def decide_reward(
+        self, reward_id: int, *, approve: bool, reason: str, commendation: str | None = None
+    ) -> Reward:
         reward = await self.session.get(Reward, reward_id)
         if reward is None:
             raise ActionError("reward.not_found")
@@ -343,6 +345,7 @@ class ReportActions:
                 approve=approve,
                 reason=reason,
                 queue_key=self.queue_key(report),
+                commendation=commendation,
             )
         except RewardError as refused:
             raise ActionError(refused.key, **refused.values) from refused

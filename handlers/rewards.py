@@ -31,6 +31,10 @@ RATE_CLAIM = "claim_guess"
 REASON_MAX = 500
 
 
+#: Kinds of commendation an approval may carry (the notice counts collectives and individuals).
+COMMENDATIONS = ("individual", "collective")
+
+
 class RewardError(Exception):
     """A refused step; ``key`` is the catalogue key of the message to show.
 
@@ -141,8 +145,10 @@ class Rewards:
         approve: bool,
         reason: str,
         queue_key: str | None,
+        commendation: str | None = None,
     ) -> Reward:
-        """Approve or reject a proposal; exactly one decision wins a race."""
+        """Approve or reject a proposal; exactly one decision wins a race. An approval may come
+        with a commendation (:data:`COMMENDATIONS`)."""
         reward = await self.session.get(Reward, reward_id)
         if reward is None:
             raise RewardError("reward.not_found")
@@ -155,13 +161,19 @@ class Rewards:
             raise RewardError("reward.bad_reason", limit=REASON_MAX)
         if reward.status != "proposed":
             raise RewardError(f"reward.already_{reward.status}")
+        if commendation is not None and (commendation not in COMMENDATIONS or not approve):
+            raise RewardError("commendation.bad")
         status = "approved" if approve else "rejected"
         now = utcnow()
         result = await self.session.execute(
             update(Reward)
             .where(Reward.id == reward_id, Reward.status == "proposed")
             .values(
-                status=status, decided_by_id=officer.id, decided_at=now, decision_reason=reason
+                status=status,
+                decided_by_id=officer.id,
+                decided_at=now,
+                decision_reason=reason,
+                commendation=commendation,
             )
             .execution_options(synchronize_session=False)
         )
@@ -177,7 +189,11 @@ class Rewards:
             actor_kind="officer",
             actor_id=officer.id,
             reason=reason,
-            data={"reward_id": reward.id, "amount_vnd": reward.amount_vnd},
+            data={
+                "reward_id": reward.id,
+                "amount_vnd": reward.amount_vnd,
+                **({"commendation": commendation} if commendation else {}),
+            },
         )
         return reward
 

@@ -161,6 +161,10 @@ class UnitLocator:
         """True when at least one boundary or centre is loaded."""
         return bool(self._units)
 
+    def boundaries(self) -> dict[str, BaseGeometry]:
+        """Unit code → its boundary (lon/lat), for the units that have one (the panel's map)."""
+        return dict(zip(self._boundary_codes, self._boundaries, strict=True))
+
     @property
     def units(self) -> frozenset[str]:
         """The codes of all units with a boundary or a centre."""

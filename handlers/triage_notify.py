@@ -16,6 +16,9 @@ from storage.models import Officer, Report, Reward
 #: Outbox priority of messages in officers' chats.
 PRIORITY_CHAT = outbox.Priority.CHAT
 
+#: The rewards chat's approve buttons that carry a commendation: press code → kind.
+COMMENDATION_PRESSES = {"oki": "individual", "okc": "collective"}
+
 
 def post_reward_proposal(
     session: AsyncSession,
@@ -41,7 +44,14 @@ def post_reward_proposal(
                 [
                     {"label": t(locale, "reward.btn.approve"), "data": f"w:ok:{reward.id}"},
                     {"label": t(locale, "reward.btn.reject"), "data": f"w:no:{reward.id}"},
-                ]
+                ],
+                [
+                    {
+                        "label": t(locale, f"commendation.btn.{kind}"),
+                        "data": f"w:{code}:{reward.id}",
+                    }
+                    for code, kind in COMMENDATION_PRESSES.items()
+                ],
             ],
         ),
         outbox.Destination.parse(context.rewards_destination()),

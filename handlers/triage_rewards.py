@@ -15,6 +15,7 @@ from handlers.report_actions import ActionError
 from handlers.rewards import format_vnd
 from handlers.security import format_code
 from handlers.triage_base import TriageBase
+from handlers.triage_notify import COMMENDATION_PRESSES
 from storage.models import CardPost, Report, Reward
 
 
@@ -60,7 +61,7 @@ class RewardChat(TriageBase):
         parts = press.data.split(":")
         if (
             len(parts) != 3
-            or parts[1] not in ("ok", "no")
+            or parts[1] not in ("ok", "no", *COMMENDATION_PRESSES)
             or not parts[2].isdigit()
             or len(parts[2]) > 18
         ):
@@ -85,7 +86,8 @@ class RewardChat(TriageBase):
             return self._deny(act, "reward.four_eyes")
         if reward.status != "proposed":
             return self._deny(act, f"reward.already_{reward.status}")
-        approve = parts[1] == "ok"
+        approve = parts[1] != "no"
+        commendation = COMMENDATION_PRESSES.get(parts[1])
         await self._set_pending(
             act,
             {
@@ -93,6 +95,7 @@ class RewardChat(TriageBase):
                 "report_id": report.id,
                 "reward_id": reward.id,
                 "approve": approve,
+                "commendation": commendation,
             },
         )
         decision = self._t("reward.decision.approve" if approve else "reward.decision.reject")
@@ -114,7 +117,10 @@ class RewardChat(TriageBase):
     ) -> OfficerOutcome:
         try:
             reward = await self._actions(act).decide_reward(
-                int(pending["reward_id"]), approve=bool(pending["approve"]), reason=text
+                int(pending["reward_id"]),
+                approve=bool(pending["approve"]),
+                reason=text,
+                commendation=pending.get("commendation"),
             )
         except ActionError as refused:
             self._say(

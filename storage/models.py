@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     Float,
     ForeignKey,
     Index,
@@ -20,13 +21,14 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
-    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from storage.stats_rollup import MEASURES
 from storage.types import BigIntKey, JSONType, UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -363,8 +365,10 @@ class Reward(Base):
     paid_by_id: Mapped[int | None] = mapped_column(ForeignKey("officers.id"))
     paid_at: Mapped[datetime | None]
     payout_reference: Mapped[str | None] = mapped_column(String(200))
-    #: The reward comes with a letter of commendation (counted in the monthly report).
-    commendation: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: A letter of commendation with the reward, decided on approval: ``individual`` (to the
+    #: tipster) or ``collective`` (to a group of citizens); None without one. Counted by kind
+    #: in the monthly report.
+    commendation: Mapped[str | None] = mapped_column(String(16))
 
 
 class AuditEvent(Base):
@@ -432,46 +436,28 @@ class ZaloInbox(Base):
 
 
 # --------------------------------------------------------------------------- statistics rollups
-# Kept by triggers on ``reports`` (migration 0010); read by :mod:`admin.stats`. Months are local
-# (Vietnam) calendar months as ``yyyymm``; an absent unit, queue, category or outcome is ``''``.
+# Kept by triggers on ``reports`` (migration 0011, :mod:`storage.stats_rollup`); read by
+# :mod:`admin.stats`. Months are local (Vietnam) calendar months as ``yyyymm``; an absent unit,
+# queue or category is ``''``. One row per month and key; the counts are columns.
 
 
-class _StatsKey:
-    month: Mapped[int] = mapped_column(Integer, primary_key=True)
-    unit_code: Mapped[str] = mapped_column(String(16), primary_key=True)
-    queue_key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
-    category: Mapped[str] = mapped_column(String(32), primary_key=True)
+def _stats_table(name: str) -> Table:
+    return Table(
+        name,
+        Base.metadata,
+        Column("month", Integer, primary_key=True),
+        Column("unit_code", String(16), primary_key=True),
+        Column("queue_key", String(64), primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("category", String(32), primary_key=True),
+        *(Column(m, Integer, nullable=False) for m in MEASURES[name]),
+    )
 
 
-class StatsReceived(_StatsKey, Base):
-    """Reports by the month they arrived, with their current status."""
-
-    __tablename__ = "stats_received"
-
-    status: Mapped[str] = mapped_column(String(16), primary_key=True)
-    reports: Mapped[int] = mapped_column(BigInteger)
-
-
-class StatsResolved(_StatsKey, Base):
-    """Resolved reports by the month they were resolved."""
-
-    __tablename__ = "stats_resolved"
-
-    outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
-    assisted: Mapped[int] = mapped_column(Integer, primary_key=True)
-    reports: Mapped[int] = mapped_column(BigInteger)
-    subjects: Mapped[int] = mapped_column(BigInteger)
-
-
-class StatsDurations(_StatsKey, Base):
-    """Times to claim (``claim``) and to acknowledge (``ack``) in buckets, by arrival month."""
-
-    __tablename__ = "stats_durations"
-
-    measure: Mapped[str] = mapped_column(String(8), primary_key=True)
-    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
-    reports: Mapped[int] = mapped_column(BigInteger)
+#: Reports by the month they arrived: status counts and duration histograms.
+stats_received = _stats_table("stats_received")
+#: Resolved reports by the month they were resolved: outcomes, subjects, assisted arrests.
+stats_resolved = _stats_table("stats_resolved")
 
 
 class UpdateArrival(Base):

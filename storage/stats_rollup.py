@@ -1,20 +1,58 @@
-"""The SQL that keeps the statistics rollups (migration 0010): triggers, fill and rebuild.
+"""The SQL that keeps the statistics rollups (migration 0011): triggers, fill and rebuild.
+
+Two tables, one row per local calendar month (``yyyymm``, Vietnam's time), unit, queue, kind and
+category; everything else is a column of counts, so a year of a province is about 10,000 rows
+per table whatever the number of reports. Each report also counts in a row for its whole year,
+``month = yyyy00``, so that a year or several read one row per key and year, not twelve (readers
+of months exclude ``month % 100 = 0``; see :func:`admin.stats.queries.month_keys`):
+
+* ``stats_received``, by the month a report arrived: ``reports``; one ``st_<status>`` column per
+  status (its current status); ``claim_<i>`` and ``ack_<i>``, the times to claim and to
+  acknowledge (emergencies) in the buckets of :data:`BUCKET_EDGES` (medians are read from them);
+* ``stats_resolved``, by the month a report was resolved: ``reports``, ``subjects`` (handled),
+  ``assisted`` (citizen-assisted arrests) and one ``oc_<outcome>`` column per outcome.
 
 The same expressions serve the triggers on ``reports`` (one row's contribution, added or taken
 away) and the fill from the stored reports (summed), so a rebuild and the triggers agree by
-construction; ``tests/test_stats_rollup.py`` checks both against a recount in Python. A change to
-these statements needs a migration that re-creates the triggers.
+construction; ``tests/test_stats_rollup.py`` checks both against a recount in Python
+(:mod:`admin.stats.check`). A change to these statements or columns needs a migration that
+re-creates the triggers (and a frozen copy of this module for the older one, as
+:mod:`storage.stats_rollup_0010`).
 """
 
 from __future__ import annotations
 
-#: Upper edges (seconds) of the duration buckets; the last bucket is open. Same as
-#: ``admin.stats.rollup.BUCKET_EDGES``.
+#: Upper edges (seconds) of the duration buckets; the last bucket is open.
 BUCKET_EDGES = (
     30, 60, 120, 180, 300, 420, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10800,
     14400, 21600, 28800, 43200, 64800, 86400, 129600, 172800, 259200, 432000, 604800,
     1209600, 2592000,
 )  # fmt: skip
+BUCKETS = len(BUCKET_EDGES) + 1
+
+#: Frozen copies of :data:`handlers.domain.STATUSES` and ``OUTCOMES`` (a new value needs a
+#: migration adding its column; until then it counts in ``reports`` only).
+STATUSES = ("new", "assigned", "in_progress", "needs_info", "acknowledged", "resolved", "rejected")
+OUTCOMES = (
+    "clarified",
+    "handled",
+    "not_confirmed",
+    "false_report",
+    "duplicate",
+    "out_of_scope",
+)
+
+DIMENSIONS = ("month", "unit_code", "queue_key", "kind", "category")
+STATUS_COLUMNS = tuple(f"st_{s}" for s in STATUSES)
+OUTCOME_COLUMNS = tuple(f"oc_{o}" for o in OUTCOMES)
+CLAIM_COLUMNS = tuple(f"claim_{i}" for i in range(BUCKETS))
+ACK_COLUMNS = tuple(f"ack_{i}" for i in range(BUCKETS))
+#: Count columns of each table.
+MEASURES: dict[str, tuple[str, ...]] = {
+    "stats_received": ("reports", *STATUS_COLUMNS, *CLAIM_COLUMNS, *ACK_COLUMNS),
+    "stats_resolved": ("reports", "subjects", "assisted", *OUTCOME_COLUMNS),
+}
+ROLLUP_TABLES = tuple(MEASURES)
 
 COUNTED = (
     "created_at",
@@ -33,10 +71,15 @@ COUNTED = (
 TRIGGERS = ("stats_rollup_insert", "stats_rollup_delete", "stats_rollup_update")
 
 
-def month_expr(dialect: str, column: str) -> str:
+def month_expr(dialect: str, column: str, whole_year: bool = False) -> str:
+    """The local month of ``column`` as ``yyyymm``; with ``whole_year``, its year as ``yyyy00``."""
     if dialect == "postgresql":
-        return f"CAST(to_char({column} AT TIME ZONE 'Asia/Ho_Chi_Minh', 'YYYYMM') AS integer)"
-    return f"CAST(strftime('%Y%m', {column}, '+7 hours') AS INTEGER)"
+        pattern = "YYYY" if whole_year else "YYYYMM"
+        value = f"CAST(to_char({column} AT TIME ZONE 'Asia/Ho_Chi_Minh', '{pattern}') AS integer)"
+    else:
+        pattern = "%Y" if whole_year else "%Y%m"
+        value = f"CAST(strftime('{pattern}', {column}, '+7 hours') AS INTEGER)"
+    return f"{value} * 100" if whole_year else value
 
 
 def seconds_expr(dialect: str, start: str, end: str) -> str:
@@ -45,93 +88,104 @@ def seconds_expr(dialect: str, start: str, end: str) -> str:
     return f"((julianday({end}) - julianday({start})) * 86400.0)"
 
 
-def bucket_expr(seconds: str) -> str:
+def bucket_expr(dialect: str, r: str, column: str, only_emergencies: bool) -> str:
+    """The bucket of ``created_at`` → ``column`` of row ``r``; -1 when not measured."""
+    seconds = seconds_expr(dialect, f"{r}.created_at", f"{r}.{column}")
     whens = " ".join(f"WHEN {seconds} < {edge} THEN {i}" for i, edge in enumerate(BUCKET_EDGES))
-    return f"CASE {whens} ELSE {len(BUCKET_EDGES)} END"
+    extra = f" OR {r}.kind <> 'emergency'" if only_emergencies else ""
+    return (
+        f"CASE WHEN {r}.{column} IS NULL OR {r}.created_at IS NULL{extra} THEN -1 "
+        f"{whens} ELSE {len(BUCKET_EDGES)} END"
+    )
 
 
-def parts(dialect: str, r: str) -> list[tuple[str, list[str], list[str], list[str], str]]:
-    """Per table: name, key columns, key expressions of row ``r``, measure expressions, where."""
-    dims = ["month", "unit_code", "queue_key", "kind", "category"]
+def _flag(condition: str) -> str:
+    return f"CASE WHEN {condition} THEN 1 ELSE 0 END"
+
+
+def parts(dialect: str, r: str, b: str) -> list[tuple[str, list[str], list[str], str]]:
+    """Per table: name, key expressions of row ``r``, measure expressions (in the order of
+    :data:`MEASURES`; ``b.cb`` and ``b.ab`` are the claim and acknowledge buckets), where."""
     values = [
         f"coalesce({r}.unit_code, '')",
         f"coalesce({r}.queue_key, '')",
         f"{r}.kind",
         f"coalesce({r}.category, '')",
     ]
-    month = month_expr(dialect, f"{r}.created_at")
-    out = [
+    received = [
+        "1",
+        *(_flag(f"{r}.status = '{s}'") for s in STATUSES),
+        *(_flag(f"{b}.cb = {i}") for i in range(BUCKETS)),
+        *(_flag(f"{b}.ab = {i}") for i in range(BUCKETS)),
+    ]
+    resolved = [
+        "1",
+        f"coalesce({r}.subjects_handled, 0)",
+        _flag(f"{r}.citizen_assisted_arrest"),
+        *(_flag(f"{r}.outcome = '{o}'") for o in OUTCOMES),
+    ]
+    return [
         (
             "stats_received",
-            [*dims, "status"],
-            [month, *values, f"{r}.status"],
-            ["1"],
+            [month_expr(dialect, f"{r}.created_at", whole_year), *values],
+            received,
             f"{r}.created_at IS NOT NULL",
-        ),
+        )
+        for whole_year in (False, True)
+    ] + [
         (
             "stats_resolved",
-            [*dims, "outcome", "assisted"],
-            [
-                month_expr(dialect, f"{r}.resolved_at"),
-                *values,
-                f"coalesce({r}.outcome, '')",
-                f"CASE WHEN {r}.citizen_assisted_arrest THEN 1 ELSE 0 END",
-            ],
-            ["1", f"coalesce({r}.subjects_handled, 0)"],
+            [month_expr(dialect, f"{r}.resolved_at", whole_year), *values],
+            resolved,
             f"{r}.status = 'resolved' AND {r}.resolved_at IS NOT NULL",
-        ),
-    ]
-    for measure, column, extra in (
-        ("claim", "claimed_at", ""),
-        ("ack", "acknowledged_at", f" AND {r}.kind = 'emergency'"),
-    ):
-        bucket = bucket_expr(seconds_expr(dialect, f"{r}.created_at", f"{r}.{column}"))
-        out.append(
-            (
-                "stats_durations",
-                [*dims, "measure", "bucket"],
-                [month, *values, f"'{measure}'", bucket],
-                ["1"],
-                f"{r}.{column} IS NOT NULL AND {r}.created_at IS NOT NULL{extra}",
-            )
         )
-    return out
+        for whole_year in (False, True)
+    ]
 
 
-MEASURES = {"stats_received": ["reports"], "stats_resolved": ["reports", "subjects"]}
+def buckets_select(dialect: str, r: str) -> str:
+    """``cb`` and ``ab`` of row ``r``, computed once per row."""
+    return (
+        f"{bucket_expr(dialect, r, 'claimed_at', False)} AS cb, "
+        f"{bucket_expr(dialect, r, 'acknowledged_at', True)} AS ab"
+    )
 
 
-def upsert(table: str, keys: list[str], select: str) -> str:
-    measures = MEASURES.get(table, ["reports"])
+def upsert(table: str, select: str) -> str:
+    measures = MEASURES[table]
     sets = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in measures)
     return (
-        f"INSERT INTO {table} ({', '.join([*keys, *measures])}) {select} "
-        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
+        f"INSERT INTO {table} ({', '.join([*DIMENSIONS, *measures])}) {select} "
+        f"ON CONFLICT ({', '.join(DIMENSIONS)}) DO UPDATE SET {sets}"
     )
 
 
 def statements(dialect: str, row: str, sign: str) -> list[str]:
     """Upserts adding ``sign`` times the contribution of ``row`` (``NEW`` or ``OLD``)."""
     out = []
-    for table, keys, values, measures, where in parts(dialect, row):
+    for table, keys, measures, where in parts(dialect, row, "b"):
         signed = [f"{sign} * {m}" for m in measures]
-        out.append(upsert(table, keys, f"SELECT {', '.join([*values, *signed])} WHERE {where}"))
+        source = f"(SELECT {buckets_select(dialect, row)}) AS b"
+        select = f"SELECT {', '.join([*keys, *signed])} FROM {source} WHERE {where}"  # noqa: S608
+        out.append(upsert(table, select))
     return out
 
 
 def fill(dialect: str) -> list[str]:
     """The same contributions summed over the reports already stored."""
     out = []
-    for table, keys, values, measures, where in parts(dialect, "r"):
-        aliased = ", ".join(f"{v} AS k{i}" for i, v in enumerate(values))
+    buckets = buckets_select(dialect, "reports")
+    source = f"(SELECT reports.*, {buckets} FROM reports) AS r"  # noqa: S608 (no input)
+    for table, keys, measures, where in parts(dialect, "r", "r"):
+        aliased = ", ".join(f"{v} AS k{i}" for i, v in enumerate(keys))
         measured = ", ".join(f"{m} AS m{j}" for j, m in enumerate(measures))
-        grouped = ", ".join(f"k{i}" for i in range(len(values)))
+        grouped = ", ".join(f"k{i}" for i in range(len(keys)))
         sums = ", ".join(f"sum(m{j})" for j in range(len(measures)))
         select = (
             f"SELECT {grouped}, {sums} FROM (SELECT {aliased}, {measured} "  # noqa: S608 (no input)
-            f"FROM reports AS r WHERE {where}) AS x GROUP BY {grouped}"
+            f"FROM {source} WHERE {where}) AS x GROUP BY {grouped}"
         )
-        out.append(upsert(table, keys, select))
+        out.append(upsert(table, select))
     return out
 
 
@@ -175,9 +229,6 @@ def drop_trigger_statements(dialect: str) -> list[str]:
             "DROP FUNCTION IF EXISTS stats_rollup()",
         ]
     return [f"DROP TRIGGER IF EXISTS {name}" for name in TRIGGERS]
-
-
-ROLLUP_TABLES = ("stats_received", "stats_resolved", "stats_durations")
 
 
 def rebuild_statements(dialect: str) -> list[str]:

@@ -404,7 +404,7 @@ async def test_commander_filters_approves_and_exports_in_a_browser(
         "assisted_arrests": 1,
         "rewards_paid": 1,  # the approved reward is not paid yet
         "rewards_paid_vnd": PAID_REWARD_VND,
-        "commendations": 0,  # the approved reward is not marked as a commendation
+        "commendations": 0,  # approved without one
     }
     assert sheet("assisted_arrests") == {"robbery": 1}
     book.close()

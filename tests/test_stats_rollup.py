@@ -11,9 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from admin.queries import Period, summary
 from admin.queries import stats as direct_stats
 from admin.stats.check import differences
-from admin.stats.queries import Figures, adapt, daily, figures, monthly_series, period_months
+from admin.stats.queries import (
+    Figures,
+    adapt,
+    daily,
+    figures,
+    month_keys,
+    monthly_series,
+    period_months,
+)
 from config.catalogue import load_catalogue
-from storage.models import Report, StatsReceived
+from storage.models import Report, stats_received
 from storage.repositories import Units
 from storage.stats_rollup import rebuild_statements
 
@@ -186,8 +194,36 @@ async def test_figures_equal_a_direct_count(session_factory: Factory) -> None:
         assert len(days) == 28 and days[0][1] == 1 and sum(n for _, n in days) == 4
         assert sum(n for _, n in await daily(db, Period(2025, 1), None)) == 1
         count = await db.scalar(
-            select(func.sum(StatsReceived.reports)).where(
-                adapt(Report.queue_key.is_(None), StatsReceived.__table__)  # type: ignore[arg-type]
+            select(func.sum(stats_received.c.reports)).where(
+                adapt(Report.queue_key.is_(None), stats_received),
+                stats_received.c.month % 100 != 0,  # the monthly rows, not the yearly ones
             )
         )
         assert count == 6
+
+
+def test_month_keys_read_whole_years_from_their_yearly_rows() -> None:
+    assert month_keys(202506, 202506) == [202506]
+    assert month_keys(202501, 202512) == [202500]
+    assert month_keys(202112, 202611) == [
+        202112, 202200, 202300, 202400, 202500, *range(202601, 202612)
+    ]  # fmt: skip
+    assert month_keys(202502, 202601) == [*range(202502, 202513), 202601]
+
+
+async def test_a_range_across_years_equals_the_sum_of_its_months(session_factory: Factory) -> None:
+    units = await _units(session_factory)
+    await _seed(session_factory, units)
+    async with session_factory() as db:
+        whole = await figures(db, (202412, 202603), None)
+        months = [await figures(db, (m, m), None) for m in (202412, 202501, 202502, 202503)]
+        assert whole.received == sum(m.received for m in months) == 6
+        assert whole.by_unit == direct_total_by_unit(months)
+
+
+def direct_total_by_unit(parts: list[Figures]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in parts:
+        for unit, n in part.by_unit.items():
+            out[unit] = out.get(unit, 0) + n
+    return out

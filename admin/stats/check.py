@@ -15,12 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.localtime import to_local
 from storage.models import Report
-from storage.stats_rollup import BUCKET_EDGES
+from storage.stats_rollup import BUCKET_EDGES, DIMENSIONS, MEASURES, OUTCOMES, STATUSES
 
-from .queries import DURATIONS, RECEIVED, RESOLVED
+from .queries import RECEIVED, RESOLVED
 
 Key = tuple[object, ...]
-DIMENSIONS = ("month", "unit_code", "queue_key", "kind", "category")
 
 
 def local_month(moment: datetime) -> int:
@@ -33,12 +32,11 @@ def bucket_of(seconds: float) -> int:
 
 
 async def recount(session: AsyncSession) -> dict[str, Counter[Key]]:
-    """What each rollup table should hold (zero rows left out), counted from ``reports``."""
-    out: dict[str, Counter[Key]] = {
-        "stats_received": Counter(),
-        "stats_resolved": Counter(),
-        "stats_durations": Counter(),
-    }
+    """What each rollup table should hold, as (month, unit, queue, kind, category, column) →
+    count (zero counts left out; ``month`` is ``yyyy00`` for a whole year's row), counted from
+    ``reports``."""
+    out: dict[str, Counter[Key]] = {table: Counter() for table in MEASURES}
+    received, resolved = out["stats_received"], out["stats_resolved"]
     rows = await session.stream(select(Report).execution_options(yield_per=5000))
     async for (report,) in rows:
         dims = (
@@ -47,37 +45,38 @@ async def recount(session: AsyncSession) -> dict[str, Counter[Key]]:
             report.kind,
             report.category or "",
         )
-        month = local_month(report.created_at)
-        out["stats_received"][(month, *dims, report.status, "reports")] += 1
-        if report.status == "resolved" and report.resolved_at is not None:
-            key: Key = (
-                local_month(report.resolved_at),
-                *dims,
-                report.outcome or "",
-                1 if report.citizen_assisted_arrest else 0,
-            )
-            out["stats_resolved"][(*key, "reports")] += 1
-            out["stats_resolved"][(*key, "subjects")] += report.subjects_handled or 0
+        key: Key = (local_month(report.created_at), *dims)
+        received[(*key, "reports")] += 1
+        if report.status in STATUSES:
+            received[(*key, f"st_{report.status}")] += 1
         for measure, end in (("claim", report.claimed_at), ("ack", report.acknowledged_at)):
             if end is None or (measure == "ack" and report.kind != "emergency"):
                 continue
             seconds = (end - report.created_at).total_seconds()
-            key = (month, *dims, measure, bucket_of(seconds), "reports")
-            out["stats_durations"][key] += 1
+            received[(*key, f"{measure}_{bucket_of(seconds)}")] += 1
+        if report.status == "resolved" and report.resolved_at is not None:
+            key = (local_month(report.resolved_at), *dims)
+            resolved[(*key, "reports")] += 1
+            resolved[(*key, "subjects")] += report.subjects_handled or 0
+            resolved[(*key, "assisted")] += 1 if report.citizen_assisted_arrest else 0
+            if report.outcome in OUTCOMES:
+                resolved[(*key, f"oc_{report.outcome}")] += 1
     for counter in out.values():
-        for key in [k for k, v in counter.items() if v == 0]:
-            del counter[key]
+        # Every month counts again in its year's row (yyyy00).
+        for key, value in list(counter.items()):
+            month = int(key[0])  # type: ignore[call-overload]
+            counter[(month // 100 * 100, *key[1:])] += value
+        for zero in [k for k, v in counter.items() if v == 0]:
+            del counter[zero]
     return out
 
 
 async def stored(session: AsyncSession) -> dict[str, Counter[Key]]:
-    """The rollups as stored (zero rows left out)."""
+    """The rollups as stored, in the shape of :func:`recount` (zero counts left out)."""
     out: dict[str, Counter[Key]] = {}
-    extra = {"stats_received": ["status"], "stats_resolved": ["outcome", "assisted"]}
-    for table in (RECEIVED, RESOLVED, DURATIONS):
-        measures = [c for c in ("reports", "subjects") if c in table.c]
-        names = [*DIMENSIONS, *extra.get(table.name, ["measure", "bucket"])]
-        keys = [table.c[name] for name in names]
+    for table in (RECEIVED, RESOLVED):
+        measures = MEASURES[table.name]
+        keys = [table.c[name] for name in DIMENSIONS]
         counter: Counter[Key] = Counter()
         for row in await session.execute(select(*keys, *(table.c[m] for m in measures))):
             values = tuple(row)

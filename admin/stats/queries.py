@@ -20,13 +20,20 @@ from sqlalchemy.sql.schema import Column
 
 from admin.queries import Period, _dialect
 from handlers.localtime import to_local
-from storage.models import Report, StatsDurations, StatsReceived, StatsResolved
-from storage.stats_rollup import BUCKET_EDGES
+from storage.models import Report, stats_received, stats_resolved
+from storage.stats_rollup import (
+    ACK_COLUMNS,
+    BUCKET_EDGES,
+    CLAIM_COLUMNS,
+    OUTCOME_COLUMNS,
+    OUTCOMES,
+    STATUS_COLUMNS,
+    STATUSES,
+)
 
-RECEIVED: Table = StatsReceived.__table__  # type: ignore[assignment]
-RESOLVED: Table = StatsResolved.__table__  # type: ignore[assignment]
-DURATIONS: Table = StatsDurations.__table__  # type: ignore[assignment]
-NULLABLE = ("unit_code", "queue_key", "category", "outcome")
+RECEIVED: Table = stats_received
+RESOLVED: Table = stats_resolved
+NULLABLE = ("unit_code", "queue_key", "category")
 
 
 class UnsupportedScope(ValueError):
@@ -51,6 +58,26 @@ def months_between(first: int, last: int) -> list[int]:
         out.append(key)
         key = shift(key, 1)
     return out
+
+
+def month_keys(first: int, last: int) -> list[int]:
+    """The rollup keys covering the months ``first``..``last``: ``yyyy00`` for each whole
+    calendar year inside, ``yyyymm`` for the months around them."""
+    keys: list[int] = []
+    key = first
+    while key <= last:
+        if key % 100 == 1 and key + 11 <= last:
+            keys.append(key - 1)  # yyyy00: the whole year
+            key = shift(key, 12)
+        else:
+            keys.append(key)
+            key = shift(key, 1)
+    return keys
+
+
+def months_only(column: Any, first: int, last: int) -> ColumnElement[bool]:
+    """``column`` within ``first``..``last``, monthly rows only (not the yearly ``yyyy00``)."""
+    return and_(column >= first, column <= last, column % 100 != 0)
 
 
 def period_months(period: Period) -> tuple[int, int]:
@@ -133,55 +160,69 @@ def category_key(kind: str, category: str) -> str:
 async def figures(
     session: AsyncSession, months: tuple[int, int], where: ColumnElement[bool] | None
 ) -> Figures:
-    """Everything the page and the report show for ``months`` (three grouped reads)."""
+    """Everything the page and the report show for ``months`` (three grouped reads of about
+    a thousand rollup rows a month)."""
     first, last = months
+    keys = month_keys(first, last)
     out = Figures()
     r = RECEIVED.c
+    received = adapt(where, RECEIVED)
     rows = await session.execute(
-        select(r.unit_code, r.kind, r.category, r.status, func.sum(r.reports))
-        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
-        .group_by(r.unit_code, r.kind, r.category, r.status)
+        select(
+            r.unit_code,
+            r.kind,
+            r.category,
+            func.sum(r.reports),
+            *(func.sum(r[c]) for c in STATUS_COLUMNS),
+        )
+        .where(r.month.in_(keys), received)
+        .group_by(r.unit_code, r.kind, r.category)
     )
-    for unit, kind, category, status, count in rows.tuples():
+    for unit, kind, category, count, *statuses in rows:
         n = int(count or 0)
         if not n:
             continue
         out.received += n
         if kind == "emergency":
             out.emergencies += n
-        _add(out.by_status, status, n)
+        for status, m in zip(STATUSES, statuses, strict=True):
+            if m:
+                _add(out.by_status, status, int(m))
         _add(out.by_category, category_key(kind, category), n)
         _add(out.by_unit, unit, n)
     s = RESOLVED.c
     resolved_rows = await session.execute(
         select(
-            s.kind, s.category, s.outcome, s.assisted, func.sum(s.reports), func.sum(s.subjects)
+            s.kind,
+            s.category,
+            func.sum(s.reports),
+            func.sum(s.subjects),
+            func.sum(s.assisted),
+            *(func.sum(s[c]) for c in OUTCOME_COLUMNS),
         )
-        .where(s.month >= first, s.month <= last, adapt(where, RESOLVED))
-        .group_by(s.kind, s.category, s.outcome, s.assisted)
+        .where(s.month.in_(keys), adapt(where, RESOLVED))
+        .group_by(s.kind, s.category)
     )
-    for kind, category, outcome, assisted, count, subjects in resolved_rows.tuples():
-        n = int(count or 0)
-        out.resolved += n
+    for kind, category, count, subjects, assisted, *outcomes in resolved_rows:
+        out.resolved += int(count or 0)
         out.subjects += int(subjects or 0)
-        if outcome == "clarified":
-            out.clarified += n
-        elif outcome == "handled":
-            out.handled += n
-        if assisted and n:
-            out.assisted += n
-            _add(out.assisted_by_category, category_key(kind, category), n)
-    d = DURATIONS.c
-    duration_rows = await session.execute(
-        select(d.measure, d.bucket, func.sum(d.reports))
-        .where(d.month >= first, d.month <= last, adapt(where, DURATIONS))
-        .group_by(d.measure, d.bucket)
-    )
-    histograms: dict[str, dict[int, int]] = {"claim": {}, "ack": {}}
-    for measure, bucket, count in duration_rows.tuples():
-        histograms.setdefault(measure, {})[int(bucket)] = int(count or 0)
-    out.claim_count, out.claim_median = median_of(histograms["claim"])
-    out.ack_count, out.ack_median = median_of(histograms["ack"])
+        by_outcome = dict(zip(OUTCOMES, outcomes, strict=True))
+        out.clarified += int(by_outcome["clarified"] or 0)
+        out.handled += int(by_outcome["handled"] or 0)
+        if assisted:
+            out.assisted += int(assisted)
+            _add(out.assisted_by_category, category_key(kind, category), int(assisted))
+    histogram = (
+        await session.execute(
+            select(*(func.sum(r[c]) for c in (*CLAIM_COLUMNS, *ACK_COLUMNS))).where(
+                r.month.in_(keys), received
+            )
+        )
+    ).one()
+    counts = [int(n or 0) for n in histogram]
+    claim, ack = counts[: len(CLAIM_COLUMNS)], counts[len(CLAIM_COLUMNS) :]
+    out.claim_count, out.claim_median = median_of(dict(enumerate(claim)))
+    out.ack_count, out.ack_median = median_of(dict(enumerate(ack)))
     return out
 
 
@@ -233,7 +274,7 @@ async def monthly_series(
     r = RECEIVED.c
     rows = await session.execute(
         select(r.month, r.kind, r.category, func.sum(r.reports))
-        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
+        .where(months_only(r.month, first, last), adapt(where, RECEIVED))
         .group_by(r.month, r.kind, r.category)
     )
     by_kind: dict[str, list[int]] = {"tip": [0] * count, "emergency": [0] * count}
@@ -252,7 +293,7 @@ async def unit_months(
     r = RECEIVED.c
     rows = await session.execute(
         select(r.unit_code, r.month, func.sum(r.reports))
-        .where(r.month >= first, r.month <= last, adapt(where, RECEIVED))
+        .where(months_only(r.month, first, last), adapt(where, RECEIVED))
         .group_by(r.unit_code, r.month)
     )
     out: dict[str, dict[int, int]] = {}

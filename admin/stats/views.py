@@ -4,8 +4,9 @@ kind) on top of the viewer's scope."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import admin.charts as charts
 import admin.params as params
 from admin.context import (
+    PREFIX,
     Labels,
     locale_of,
     officer_of,
@@ -32,6 +34,7 @@ from admin.security import CSP_SVG
 from handlers.domain import CATEGORIES, STATUSES
 from storage.models import Report, Reward
 
+from . import choropleth, pdf
 from .queries import (
     Figures,
     combine,
@@ -117,6 +120,8 @@ class Rewards:
     paid: int = 0
     paid_vnd: int = 0
     commendations: int = 0
+    #: Commendations by kind (``individual``, ``collective``).
+    commended: dict[str, int] = field(default_factory=dict)
 
 
 async def rewards(
@@ -126,8 +131,11 @@ async def rewards(
     paid = select(func.count(), func.coalesce(func.sum(Reward.amount_vnd), 0)).where(
         Reward.status == "paid", Reward.paid_at >= period.start, Reward.paid_at < period.end
     )
-    commended = select(func.count()).where(
-        Reward.commendation.is_(True),
+    commended = (
+        select(Reward.commendation, func.count())
+        .group_by(Reward.commendation)
+        .where(Reward.commendation.is_not(None))
+    ).where(
         Reward.status.in_(("approved", "paid")),
         Reward.decided_at >= period.start,
         Reward.decided_at < period.end,
@@ -138,7 +146,8 @@ async def rewards(
             commended.select_from(Reward).join(Report, Report.id == Reward.report_id).where(where)
         )
     count, total = (await session.execute(paid)).one()
-    return Rewards(int(count), int(total), int(await session.scalar(commended) or 0))
+    kinds = {str(kind): int(n) for kind, n in await session.execute(commended)}
+    return Rewards(int(count), int(total), sum(kinds.values()), kinds)
 
 
 def arrests_by_kind(fig: Figures) -> list[tuple[str, int]]:
@@ -169,7 +178,8 @@ async def _all(request: web.Request) -> dict[str, Any]:
     async with panel.runtime.session_factory() as db:
         now = await figures(db, period_months(period), where)
         prev = await figures(db, period_months(before), where)
-        then = await figures(db, period_months(last_year), where)
+        # A year's "previous" is the year before: read once.
+        then = prev if last_year == before else await figures(db, period_months(last_year), where)
         money = await rewards(db, period, where)
         last = period_months(period)[1]
         history = await unit_months(db, shift(last, -12), last, where)
@@ -233,7 +243,14 @@ def _context(request: web.Request, data: dict[str, Any]) -> dict[str, Any]:
         "arrest_kinds": arrests_by_kind(data["fig"]),
         "qs": data["filters"].query(period=data["period"].key),
         "choices": _choices(request),
+        "has_map": _shapes(request) is not None,
     }
+
+
+def _shapes(request: web.Request) -> choropleth.Shapes | None:
+    """The map's boundaries from ``TINBAO_GEOMETRY_FILE`` (None: no map)."""
+    service = panel_of(request).runtime
+    return choropleth.shapes_of(service.settings.geometry_file, service.catalogue.by_code)
 
 
 def _choices(request: web.Request) -> dict[str, Any]:
@@ -292,63 +309,112 @@ async def stats_units(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def chart_svg(
+    db: AsyncSession,
+    labels: Labels,
+    which: str,
+    period: Period,
+    where: ColumnElement[bool] | None,
+    shapes: choropleth.Shapes | None = None,
+) -> bytes | None:
+    """One of the statistics charts as SVG; None for an unknown one (or the map without
+    boundaries)."""
+    last = period_months(period)[1]
+    if which in ("trend", "trend_category"):
+        series = await monthly_series(db, last, 24, where)
+        x = [f"{m % 100:02d}/{m // 100 % 100:02d}" for m in series.months]
+        if which == "trend":
+            lines = [(labels(f"stats.kind.{k}"), v) for k, v in series.by_kind.items()]
+            title = labels("stats.chart.trend")
+        else:
+            top = sorted(series.by_category.items(), key=lambda kv: -sum(kv[1]))
+            lines = [(labels.category(k), v) for k, v in top]
+            title = labels("stats.chart.trend_category")
+        return charts.line_chart(title, x, lines)
+    if which == "daily":
+        if period.month is None:
+            series = await monthly_series(db, last, 12, where)
+            items = [
+                (f"{m % 100:02d}", sum(v[i] for v in series.by_kind.values()))
+                for i, m in enumerate(series.months)
+            ]
+        else:
+            items = [(f"{d.day}", n) for d, n in await daily(db, period, where)]
+        return charts.bar_chart(
+            f"{labels('stats.chart.daily')} — {period.label}", items, horizontal=False
+        )
+    if which not in ("map", "category", "unit", "status") or (which == "map" and shapes is None):
+        return None
+    fig = await figures(db, period_months(period), where)
+    if which == "map":
+        assert shapes is not None
+        return choropleth.render(
+            shapes,
+            fig.by_unit,
+            title=f"{labels('stats.map.title')} — {period.label}",
+            name=labels.unit,
+            no_reports=labels("stats.map.none"),
+        )
+    if which == "category":
+        items = [
+            (labels.category(k), v)
+            for k, v in sorted(fig.by_category.items(), key=lambda kv: -kv[1])
+        ]
+        title = labels("admin.stats.by_category")
+    elif which == "unit":
+        items = [
+            (labels.unit(k), v) for k, v in sorted(fig.by_unit.items(), key=lambda kv: -kv[1])[:25]
+        ]
+        title = labels("admin.stats.by_unit_top")
+    else:
+        items = [(labels.status(s), fig.by_status[s]) for s in STATUSES if s in fig.by_status]
+        title = labels("admin.stats.by_status")
+    return charts.bar_chart(f"{title} — {period.label}", items or [("—", 0)])
+
+
 @requires("commander")
 async def stats_chart(request: web.Request) -> web.StreamResponse:
     panel = panel_of(request)
     labels = Labels(panel, locale_of(request))
     period = Period.parse(params.period(request.query))
-    filters = StatsFilter.from_query(request)
-    where = _where(request, filters)
-    which = request.match_info["which"]
-    last = period_months(period)[1]
+    where = _where(request, StatsFilter.from_query(request))
     async with panel.runtime.session_factory() as db:
-        if which in ("trend", "trend_category"):
-            series = await monthly_series(db, last, 24, where)
-            x = [f"{m % 100:02d}/{m // 100 % 100:02d}" for m in series.months]
-            if which == "trend":
-                lines = [(labels(f"stats.kind.{k}"), v) for k, v in series.by_kind.items()]
-                title = labels("stats.chart.trend")
-            else:
-                top = sorted(series.by_category.items(), key=lambda kv: -sum(kv[1]))
-                lines = [(labels.category(k), v) for k, v in top]
-                title = labels("stats.chart.trend_category")
-            svg = charts.line_chart(title, x, lines)
-        elif which == "daily":
-            if period.month is None:
-                series = await monthly_series(db, last, 12, where)
-                items = [
-                    (f"{m % 100:02d}", sum(v[i] for v in series.by_kind.values()))
-                    for i, m in enumerate(series.months)
-                ]
-            else:
-                items = [(f"{d.day}", n) for d, n in await daily(db, period, where)]
-            svg = charts.bar_chart(
-                f"{labels('stats.chart.daily')} — {period.label}", items, horizontal=False
-            )
-        else:
-            fig = await figures(db, period_months(period), where)
-            if which == "category":
-                items = [
-                    (labels.category(k), v)
-                    for k, v in sorted(fig.by_category.items(), key=lambda kv: -kv[1])
-                ]
-                title = labels("admin.stats.by_category")
-            elif which == "unit":
-                items = [
-                    (labels.unit(k), v)
-                    for k, v in sorted(fig.by_unit.items(), key=lambda kv: -kv[1])[:25]
-                ]
-                title = labels("admin.stats.by_unit_top")
-            elif which == "status":
-                items = [
-                    (labels.status(s), fig.by_status[s]) for s in STATUSES if s in fig.by_status
-                ]
-                title = labels("admin.stats.by_status")
-            else:
-                raise web.HTTPNotFound()
-            svg = charts.bar_chart(f"{title} — {period.label}", items or [("—", 0)])
+        svg = await chart_svg(
+            db, labels, request.match_info["which"], period, where, _shapes(request)
+        )
+    if svg is None:
+        raise web.HTTPNotFound()
     response = web.Response(body=svg, content_type="image/svg+xml")
     response.headers["Content-Security-Policy"] = CSP_SVG
+    return response
+
+
+#: The charts of the printable report (the three that matter).
+REPORT_CHARTS = ("trend", "daily", "category")
+
+
+@requires("commander")
+async def stats_report_pdf(request: web.Request) -> web.StreamResponse:
+    """The printable report (a month or a year) as PDF: the same page, laid out for print."""
+    panel = panel_of(request)
+    data = _context(request, await _all(request))
+    page = render(request, "stats_report.html", **data)
+    assert page.text is not None
+    labels = Labels(panel, locale_of(request))
+    where = _where(request, data["filters"])
+    resources = pdf.stylesheet(PREFIX)
+    async with panel.runtime.session_factory() as db:
+        for which in REPORT_CHARTS:
+            svg = await chart_svg(db, labels, which, data["period"], where)
+            assert svg is not None
+            resources[f"{PREFIX}/stats/chart/{which}.svg"] = (svg, "image/svg+xml")
+    body = await asyncio.to_thread(pdf.to_pdf, page.text, resources)
+    log.info(
+        "statistics %s printed as PDF by officer %s", data["period"].key, officer_of(request).id
+    )
+    response = web.Response(body=body, content_type="application/pdf")
+    name = f"tinbao-report-{data['period'].key}.pdf"
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
 
@@ -396,6 +462,7 @@ def register(router: web.UrlDispatcher) -> None:
     router.add_get("/stats", stats_page)
     router.add_get("/stats/units", stats_units)
     router.add_get("/stats/report", stats_report)
+    router.add_get("/stats/report.pdf", stats_report_pdf)
     router.add_get("/stats/chart/{which}.svg", stats_chart)
     router.add_get("/stats/export.{fmt}", stats_export)
 

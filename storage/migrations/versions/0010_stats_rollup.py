@@ -27,7 +27,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from storage.stats_rollup import drop_trigger_statements, fill, trigger_statements
+from storage.stats_rollup_0010 import drop_trigger_statements, fill, trigger_statements
 
 revision = "0010"
 down_revision = "0009"
