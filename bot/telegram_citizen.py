@@ -3,9 +3,10 @@ and the :class:`~bot.channel.Channel` that the composition root registers.
 
 The sender wraps python-telegram-bot: one ``sendMessage`` per reply, inline buttons where the
 reply has them; a reply with a photo is a ``sendPhoto`` with the text as its caption (a text too
-long for a caption follows the photo as its own message, with the buttons). Telegram's errors become :class:`~bot.channel.SendError` flags: a 429 carries
-``retry_after``; a blocked bot or a deleted account is ``gone``; any other request the Bot API
-refuses is ``permanent``; the rest (5xx, timeouts, network) is transient.
+long for a caption follows the photo as its own message, with the buttons). Telegram's errors
+become :class:`~bot.channel.SendError` flags: a 429 carries ``retry_after``; a blocked bot or a
+deleted account is ``gone``; any other request the Bot API refuses is ``permanent``; the rest
+(5xx, timeouts, network) is transient.
 """
 
 from __future__ import annotations

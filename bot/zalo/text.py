@@ -17,7 +17,6 @@ from handlers.channels import Capabilities
 from handlers.events import Reply
 from handlers.render import render
 
-
 #: The longest caption sent with an image; a longer text follows the image as its own message.
 CAPTION_MAX = 1000
 

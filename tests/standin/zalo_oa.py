@@ -143,7 +143,7 @@ class ZaloOAStandIn:
         content = upload.file.read()
         if not content or not str(upload.content_type).startswith("image/"):
             return web.json_response({"error": -201, "message": "not an image"})
-        attachment_id = f"att{next(self._counter)}-{secrets.token_hex(4)}"
+        attachment_id = f"att{len(self.uploads) + 1}-{secrets.token_hex(4)}"
         self.uploads[attachment_id] = content
         return web.json_response(
             {"error": 0, "message": "Success", "data": {"attachment_id": attachment_id}}
