@@ -32,7 +32,6 @@ from tests.test_zalo_flows import (  # noqa: F401 (fixtures)
     BotCitizen,
     OACitizen,
     card_in_group,
-    got,
     telegram,
     type_tip,
     until,
@@ -105,7 +104,7 @@ async def ask_with_photo(service, code: str, question: str, photo: bytes) -> Non
 
 
 async def test_a_question_with_a_photo_reaches_a_zalo_oa_citizen_as_an_uploaded_image(
-    service, telegram, zalo_oa
+    service, telegram, zalo_oa  # noqa: F811
 ):
     citizen = OACitizen(service, zalo_oa, "8100000000000000091")
     code, _ = await type_tip(citizen, "Trộm xe đạp trước trường Long Xuyên")
@@ -120,7 +119,7 @@ async def test_a_question_with_a_photo_reaches_a_zalo_oa_citizen_as_an_uploaded_
 
 
 async def test_a_question_with_a_photo_reaches_a_zalo_bot_citizen_by_a_signed_link(
-    service, telegram, zalo_bot
+    service, telegram, zalo_bot  # noqa: F811
 ):
     citizen = BotCitizen(service, zalo_bot, "7100000000000000091")
     code, _ = await type_tip(citizen, "Trộm gà ở khóm Bình Khánh")
@@ -158,7 +157,9 @@ async def test_a_photo_link_expires_and_serves_only_officers_photos(service):
     assert not PhotoLinks(service.session_factory, keyring, None).enabled
 
 
-async def test_a_question_with_a_photo_reaches_a_telegram_citizen_as_a_photo(service, telegram):
+async def test_a_question_with_a_photo_reaches_a_telegram_citizen_as_a_photo(
+    service, telegram  # noqa: F811
+):
     sender = service.channels.get("telegram")
     photo = _photo()
     ids = await sender.send("424242", [Reply(text="Có phải người này không?", photo=photo)])
