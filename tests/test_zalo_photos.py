@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the stand-in fixtures are imported from the flow tests
 """An officer's question with a photo reaches the tipster as an image on every channel: the Zalo
 OA uploads it and sends a media template, the Zalo bot sends a short-lived signed link that Zalo
 fetches from tinbao's own server, Telegram sends it with sendPhoto. Through the HTTP stand-ins,
@@ -47,7 +48,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-async def service(telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path: Path):  # noqa: F811
+async def service(telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path: Path):
     """The service with its web server at a known address, which is its public URL."""
     port = _free_port()
     queues = tmp_path / "queues.toml"
@@ -104,7 +105,7 @@ async def ask_with_photo(service, code: str, question: str, photo: bytes) -> Non
 
 
 async def test_a_question_with_a_photo_reaches_a_zalo_oa_citizen_as_an_uploaded_image(
-    service, telegram, zalo_oa  # noqa: F811
+    service, telegram, zalo_oa
 ):
     citizen = OACitizen(service, zalo_oa, "8100000000000000091")
     code, _ = await type_tip(citizen, "Trộm xe đạp trước trường Long Xuyên")
@@ -119,7 +120,7 @@ async def test_a_question_with_a_photo_reaches_a_zalo_oa_citizen_as_an_uploaded_
 
 
 async def test_a_question_with_a_photo_reaches_a_zalo_bot_citizen_by_a_signed_link(
-    service, telegram, zalo_bot  # noqa: F811
+    service, telegram, zalo_bot
 ):
     citizen = BotCitizen(service, zalo_bot, "7100000000000000091")
     code, _ = await type_tip(citizen, "Trộm gà ở khóm Bình Khánh")
@@ -157,9 +158,7 @@ async def test_a_photo_link_expires_and_serves_only_officers_photos(service):
     assert not PhotoLinks(service.session_factory, keyring, None).enabled
 
 
-async def test_a_question_with_a_photo_reaches_a_telegram_citizen_as_a_photo(
-    service, telegram  # noqa: F811
-):
+async def test_a_question_with_a_photo_reaches_a_telegram_citizen_as_a_photo(service, telegram):
     sender = service.channels.get("telegram")
     photo = _photo()
     ids = await sender.send("424242", [Reply(text="Có phải người này không?", photo=photo)])
