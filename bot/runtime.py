@@ -273,7 +273,10 @@ class Service:
     ) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
         from bot.metrics import metrics_handler
 
-        return [("GET", "/metrics", metrics_handler(self))]
+        routes = [("GET", "/metrics", metrics_handler(self))]
+        for channel in self.channels:  # the Zalo bot's signed photo links
+            routes.extend(getattr(channel, "process_routes", list)())
+        return routes
 
     def health_details(self) -> dict[str, object]:
         details: dict[str, object] = {}

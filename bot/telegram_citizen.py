@@ -2,9 +2,11 @@
 and the :class:`~bot.channel.Channel` that the composition root registers.
 
 The sender wraps python-telegram-bot: one ``sendMessage`` per reply, inline buttons where the
-reply has them. Telegram's errors become :class:`~bot.channel.SendError` flags: a 429 carries
-``retry_after``; a blocked bot or a deleted account is ``gone``; any other request the Bot API
-refuses is ``permanent``; the rest (5xx, timeouts, network) is transient.
+reply has them; a reply with a photo is a ``sendPhoto`` with the text as its caption (a text too
+long for a caption follows the photo as its own message, with the buttons). Telegram's errors
+become :class:`~bot.channel.SendError` flags: a 429 carries ``retry_after``; a blocked bot or a
+deleted account is ``gone``; any other request the Bot API refuses is ``permanent``; the rest
+(5xx, timeouts, network) is transient.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from handlers.events import Reply
 
 if TYPE_CHECKING:
     from bot.telegram import TelegramChannel
+
+
+#: The longest caption of a photo on Telegram.
+CAPTION_MAX = 1024
 
 
 def _retry_after(exc: RetryAfter) -> float:
@@ -62,9 +68,23 @@ class TelegramCitizenSender:
             elif reply.remove_keyboard:
                 markup = ReplyKeyboardRemove()
             try:
-                message = await self.bot.send_message(
-                    chat_id=int(chat_id), text=reply.text, reply_markup=markup
-                )
+                if reply.photo is not None:
+                    fits = len(reply.text) <= CAPTION_MAX
+                    message = await self.bot.send_photo(
+                        chat_id=int(chat_id),
+                        photo=reply.photo,
+                        caption=reply.text if fits else None,
+                        reply_markup=markup if fits else None,
+                    )
+                    if not fits:
+                        sent.append(str(message.message_id))
+                        message = await self.bot.send_message(
+                            chat_id=int(chat_id), text=reply.text, reply_markup=markup
+                        )
+                else:
+                    message = await self.bot.send_message(
+                        chat_id=int(chat_id), text=reply.text, reply_markup=markup
+                    )
             except RetryAfter as exc:
                 raise SendError("429", retry_after=_retry_after(exc)) from exc
             except Forbidden as exc:

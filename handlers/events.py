@@ -102,6 +102,9 @@ class Reply:
     buttons: list[list[Button]] = field(default_factory=list)
     keyboard: Keyboard | None = None
     remove_keyboard: bool = False
+    #: A cleaned image (re-encoded bytes) sent with ``text`` as its caption: an officer's
+    #: question may carry one. Each channel sends it its own way (``bot/delivery/citizens.py``).
+    photo: bytes | None = None
 
 
 @dataclass(slots=True)

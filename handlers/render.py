@@ -8,7 +8,7 @@ The flows produce :class:`~handlers.events.Reply` objects as if every channel ha
 - a reply keyboard is dropped where the channel has none, its plain labels listed as words the
   citizen can type;
 - a text longer than the channel's limit is split at line or word breaks, and the buttons go
-  with the last part.
+  with the last part; an image (``Reply.photo``) with the first.
 """
 
 from __future__ import annotations
@@ -91,4 +91,6 @@ def render(replies: list[Reply], caps: Capabilities) -> list[Reply]:
                 remove_keyboard=remove_keyboard,
             )
         )
+        # An image goes with the first part (its caption); the rest follows as text.
+        rendered[len(rendered) - len(parts)].photo = reply.photo
     return rendered

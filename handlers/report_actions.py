@@ -21,7 +21,14 @@ from handlers import outbox
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import OUTCOMES
 from handlers.escalation import cancel_timers
-from handlers.intake import PRIORITY_EMERGENCY, TIMER_ESCALATE, TIMER_REMIND_UNCLAIMED
+from handlers.i18n import t
+from handlers.intake import (
+    PRIORITY_EMERGENCY,
+    TIMER_ESCALATE,
+    TIMER_REMIND_UNCLAIMED,
+    officers_destination,
+)
+from handlers.media import CleanImage
 from handlers.officers import may
 from handlers.rewards import RewardError, Rewards, format_vnd, parse_amount
 from handlers.security import format_code, parse_code
@@ -37,7 +44,7 @@ from storage.models import (
     Report,
     Reward,
 )
-from storage.repositories import Reports
+from storage.repositories import Media, Reports
 from storage.types import utcnow
 
 SUBJECTS_MAX = 99_999
@@ -53,8 +60,8 @@ async def relay_problem(session: AsyncSession, report: Report) -> str | None:
     route = await session.scalar(select(ContactRoute).where(ContactRoute.report_id == report.id))
     if route is None:
         return "triage.no_relay"
-    if route.blocked_at is not None:
-        return "triage.blocked"
+    # A route marked unreachable (the bot blocked, the Zalo OA's 7-day window closed) is no
+    # refusal: the delivery holds the question until the tipster writes again (``ask``).
     return None
 
 
@@ -287,7 +294,15 @@ class ReportActions:
     async def relay_problem(self, report: Report) -> str | None:
         return await relay_problem(self.session, report)
 
-    async def ask(self, report: Report, question: str) -> None:
+    async def _unreachable(self, report: Report) -> bool:
+        blocked = await self.session.scalar(
+            select(ContactRoute.blocked_at).where(ContactRoute.report_id == report.id)
+        )
+        return blocked is not None
+
+    async def ask(self, report: Report, question: str, photo: CleanImage | None = None) -> None:
+        """Relay ``question`` (with a cleaned ``photo``) to the tipster. While they cannot be
+        reached it is held, and the report's chat is told it goes out when they write again."""
         self._check("ask", report)
         problem = await self.relay_problem(report)
         if problem:
@@ -298,6 +313,21 @@ class ReportActions:
         relay = RelayMessage(
             report_id=report.id, direction="to_citizen", officer_id=self.officer.id, text=text
         )
+        if photo is not None:
+            blob = await Media(self.session).add_blob(
+                content=photo.content, mime=photo.mime, sha256=photo.sha256
+            )
+            relay.media_kind, relay.blob_id = "photo", blob.id
+        if await self._unreachable(report):
+            outbox.enqueue(
+                self.session,
+                outbox.ChatTextPayload(
+                    text=t(self.context.locale, "held.question", code=format_code(report.code)),
+                    reply_to_report=report.id,
+                ),
+                outbox.Destination.parse(await officers_destination(self.session, report)),
+                report_id=report.id,
+            )
         self.session.add(relay)
         await self.session.flush()
         outbox.enqueue(

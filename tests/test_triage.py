@@ -15,6 +15,7 @@ from bot.dispatch import Dispatcher
 from config.queues import Queue, QueueMap, duty_queue
 from handlers.i18n import t
 from handlers.officers import Registry
+from handlers.security import format_code
 from handlers.triage import OfficerMessage, OfficerPress, Triage
 from storage.models import (
     CardPost,
@@ -363,7 +364,7 @@ async def test_no_contact_means_no_relay(world):
         assert await session.scalar(select(func.count()).select_from(ContactRoute)) == 0
 
 
-async def test_a_blocked_tipster_is_reported(world):
+async def test_a_question_for_an_unreachable_tipster_is_held_and_the_chat_told(world):
     report, card = await world.tip(7009)
     async with world.session_factory() as session, session.begin():
         route = await session.scalar(
@@ -372,8 +373,15 @@ async def test_a_blocked_tipster_is_reported(world):
         from storage.types import utcnow
 
         route.blocked_at = utcnow()
+    # Not refused (bot blocked or the Zalo OA's window closed: the delivery holds it).
     outcome = await world.press(OFFICER, f"r:ask:{report.id}", card)
-    assert outcome.notice == t("vi", "triage.blocked")
+    assert outcome.notice == t("vi", "triage.prompt.sent")
+    await world.say(OFFICER, "Bạn thấy mấy người?", reply_to_message_id=card)
+    questions = [o for o in await world.outbox("citizen_message") if o.payload.get("relay_id")]
+    assert len(questions) == 1 and questions[0].status == "pending"
+    held = t("vi", "held.question", code=format_code(report.code))
+    notices = [o for o in await world.outbox("chat_text") if o.payload.get("text") == held]
+    assert len(notices) == 1 and notices[0].report_id == report.id
 
 
 async def test_reply_to_the_card_relays_a_question(world):

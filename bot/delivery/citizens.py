@@ -3,8 +3,9 @@
 A ``citizen_message`` row names the report (``report:<id>``), never the chat. At send time the
 route back is decrypted (only here, and never written anywhere): it names the channel the tipster
 wrote from (a route without one is Telegram's) and their chat there. The message is rendered as
-a neutral :class:`~handlers.events.Reply` for that channel's capabilities and sent through the
-:class:`~bot.channel.CitizenSender` registered for it in the :class:`~bot.channel.ChannelRegistry`.
+a neutral :class:`~handlers.events.Reply` for that channel's capabilities (a question's photo as
+its ``photo``) and sent through the :class:`~bot.channel.CitizenSender` registered for it in the
+:class:`~bot.channel.ChannelRegistry`.
 Nothing here assumes Telegram.
 
 The sender's :class:`~bot.channel.SendError` decides what comes next: ``retry_after`` waits that
@@ -44,6 +45,7 @@ from handlers.outbox import Destination as Dest
 from handlers.render import render
 from handlers.security import Keyring, format_code
 from storage.models import ContactRoute, OutboxMessage, RelayMessage, Report
+from storage.repositories import Media
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -227,7 +229,11 @@ class CitizenMessenger:
             relay = await session.get(RelayMessage, payload.relay_id)
             question = relay.text if relay is not None and relay.text else ""
             # With a «Reply» button, or "type your answer now" where there is no reply-to.
-            return question_reply(locale, report.id, report.code, question, caps)
+            reply = question_reply(locale, report.id, report.code, question, caps)
+            if relay is not None and relay.blob_id is not None:
+                # The officer's photo, cleaned when it was stored; gone after retention.
+                reply.photo = await Media(session).blob_content(relay.blob_id)
+            return reply
         values: dict[str, Any] = dict(payload.values)
         values.setdefault("code", code)
         if payload.secret is not None:

@@ -1,5 +1,5 @@
 """What both Zalo channels share: the durable inbox, ordered handling per chat, the dispatcher,
-and plain-text replies.
+and the replies (plain text, and an officer's photo).
 
 An update is stored in the :class:`~bot.zalo.inbox.Inbox` first, then handled by a worker:
 updates of one chat in order, different chats concurrently. The update becomes a neutral
@@ -23,7 +23,7 @@ from bot.dispatch import Dispatcher
 from bot.outage import DatabaseDown
 from bot.spool import SpoolIntake
 from bot.zalo.inbox import Inbox
-from bot.zalo.text import render_texts
+from bot.zalo.text import render_messages
 from handlers.channels import CAPABILITIES, Capabilities, ChannelName
 from handlers.citizen import MediaFetcher
 from handlers.events import Message, Reply
@@ -81,6 +81,11 @@ class ZaloAdapter(ABC):
         """Send one text of at most ``max_text`` characters; raise :class:`SendError`."""
         ...
 
+    @abstractmethod
+    async def send_photo(self, chat_id: str, photo: bytes, caption: str) -> None:
+        """Send one cleaned image with ``caption`` (maybe empty); raise :class:`SendError`."""
+        ...
+
     # ------------------------------------------------------------------ CitizenSender
 
     @property
@@ -92,11 +97,13 @@ class ZaloAdapter(ABC):
         return CAPABILITIES[self.channel_name]
 
     async def send(self, chat_id: str, replies: Sequence[Reply]) -> list[str]:
-        """Send ``replies`` to a citizen's chat, rendered as text; raise :class:`SendError`.
-
-        Zalo has no reply-to, so no message id is kept."""
-        for text in render_texts(replies, self.capabilities):
-            await self.send_text(chat_id, text)
+        """Send ``replies`` to a citizen's chat, rendered as text (an image as an image with its
+        caption); raise :class:`SendError`. Zalo has no reply-to, so no message id is kept."""
+        for message in render_messages(replies, self.capabilities):
+            if message.photo is not None:
+                await self.send_photo(chat_id, message.photo, message.text)
+            else:
+                await self.send_text(chat_id, message.text)
         return []
 
     def state(self) -> str:

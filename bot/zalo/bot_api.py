@@ -93,6 +93,16 @@ class ZaloBotClient:
         except ZaloBotApiError as exc:
             raise as_send_error(exc) from None
 
+    async def send_photo(self, chat_id: str, photo_url: str, caption: str) -> None:
+        """Send the image at ``photo_url`` (Zalo fetches it) with ``caption``."""
+        payload = {"chat_id": chat_id, "photo": photo_url}
+        if caption:
+            payload["caption"] = caption
+        try:
+            await self.call("sendPhoto", payload)
+        except ZaloBotApiError as exc:
+            raise as_send_error(exc) from None
+
     async def send_chat_action(self, chat_id: str, action: str = "typing") -> None:
         # optional: a missing "typing…" must never stop the answer
         with contextlib.suppress(ZaloBotApiError):

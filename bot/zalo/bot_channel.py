@@ -5,6 +5,9 @@ Updates arrive by long polling (``getUpdates``, one update per call, no offset; 
 ``POST /zalo/bot/webhook`` with the ``X-Bot-Api-Secret-Token`` header. Either way the update is
 stored before anything else (:mod:`bot.zalo.inbox`). Group chats and bots are ignored.
 
+An officer's photo goes out by ``sendPhoto`` with a short-lived signed link to tinbao's own
+server (:mod:`bot.zalo.photo_links`), since the API takes a URL, not bytes.
+
 Two update shapes are documented and both are accepted: with or without the ``{ok, result}``
 envelope, and with or without ``event_name`` (then the kind is read from the message's fields).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -30,6 +34,8 @@ from bot.zalo.adapter import ZaloAdapter
 from bot.zalo.bot_api import ZaloBotApiError, ZaloBotClient, sleep_backoff
 from bot.zalo.fetch import UrlFetcher
 from bot.zalo.inbox import Inbox, update_id_for
+from bot.zalo.photo_links import PATH as PHOTO_PATH
+from bot.zalo.photo_links import PhotoLinks
 from config.settings import Settings
 from handlers.channels import ChannelName
 from handlers.events import Attachment, Message, Sender
@@ -157,6 +163,7 @@ class ZaloBotChannel(ZaloAdapter):
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
         self.client: ZaloBotClient | None = None
+        self.photo_links = PhotoLinks(session_factory, keyring, settings.public_url)
         inbox = Inbox(session_factory, keyring, ChannelName.ZALO_BOT)
         super().__init__(dispatcher, inbox, NotStarted())
 
@@ -175,6 +182,19 @@ class ZaloBotChannel(ZaloAdapter):
         if self.client is None:
             raise SendError("zalo_bot: not started")
         await self.client.send_message(chat_id, text)
+
+    async def send_photo(self, chat_id: str, photo: bytes, caption: str) -> None:
+        """``sendPhoto`` with a short-lived signed link to the stored image (Zalo fetches it);
+        without ``TINBAO_PUBLIC_URL`` there is no link to give, and the caption goes alone."""
+        if self.client is None:
+            raise SendError("zalo_bot: not started")
+        if not self.photo_links.enabled:
+            log.warning("zalo_bot: TINBAO_PUBLIC_URL is not set; a photo was sent as text only")
+            if caption:
+                await self.client.send_message(chat_id, caption)
+            return
+        link = self.photo_links.link(hashlib.sha256(photo).hexdigest())
+        await self.client.send_photo(chat_id, link, caption)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,6 +265,10 @@ class ZaloBotChannel(ZaloAdapter):
         self._state = "stopped"
 
     # ------------------------------------------------------------------ webhook
+
+    def process_routes(self) -> list[tuple[str, str, Handler]]:
+        """``GET`` routes this channel adds: the signed links to officers' photos."""
+        return [("GET", PHOTO_PATH, self.photo_links.handle)] if self.photo_links.enabled else []
 
     def webhook_routes(self) -> list[tuple[str, Handler]]:
         """The routes tinbao's web server adds for this channel."""

@@ -3,6 +3,9 @@
 * ``POST <oa_api_url>/v3.0/oa/message/cs``, header ``access_token``, body
   ``{"recipient": {"user_id"}, "message": {"text"}}``; the answer is
   ``{"error": 0, "message": ..., "data": {"message_id"}}`` and a non-zero ``error`` fails.
+* An image: ``POST <oa_api_url>/v2.0/oa/upload/image`` (multipart field ``file``, header
+  ``access_token``) answers ``{"error": 0, "data": {"attachment_id"}}``; then a ``cs`` message
+  with ``text`` and an ``attachment`` of ``template_type: media`` naming that id.
 * ``POST <oauth_url>/v4/oa/access_token``, header ``secret_key: <app secret>``, form
   ``app_id``, ``grant_type=refresh_token``, ``refresh_token``; the answer holds
   ``access_token``, ``refresh_token`` and ``expires_in`` (seconds, possibly a string).
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -102,18 +106,48 @@ class ZaloOAClient:
 
     async def send_text(self, user_id: str, text: str) -> str:
         """Send ``text``; Zalo's message id. Raises :class:`SendError`."""
+        payload = {"recipient": {"user_id": user_id}, "message": {"text": text}}
+        body = await self._with_token(lambda token: self._post_cs(token, payload))
+        data = body.get("data")
+        return str(data.get("message_id", "")) if isinstance(data, dict) else ""
+
+    async def send_image(self, user_id: str, image: bytes, mime: str, text: str) -> str:
+        """Upload ``image`` (``/v2.0/oa/upload/image``), then send it in a media template with
+        ``text``; Zalo's message id. Raises :class:`SendError`."""
+        uploaded = await self._with_token(lambda token: self._upload(token, image, mime))
+        data = uploaded.get("data")
+        attachment_id = data.get("attachment_id") if isinstance(data, dict) else None
+        if not attachment_id:
+            raise SendError("zalo_oa: the image upload gave no attachment_id")
+        element = {"media_type": "image", "attachment_id": str(attachment_id)}
+        message: dict[str, Any] = {
+            "attachment": {
+                "type": "template",
+                "payload": {"template_type": "media", "elements": [element]},
+            }
+        }
+        if text:
+            message["text"] = text
+        payload = {"recipient": {"user_id": user_id}, "message": message}
+        body = await self._with_token(lambda token: self._post_cs(token, payload))
+        sent = body.get("data")
+        return str(sent.get("message_id", "")) if isinstance(sent, dict) else ""
+
+    async def _with_token(
+        self, call: Callable[[str], Awaitable[tuple[int, dict[str, Any]]]]
+    ) -> dict[str, Any]:
+        """``call`` with the access token; on ``-216``/``-220`` refresh once and call again.
+        The answer's body when Zalo said ``error: 0``; else :class:`SendError`."""
         if self.tokens is None:
             raise SendError("zalo_oa: no token store")
-        payload = {"recipient": {"user_id": user_id}, "message": {"text": text}}
         try:
             token = await self.tokens.access_token()
         except TokenRefreshError as exc:
             raise SendError(f"zalo_oa: {exc.reason}") from None
         for attempt in (1, 2):
-            code, body = await self._post_cs(token, payload)
+            code, body = await call(token)
             if code == 0:
-                data = body.get("data")
-                return str(data.get("message_id", "")) if isinstance(data, dict) else ""
+                return body
             if code in TOKEN_ERRORS and attempt == 1:
                 try:
                     token = (await self.tokens.refresh(stale=token)).access_token
@@ -124,21 +158,27 @@ class ZaloOAClient:
         raise AssertionError("unreachable")
 
     async def _post_cs(self, token: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return await self._post(f"{self.api_url}/v3.0/oa/message/cs", token, json=payload)
+
+    async def _upload(self, token: str, image: bytes, mime: str) -> tuple[int, dict[str, Any]]:
+        form = aiohttp.FormData()
+        extension = "png" if mime == "image/png" else "jpg"
+        form.add_field("file", image, filename=f"image.{extension}", content_type=mime)
+        return await self._post(f"{self.api_url}/v2.0/oa/upload/image", token, data=form)
+
+    async def _post(self, url: str, token: str, **body: Any) -> tuple[int, dict[str, Any]]:
         try:
             async with self.session.post(
-                f"{self.api_url}/v3.0/oa/message/cs",
-                json=payload,
-                headers={"access_token": token},
-                timeout=self.timeout,
+                url, headers={"access_token": token}, timeout=self.timeout, **body
             ) as response:
                 status = response.status
-                body = await response.json(content_type=None)
+                answer = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise SendError(f"zalo_oa: unreachable ({type(exc).__name__})") from None
-        if not isinstance(body, dict):
+        if not isinstance(answer, dict):
             raise SendError(f"zalo_oa: HTTP {status}, not a JSON object")
         try:
-            return int(body.get("error", 0)), body
+            return int(answer.get("error", 0)), answer
         except (TypeError, ValueError):
             raise SendError("zalo_oa: malformed answer") from None
 

@@ -157,6 +157,11 @@ def to_message(event: dict[str, Any]) -> Message | None:
     return Message(update_id, who, unsupported=str(name).removeprefix("user_send_"))
 
 
+def image_mime(data: bytes) -> str:
+    """The type of a cleaned image (tinbao re-encodes to JPEG, or PNG), read from its bytes."""
+    return "image/png" if data.startswith(b"\x89PNG\r\n\x1a\n") else "image/jpeg"
+
+
 class ZaloOAChannel(ZaloAdapter):
     """The Zalo Official Account as a citizen :class:`~bot.channel.Channel`."""
 
@@ -197,8 +202,20 @@ class ZaloOAChannel(ZaloAdapter):
         try:
             await self.client.send_text(chat_id, text)
         finally:
-            if self.tokens is not None and self.tokens.failure:
-                self._state = f"failing: {self.tokens.failure}"
+            self._note_token_failure()
+
+    async def send_photo(self, chat_id: str, photo: bytes, caption: str) -> None:
+        """Upload the image, then send it with its caption in one media-template message."""
+        if self.client is None:
+            raise SendError("zalo_oa: not started")
+        try:
+            await self.client.send_image(chat_id, photo, image_mime(photo), caption)
+        finally:
+            self._note_token_failure()
+
+    def _note_token_failure(self) -> None:
+        if self.tokens is not None and self.tokens.failure:
+            self._state = f"failing: {self.tokens.failure}"
 
     def state(self) -> str:
         if self.tokens is not None and self.tokens.failure:

@@ -4,6 +4,8 @@
 answers ``{"ok": false, "error_code": 408}`` when none arrives within the call's ``timeout``.
 ``sendMessage`` refuses text outside 1-2,000 characters; every call is recorded. Images that a
 citizen "sends" are served from ``/files/<name>`` so the service downloads them by URL.
+``sendPhoto`` takes ``photo`` as a URL and, as Zalo does, fetches it: a link that does not
+answer 200 with an image is refused (400); the fetched bytes are kept in :attr:`photos`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ class ZaloCall:
     answer: dict[str, Any]
 
 
+@dataclass
+class SentPhoto:
+    chat_id: str
+    url: str
+    content: bytes
+    caption: str
+
+
 class ZaloBotStandIn:
     def __init__(self, token: str = DEFAULT_TOKEN) -> None:
         self.token = token
@@ -36,6 +46,8 @@ class ZaloBotStandIn:
         self.files: dict[str, bytes] = {}
         self.webhook: dict[str, Any] | None = None
         self.timeouts = 0
+        #: Images delivered by ``sendPhoto``, as fetched from their URL.
+        self.photos: list[SentPhoto] = []
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -88,12 +100,32 @@ class ZaloBotStandIn:
             return web.json_response({"ok": False, "error_code": 400, "description": "bad JSON"})
         if method == "getUpdates":
             answer = await self._get_updates(params)
+        elif method == "sendPhoto" and not await self._fetch_photo(params):
+            answer = {"ok": False, "error_code": 400, "description": "photo cannot be fetched"}
+            self.calls.append(ZaloCall(method, params, answer))
         else:
             answer = self._answer(method, params)
             self.calls.append(ZaloCall(method, params, answer))
             async with self._changed:
                 self._changed.notify_all()
         return web.json_response(answer)
+
+    async def _fetch_photo(self, params: dict[str, Any]) -> bool:
+        url = params.get("photo")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return False
+        try:
+            async with aiohttp.ClientSession() as http, http.get(url) as response:
+                content = await response.read()
+                ok = response.status == 200 and response.content_type.startswith("image/")
+        except aiohttp.ClientError:
+            return False
+        if ok:
+            caption = params.get("caption")
+            self.photos.append(
+                SentPhoto(str(params.get("chat_id")), url, content, str(caption or ""))
+            )
+        return ok
 
     async def _get_updates(self, params: dict[str, Any]) -> dict[str, Any]:
         timeout = float(params.get("timeout") or 30)

@@ -8,6 +8,10 @@
   access token, ``-213`` when the user has unfollowed the OA, ``-230`` when the user has not
   written within 7 days; sends are recorded. An ``unfollow`` event closes the way, a ``follow``
   or any message from the user opens it again.
+* ``POST /v2.0/oa/upload/image`` (header ``access_token``, multipart field ``file``): keeps
+  the image and answers ``{"error": 0, "data": {"attachment_id"}}``; a ``cs`` message may then
+  carry it in a ``template_type: media`` attachment (an unknown ``attachment_id`` is refused
+  with ``-201``); the image is recorded with the send.
 * :func:`signed` builds a webhook body and its ``X-ZEvent-Signature`` for tests.
 """
 
@@ -35,6 +39,8 @@ class OASend:
     user_id: str
     text: str
     error: int
+    #: The uploaded image the message carried, if any.
+    image: bytes | None = None
 
 
 class ZaloOAStandIn:
@@ -47,6 +53,8 @@ class ZaloOAStandIn:
         self.last_seen: dict[str, int] = {}
         #: Users who unfollowed the OA (``-213`` until they follow again).
         self.unfollowed: set[str] = set()
+        #: Uploaded images by attachment id.
+        self.uploads: dict[str, bytes] = {}
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._counter = itertools.count(1)
@@ -55,6 +63,7 @@ class ZaloOAStandIn:
         app = web.Application()
         app.router.add_post("/v4/oa/access_token", self._token)
         app.router.add_post("/v3.0/oa/message/cs", self._cs)
+        app.router.add_post("/v2.0/oa/upload/image", self._upload)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -92,21 +101,52 @@ class ZaloOAStandIn:
     async def _cs(self, request: web.Request) -> web.Response:
         body = await request.json()
         user_id = str(body.get("recipient", {}).get("user_id", ""))
-        text = str(body.get("message", {}).get("text", ""))
+        message = body.get("message", {})
+        text = str(message.get("text", ""))
+        image, bad_attachment = self._attachment(message.get("attachment"))
         error = 0
         if request.headers.get("access_token") not in self.access_tokens:
             error = -216
-        elif not 1 <= len(text) <= 2000:
+        elif bad_attachment or not (1 if image is None else 0) <= len(text) <= 2000:
             error = -201
         elif user_id in self.unfollowed:
             error = -213
         elif time.time() * 1000 - self.last_seen.get(user_id, 0) > WINDOW_MS:
             error = -230
-        self.sends.append(OASend(user_id, text, error))
+        self.sends.append(OASend(user_id, text, error, image))
         if error:
             return web.json_response({"error": error, "message": "refused"})
         return web.json_response(
             {"error": 0, "message": "Success", "data": {"message_id": f"m{len(self.sends)}"}}
+        )
+
+    def _attachment(self, attachment: Any) -> tuple[bytes | None, bool]:
+        """The image a media template names, and whether the attachment is malformed."""
+        if attachment is None:
+            return None, False
+        try:
+            payload = attachment["payload"]
+            assert attachment["type"] == "template" and payload["template_type"] == "media"
+            (element,) = payload["elements"]
+            assert element["media_type"] == "image"
+            return self.uploads[str(element["attachment_id"])], False
+        except (KeyError, TypeError, ValueError, AssertionError):
+            return None, True
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        if request.headers.get("access_token") not in self.access_tokens:
+            return web.json_response({"error": -216, "message": "Access token is invalid"})
+        form = await request.post()
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            return web.json_response({"error": -201, "message": "file is missing"})
+        content = upload.file.read()
+        if not content or not str(upload.content_type).startswith("image/"):
+            return web.json_response({"error": -201, "message": "not an image"})
+        attachment_id = f"att{len(self.uploads) + 1}-{secrets.token_hex(4)}"
+        self.uploads[attachment_id] = content
+        return web.json_response(
+            {"error": 0, "message": "Success", "data": {"attachment_id": attachment_id}}
         )
 
     # ------------------------------------------------------------------ for tests
@@ -120,6 +160,14 @@ class ZaloOAStandIn:
 
     def refused(self, user_id: str | None = None) -> list[OASend]:
         return [s for s in self.sends if s.error and user_id in (None, s.user_id)]
+
+    def images(self, user_id: str | None = None) -> list[OASend]:
+        """Messages that carried an uploaded image (and were accepted)."""
+        return [
+            s
+            for s in self.sends
+            if not s.error and s.image is not None and user_id in (None, s.user_id)
+        ]
 
     def delivered(self, user_id: str | None = None) -> list[str]:
         return [s.text for s in self.sends if not s.error and user_id in (None, s.user_id)]
