@@ -23,7 +23,7 @@ from bot.dispatch import Dispatcher
 from bot.outage import DatabaseDown
 from bot.spool import SpoolIntake
 from bot.zalo.inbox import Inbox
-from bot.zalo.text import render_messages
+from bot.zalo.text import render_messages, render_texts
 from handlers.channels import CAPABILITIES, Capabilities, ChannelName
 from handlers.citizen import MediaFetcher
 from handlers.events import Message, Reply
