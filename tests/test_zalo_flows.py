@@ -222,9 +222,12 @@ class Officers:
         await self.service.telegram.wait_handled(before + 1)
 
     async def ask(self, card: dict, question: str) -> None:
-        async def posted() -> bool:
+        async def posted() -> bool:  # this card's post is recorded after its send returns
             async with self.service.session_factory() as session:
-                return await session.scalar(select(CardPost)) is not None
+                found = await session.scalar(
+                    select(CardPost).where(CardPost.message_id == card["message_id"])
+                )
+                return found is not None
 
         await until(posted)
         start = len(self.telegram.calls)
