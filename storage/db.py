@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import stat
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -39,6 +41,19 @@ SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
     ("synchronous", "NORMAL"),
     ("busy_timeout", "5000"),
 )
+
+
+#: PostgreSQL pool. Connections kept open: enough for the updates and workers of one busy
+#: process, so that connections are reused and not opened and closed under load (a new
+#: asyncpg connection costs its start-up, type introspection and every statement prepared again).
+PG_POOL_SIZE = 10
+PG_MAX_OVERFLOW = 10
+#: A pooled connection idle for longer than this many seconds is pinged before it is used (a
+#: server restart or an idle timeout may have closed it). One in steady use is not: a ping on
+#: every checkout (``pool_pre_ping``) is a round trip per update. A connection that broke while
+#: in use fails its transaction with ``connection_invalidated`` (SQLAlchemy then refreshes the
+#: whole pool), and :func:`connection_lost` tells the callers to run it again.
+PING_AFTER_IDLE = 5.0
 
 
 def _json_dumps(value: Any) -> str:
@@ -129,6 +144,35 @@ def install_sqlite_pragmas(engine: AsyncEngine, pragmas: tuple[tuple[str, str], 
             cursor.close()
 
 
+def install_idle_ping(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE) -> None:
+    """Ping a connection on checkout only if it sat in the pool longer than ``idle_seconds``;
+    a failed ping makes the pool replace it (SQLAlchemy's pessimistic disconnect handling)."""
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine.pool, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync_engine.pool, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            alive = sync_engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("the idle connection is gone") from exc
+        if alive is False:
+            raise DisconnectionError("the idle connection is gone")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The database connection broke under a transaction: it was rolled back (or its commit
+    never confirmed) and may run again on a fresh connection."""
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """Create the async engine for ``url`` (``sqlite+aiosqlite`` or ``postgresql+asyncpg``)."""
     parsed = make_url(url)
@@ -141,18 +185,19 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         install_sqlite_pragmas(engine, SQLITE_PRAGMAS)
         return engine
     if backend == "postgresql":
-        return create_async_engine(
+        engine = create_async_engine(
             parsed,
             echo=echo,
             json_serializer=_json_dumps,
-            pool_size=5,
-            max_overflow=10,
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_MAX_OVERFLOW,
             pool_timeout=30,
-            pool_pre_ping=True,
             # Drop connections before a server or proxy idle timeout closes them under us.
             pool_recycle=1800,
             connect_args={"server_settings": {"application_name": "tinbao"}},
         )
+        install_idle_ping(engine)
+        return engine
     raise ValueError(
         f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
         "use 'sqlite+aiosqlite:///path.db' or 'postgresql+asyncpg://user@host/db'"
