@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +205,74 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     )
 
 
+#: ``session.info`` keys of :class:`TrackedSession`.
+CONNECTION_BEGUN = "connection_begun"
+LONE_WRITE_DONE = "lone_write_done"
+
+
+class TrackedSession(Session):
+    """A session that knows whether its transaction has used a connection yet, so that a
+    transaction made of one write can run it alone (see :func:`begin_lone_write`)."""
+
+
+@event.listens_for(TrackedSession, "after_begin")
+def _connection_begun(session: Session, _transaction: Any, _connection: Any) -> None:
+    session.info[CONNECTION_BEGUN] = True
+
+
+@event.listens_for(TrackedSession, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(CONNECTION_BEGUN, None)
+        session.info.pop(LONE_WRITE_DONE, None)
+
+
+@event.listens_for(TrackedSession, "do_orm_execute")
+def _after_lone_write(state: Any) -> None:
+    if state.session.info.get(LONE_WRITE_DONE):
+        raise RuntimeError("a statement after the transaction's lone write would not be atomic")
+
+
+@event.listens_for(TrackedSession, "before_flush")
+def _flush_after_lone_write(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(LONE_WRITE_DONE):
+        raise RuntimeError("a flush after the transaction's lone write would not be atomic")
+
+
+async def begin_lone_write(session: AsyncSession) -> bool:
+    """Prepare ``session`` to run the statement that follows as its transaction's only one,
+    in autocommit, when that is what the transaction is: on PostgreSQL, a session begun
+    (``session.begin()``) that has run nothing yet and holds no pending ORM change.
+
+    A single statement is its own transaction in PostgreSQL, just as atomic and durable once it
+    returns, and it costs one round trip instead of three (``BEGIN``, the statement,
+    ``COMMIT``). The caller's ``commit()`` then sends nothing. Anything run in the session after
+    that statement raises (it would not be atomic with it). ``False``: nothing changed, run the
+    statement in the transaction as usual."""
+    sync_session = session.sync_session
+    if (
+        not isinstance(sync_session, TrackedSession)
+        or session.bind is None
+        or session.bind.dialect.name != "postgresql"
+        or not session.in_transaction()
+        or session.info.get(CONNECTION_BEGUN)
+        or session.new
+        or session.dirty
+        or session.deleted
+    ):
+        return False
+    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    return True
+
+
+def lone_write_done(session: AsyncSession) -> None:
+    """The lone write ran: nothing else may run in this transaction."""
+    session.info[LONE_WRITE_DONE] = True
+
+
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions whose objects stay usable after commit (no lazy reload on attribute access)."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=TrackedSession)
 
 
 async def check_database(engine: AsyncEngine) -> bool:
