@@ -8,6 +8,7 @@ import os
 import pytest
 
 from bench import tip_flow
+from bench.databases import POSTGRES_URL_ENV
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -17,8 +18,8 @@ async def test_the_tip_flow_benchmark_runs_short(backend, rate, capsys, monkeypa
         url = os.environ.get("TINBAO_TEST_POSTGRES_URL", "").strip()
         if not url:
             pytest.skip("TINBAO_TEST_POSTGRES_URL is not set")
-        monkeypatch.setenv(tip_flow.POSTGRES_URL_ENV, url)
-    status = await tip_flow.main_async(3, (backend,), 2, rate)
+        monkeypatch.setenv(POSTGRES_URL_ENV, url)
+    status = await tip_flow.main_async(3, (backend,), 2, rate, cards=2)
     out = capsys.readouterr()
     assert status == 0, out.err
     assert "SKIPPED" not in out.out
