@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.dispatch import Dispatcher
 from storage.db import begin_lone_write, lone_write_done
 from storage.models import RateHit, Report
 from storage.types import utcnow
+from tests.conftest import execute_autocommit
 from tests.driver import Citizen, label, make_flow, sync_units
 
 
@@ -96,3 +98,24 @@ async def test_a_session_that_already_ran_a_statement_takes_no_lone_write(
     async with session_factory() as session:
         # Not inside session.begin(): no transaction to stand for.
         assert await begin_lone_write(session) is False
+
+
+async def test_a_step_on_a_connection_the_server_closed_runs_again(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession], db_url: str
+) -> None:
+    """Connections are no longer pinged on every checkout: one the server closed (a restart, an
+    idle timeout) fails its step, which runs again on a fresh connection; nothing is lost."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the server closing a connection is PostgreSQL's case")
+    await sync_units(session_factory)
+    citizen = Citizen(Dispatcher(session_factory, make_flow()), 8102)
+    await citizen.command("start")
+    await execute_autocommit(
+        make_url(db_url),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    await citizen.press(label("vi", "menu.tip"))
+    assert label("vi", "cat.theft") in [b.label for b in citizen.buttons()], citizen.texts()
+    await citizen.press(label("vi", "cat.theft"))
+    assert citizen.texts()[-1].endswith(label("vi", "place.ask")), citizen.texts()
