@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -26,12 +26,19 @@ from handlers.triage import (
     OfficerPress,
     Triage,
 )
-from storage.db import writer
+from storage.db import connection_lost, writer
 from storage.repositories import OUTBOX_ENQUEUED, forget_conversations, publish_conversations
 
 log = logging.getLogger(__name__)
 
 RETRIES = 4
+
+
+def retryable(exc: Exception) -> bool:
+    """Conflicts, a busy SQLite and a lost connection; not other database errors."""
+    if isinstance(exc, StaleDataError | IntegrityError | OperationalError):
+        return True
+    return connection_lost(exc)
 
 
 class Dispatcher:
@@ -110,8 +117,8 @@ class Dispatcher:
                     return outcome
                 except DuplicateOfficerUpdate:
                     return None
-                except (StaleDataError, IntegrityError, OperationalError):
-                    if attempt == RETRIES:
+                except (StaleDataError, IntegrityError, OperationalError, DBAPIError) as exc:
+                    if attempt == RETRIES or not retryable(exc):
                         raise
         except Exception as exc:
             if await self._outage(exc):
@@ -155,11 +162,12 @@ class Dispatcher:
                     forget_conversations(session)
                     log.info("duplicate update %s ignored", event.update_id)
                     return None
-                except (StaleDataError, IntegrityError, OperationalError) as exc:
-                    # Another worker changed the same conversation, or SQLite was busy:
-                    # the transaction rolled back whole, so it is safe to run it again.
+                except (StaleDataError, IntegrityError, OperationalError, DBAPIError) as exc:
+                    # Another worker changed the same conversation, SQLite was busy, or the
+                    # connection broke: the transaction rolled back whole (or, if its commit
+                    # did land, the update is seen as a duplicate), so it is safe to run again.
                     forget_conversations(session)
-                    if attempt == RETRIES:
+                    if attempt == RETRIES or not retryable(exc):
                         raise
                     log.info("retrying update %s after %s", event.update_id, type(exc).__name__)
         except Exception as exc:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import stat
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,14 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,19 @@ SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
     ("synchronous", "NORMAL"),
     ("busy_timeout", "5000"),
 )
+
+
+#: PostgreSQL pool. Connections kept open: enough for the updates and workers of one busy
+#: process, so that connections are reused and not opened and closed under load (a new
+#: asyncpg connection costs its start-up, type introspection and every statement prepared again).
+PG_POOL_SIZE = 10
+PG_MAX_OVERFLOW = 10
+#: A pooled connection idle for longer than this many seconds is pinged before it is used (a
+#: server restart or an idle timeout may have closed it). One in steady use is not: a ping on
+#: every checkout (``pool_pre_ping``) is a round trip per update. A connection that broke while
+#: in use fails its transaction with ``connection_invalidated`` (SQLAlchemy then refreshes the
+#: whole pool), and :func:`connection_lost` tells the callers to run it again.
+PING_AFTER_IDLE = 5.0
 
 
 def _json_dumps(value: Any) -> str:
@@ -129,6 +145,35 @@ def install_sqlite_pragmas(engine: AsyncEngine, pragmas: tuple[tuple[str, str], 
             cursor.close()
 
 
+def install_idle_ping(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE) -> None:
+    """Ping a connection on checkout only if it sat in the pool longer than ``idle_seconds``;
+    a failed ping makes the pool replace it (SQLAlchemy's pessimistic disconnect handling)."""
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine.pool, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(sync_engine.pool, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return
+        try:
+            alive = sync_engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("the idle connection is gone") from exc
+        if alive is False:
+            raise DisconnectionError("the idle connection is gone")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The database connection broke under a transaction: it was rolled back (or its commit
+    never confirmed) and may run again on a fresh connection."""
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     """Create the async engine for ``url`` (``sqlite+aiosqlite`` or ``postgresql+asyncpg``)."""
     parsed = make_url(url)
@@ -141,27 +186,93 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         install_sqlite_pragmas(engine, SQLITE_PRAGMAS)
         return engine
     if backend == "postgresql":
-        return create_async_engine(
+        engine = create_async_engine(
             parsed,
             echo=echo,
             json_serializer=_json_dumps,
-            pool_size=5,
-            max_overflow=10,
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_MAX_OVERFLOW,
             pool_timeout=30,
-            pool_pre_ping=True,
             # Drop connections before a server or proxy idle timeout closes them under us.
             pool_recycle=1800,
             connect_args={"server_settings": {"application_name": "tinbao"}},
         )
+        install_idle_ping(engine)
+        return engine
     raise ValueError(
         f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
         "use 'sqlite+aiosqlite:///path.db' or 'postgresql+asyncpg://user@host/db'"
     )
 
 
+#: ``session.info`` keys of :class:`TrackedSession`.
+CONNECTION_BEGUN = "connection_begun"
+LONE_WRITE_DONE = "lone_write_done"
+
+
+class TrackedSession(Session):
+    """A session that knows whether its transaction has used a connection yet, so that a
+    transaction made of one write can run it alone (see :func:`begin_lone_write`)."""
+
+
+@event.listens_for(TrackedSession, "after_begin")
+def _connection_begun(session: Session, _transaction: Any, _connection: Any) -> None:
+    session.info[CONNECTION_BEGUN] = True
+
+
+@event.listens_for(TrackedSession, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(CONNECTION_BEGUN, None)
+        session.info.pop(LONE_WRITE_DONE, None)
+
+
+@event.listens_for(TrackedSession, "do_orm_execute")
+def _after_lone_write(state: Any) -> None:
+    if state.session.info.get(LONE_WRITE_DONE):
+        raise RuntimeError("a statement after the transaction's lone write would not be atomic")
+
+
+@event.listens_for(TrackedSession, "before_flush")
+def _flush_after_lone_write(session: Session, _context: Any, _instances: Any) -> None:
+    if session.info.get(LONE_WRITE_DONE):
+        raise RuntimeError("a flush after the transaction's lone write would not be atomic")
+
+
+async def begin_lone_write(session: AsyncSession) -> bool:
+    """Prepare ``session`` to run the statement that follows as its transaction's only one,
+    in autocommit, when that is what the transaction is: on PostgreSQL, a session begun
+    (``session.begin()``) that has run nothing yet and holds no pending ORM change.
+
+    A single statement is its own transaction in PostgreSQL, just as atomic and durable once it
+    returns, and it costs one round trip instead of three (``BEGIN``, the statement,
+    ``COMMIT``). The caller's ``commit()`` then sends nothing. Anything run in the session after
+    that statement raises (it would not be atomic with it). ``False``: nothing changed, run the
+    statement in the transaction as usual."""
+    sync_session = session.sync_session
+    if (
+        not isinstance(sync_session, TrackedSession)
+        or session.bind is None
+        or session.bind.dialect.name != "postgresql"
+        or not session.in_transaction()
+        or session.info.get(CONNECTION_BEGUN)
+        or session.new
+        or session.dirty
+        or session.deleted
+    ):
+        return False
+    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    return True
+
+
+def lone_write_done(session: AsyncSession) -> None:
+    """The lone write ran: nothing else may run in this transaction."""
+    session.info[LONE_WRITE_DONE] = True
+
+
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions whose objects stay usable after commit (no lazy reload on attribute access)."""
-    return async_sessionmaker(engine, expire_on_commit=False)
+    return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=TrackedSession)
 
 
 async def check_database(engine: AsyncEngine) -> bool:

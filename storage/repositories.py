@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
+from storage.db import begin_lone_write, lone_write_done
 from storage.models import (
     ContactRoute,
     Conversation,
@@ -212,6 +213,11 @@ class Conversations:
             "updated_at": now,
             "expires_at": conversation.expires_at,
         }
+        # Most steps change nothing but the conversation: then this statement is the whole
+        # transaction, and on PostgreSQL it runs alone in one round trip (storage.db). It is the
+        # step's last statement (CitizenFlow.handle), so nothing follows it outside the
+        # transaction; anything that tried would raise.
+        lone = await begin_lone_write(self.session)
         if conversation.new:
             # A second writer inserting the same key fails on the primary key (IntegrityError).
             await self.session.execute(
@@ -234,6 +240,8 @@ class Conversations:
                 if self.cache is not None:
                     self.cache.discard(conversation.key)
                 raise StaleDataError(f"conversation changed since version {conversation.version}")
+        if lone:
+            lone_write_done(self.session)
         if self.cache is not None:
             written = ConversationState(
                 conversation.key,

@@ -3,11 +3,13 @@ with the code its citizen was shown), never a timing."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
-from bench import tip_flow
+from bench import memory, tip_flow
+from bench.databases import POSTGRES_URL_ENV
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -17,8 +19,8 @@ async def test_the_tip_flow_benchmark_runs_short(backend, rate, capsys, monkeypa
         url = os.environ.get("TINBAO_TEST_POSTGRES_URL", "").strip()
         if not url:
             pytest.skip("TINBAO_TEST_POSTGRES_URL is not set")
-        monkeypatch.setenv(tip_flow.POSTGRES_URL_ENV, url)
-    status = await tip_flow.main_async(3, (backend,), 2, rate)
+        monkeypatch.setenv(POSTGRES_URL_ENV, url)
+    status = await tip_flow.main_async(3, (backend,), 2, rate, cards=2)
     out = capsys.readouterr()
     assert status == 0, out.err
     assert "SKIPPED" not in out.out
@@ -30,3 +32,26 @@ async def test_the_tip_flow_benchmark_runs_short(backend, rate, capsys, monkeypa
         else {"p50_ms", "p95_ms", "p99_ms", "echo_p95_ms"}
     )
     assert metrics == expected | {"confirm_to_card_p95_ms"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_the_memory_benchmark_runs_short(backend, capsys, monkeypatch):
+    """A few drafts in two rounds, in the service's own process: every draft is stored, the
+    purge ends every one, and the three figures are printed (never a size checked here)."""
+    if backend == "postgresql":
+        url = os.environ.get("TINBAO_TEST_POSTGRES_URL", "").strip()
+        if not url:
+            pytest.skip("TINBAO_TEST_POSTGRES_URL is not set")
+        monkeypatch.setenv(POSTGRES_URL_ENV, url)
+    status = await memory.main_async(5, (backend,), 2)
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert "SKIPPED" not in out.out
+    assert "round 2: 5 drafts" in out.out
+    lines = [json.loads(line) for line in out.out.splitlines() if line.startswith('{"bench"')]
+    assert {line["metric"] for line in lines} == {
+        "rss_idle_mb",
+        "rss_10k_drafts_mb",
+        "rss_after_expiry_mb",
+    }
+    assert all(line["bench"] == "memory" and line["value"] > 0 for line in lines)

@@ -79,7 +79,9 @@ class Planner:
         held: set[int] = set()
         digests: list[Row] = []
         retry = [1.0]
-        relaxed = tips is None or tips.available(mono) >= tips.capacity - 0.5
+        # Calm while at least half the tips' burst is left: a card or two after a quiet spell
+        # go at once; only a chat that has spent half its burst holds tips to fill digests.
+        relaxed = tips is None or tips.available(mono) >= tips.capacity / 2
         for waiting in fresh.values():
             if tip_room < 1:
                 break  # nothing can go now; they are folded once the budget is back

@@ -14,6 +14,7 @@ delivery worker, the timer worker and the citizen messenger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from handlers.outbox import Status
+from storage.db import writer
 from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,13 @@ class Leases:
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction, again if the database was busy."""
+        bind = self.session_factory.kw.get("bind")
         for attempt in range(1, 5):
             try:
-                async with self.session_factory() as session, session.begin():
+                # SQLite: in turn with the citizens' steps (storage.db.writer), rather than
+                # against them in SQLite's sleeping busy handler (answers waited up to ~1 s).
+                lock = writer(bind) if isinstance(bind, AsyncEngine) else contextlib.nullcontext()
+                async with lock, self.session_factory() as session, session.begin():
                     return await work(session)
             except OperationalError:
                 if attempt == 4:
