@@ -36,6 +36,7 @@ from bot.channel import ChannelRegistry, SendError
 from bot.delivery.leases import Claim, Leases, claimable
 from bot.outage import DatabaseWatch, paused
 from handlers.channels import Capabilities, ChannelName, capabilities
+from handlers.citizen.reachable import HELD_MARK
 from handlers.citizen.relay import SENT_MESSAGE_ID, question_reply
 from handlers.events import Reply
 from handlers.i18n import t
@@ -44,7 +45,7 @@ from handlers.outbox import ChatTextPayload, CitizenPayload, Kind, Priority, enq
 from handlers.outbox import Destination as Dest
 from handlers.render import render
 from handlers.security import Keyring, format_code
-from storage.models import ContactRoute, OutboxMessage, RelayMessage, Report
+from storage.models import ContactRoute, Conversation, OutboxMessage, RelayMessage, Report
 from storage.repositories import Media
 from storage.types import utcnow
 
@@ -308,6 +309,11 @@ class CitizenMessenger:
             if route is None or route.blocked_at is not None:
                 return
             route.blocked_at = now
+            # The tipster's conversation carries the mark too, so that their next message
+            # looks for held messages only when there are some (no query on every step).
+            conversation = await session.get(Conversation, route.sender_key)
+            if conversation is not None:
+                conversation.data = {**(conversation.data or {}), HELD_MARK: True}
             notice = ChatTextPayload(
                 text=t(self.officer_locale, key, code=format_code(report.code)),
                 reply_to_report=report.id,

@@ -17,10 +17,16 @@ from handlers.outbox import Kind, Status
 from storage.models import ContactRoute, OutboxMessage
 from storage.repositories import OUTBOX_ENQUEUED
 
+#: Set on a tipster's conversation (``data``) by the delivery when it marks one of their routes
+#: unreachable; only then does their next message look for held messages.
+HELD_MARK = "held"
+
 
 async def wake_held(turn: Turn) -> bool:
     """Clear this sender's unreachable routes and make their held messages due; ``True`` if
     there were any (then this message is not the answer to a question it has not seen)."""
+    if not turn.data.pop(HELD_MARK, False):
+        return False
     found = await turn.session.scalars(
         select(ContactRoute.report_id).where(
             ContactRoute.sender_key == turn.sender_key, ContactRoute.blocked_at.is_not(None)
