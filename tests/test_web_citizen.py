@@ -3,13 +3,19 @@ CSRF, a challenge, strict headers and no client address anywhere."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 
 from aiohttp import ClientSession, CookieJar, FormData
+from PIL import Image
 from sqlalchemy import select
 
 from bot.runtime import Service
 from handlers.i18n import t
+from handlers.media import clean_image
+from handlers.officers import Registry
+from handlers.report_actions import ReportActions
 from handlers.security import format_code
 from storage.models import ContactRoute, MediaBlob, Report, ReportMedia
 from tests.e2e import Chat
@@ -213,3 +219,47 @@ async def test_status_page_adds_evidence_and_keeps_a_refused_answer(
     async with service.session_factory() as db:
         cards = (await db.scalars(select(Report))).all()
         assert len(cards) == 1
+
+
+async def test_an_officers_photo_is_shown_only_behind_the_pin(
+    base_url: str, service: Service, standin: BotAPIStandIn
+) -> None:
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        _, html = await fill(http, base_url, "/tip", TIP)
+        code, pin = code_and_pin(html)
+        await standin.wait_for(lambda c: c.chat_id == LX.id and code in str(c.params), timeout=10)
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
+        photo = clean_image(buffer.getvalue())
+        async with service.session_factory() as session, session.begin():
+            report = await session.scalar(
+                select(Report).where(Report.code == code.replace("-", ""))
+            )
+            officer = await Registry(session).by_telegram(515151)
+            assert report is not None and officer is not None
+            await ReportActions(session, officer, service.triage).ask(
+                report, "Có phải người này không?", photo
+            )
+        service.messenger.kick()
+
+        async with http.get(f"{base_url}/status") as r:
+            csrf = hidden(await r.text(), "csrf")
+        data = {"csrf": csrf, "code": code, "pin": pin}
+        html = ""
+        for _ in range(100):
+            async with http.post(f"{base_url}/status", data=data) as r:
+                html = await r.text()
+            if "Có phải người này không?" in html:
+                break
+            await asyncio.sleep(0.1)
+        found = re.search(r'<img class="photo" src="([^"]+)"', html)
+        assert found, html[:3000]
+        async with http.get(f"{base_url}{found.group(1)}") as r:
+            assert r.status == 200
+            assert await r.read() == photo.content
+            assert "no-store" in r.headers["Cache-Control"]
+    async with (  # no proven PIN: nothing
+        ClientSession() as stranger,
+        stranger.get(f"{base_url}{found.group(1)}", allow_redirects=False) as r,
+    ):
+        assert r.status == 404

@@ -8,6 +8,7 @@ add evidence, which takes the chat's relay path to the officers.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -28,13 +29,16 @@ from handlers.citizen.status import pin_report, reward_notice
 from handlers.i18n import t
 from handlers.security import format_code, parse_code, parse_pin
 from handlers.text import substance
-from storage.models import ContactRoute, RelayMessage, Report
+from storage.models import ContactRoute, MediaBlob, RelayMessage, Report
 from storage.types import utcnow
 
 INBOX_COOKIE = "tb_inbox"
 #: How long a proven PIN keeps the report open in this browser.
 OPEN_FOR = 30 * 60
 VIEW = "/status/report"
+#: An officer's photo on the status page, by its content hash (behind the same cookie).
+PHOTO = "/status/photo/{sha256}"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 async def status_form(request: web.Request) -> web.StreamResponse:
@@ -140,7 +144,10 @@ async def show_report(
         status=status,
         line=line,
         outcome=outcome,
-        messages=[(local_time(m.at), m.text) for m in messages],
+        messages=[
+            (local_time(m.at), m.text, PHOTO.format(sha256=m.photo) if m.photo else None)
+            for m in messages
+        ],
         reward=t(locale, reward[0], **reward[1]) if reward is not None else None,
         open=report.status not in CLOSED,
         needs_info=report.status == "needs_info",
@@ -150,6 +157,40 @@ async def show_report(
         kept=seal(site.keyring, media or []),
         kept_count=len(media or []),
         max_media=site.service.settings.max_media_per_report,
+    )
+
+
+async def status_photo(request: web.Request) -> web.StreamResponse:
+    """An officer's photo to the tipster of the report opened in this browser: only behind the
+    proven PIN, only an image sent to this report's tipster (never evidence), never cached.
+    Anything else is a 404 that says nothing."""
+    sha256 = request.match_info["sha256"]
+    if not _SHA256.fullmatch(sha256):
+        raise web.HTTPNotFound
+    site = site_of(request)
+    async with site.service.session_factory() as session:
+        report = await opened_report(request, session)
+        if report is None:
+            raise web.HTTPNotFound
+        found = (
+            await session.execute(
+                select(MediaBlob.mime, MediaBlob.content)
+                .join(RelayMessage, RelayMessage.blob_id == MediaBlob.id)
+                .where(
+                    MediaBlob.sha256 == sha256,
+                    RelayMessage.report_id == report.id,
+                    RelayMessage.direction == "to_citizen",
+                )
+                .limit(1)
+            )
+        ).first()
+    if found is None:
+        raise web.HTTPNotFound
+    mime, content = found
+    return web.Response(
+        body=content,
+        content_type=mime,
+        headers={"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 
