@@ -278,12 +278,13 @@ class ZaloBotChannel(ZaloAdapter):
         """Check the secret header (constant time), reject bad JSON with 400, store, answer."""
         secret = self.settings.zalo_bot_webhook_secret
         expected = secret.get_secret_value().encode() if secret is not None else b""
-        given = request.headers.get(SECRET_HEADER, "").encode()
+        # aiohttp decodes header bytes with surrogateescape: encode them back the same way.
+        given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
         if not expected or not hmac.compare_digest(given, expected):
             return web.Response(status=403, text="forbidden")
         try:
             updates = unwrap(json.loads(await request.read()))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
             return web.Response(status=400, text="bad update")
         if not updates:
             return web.Response(status=400, text="bad update")
