@@ -263,3 +263,43 @@ async def test_an_officers_photo_is_shown_only_behind_the_pin(
         stranger.get(f"{base_url}{found.group(1)}", allow_redirects=False) as r,
     ):
         assert r.status == 404
+
+
+async def test_a_database_failure_keeps_what_was_typed(
+    base_url: str, service: Service, standin: BotAPIStandIn, db_url: str, monkeypatch
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.db import create_session_factory
+
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        _, html = await fill(http, base_url, "/tip", TIP)
+        code, pin = code_and_pin(html)
+        async with http.get(f"{base_url}/status") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with http.post(f"{base_url}/status", data={"csrf": csrf, "code": code, "pin": pin}):
+            pass
+        # The database becomes unreachable (refused on PostgreSQL, unopenable on SQLite).
+        gone = (
+            "postgresql+asyncpg://postgres@127.0.0.1:1/tinbao_gone"
+            if db_url.startswith("postgresql")
+            else "sqlite+aiosqlite:////proc/tinbao-gone/db.sqlite"
+        )
+        broken = create_async_engine(gone)
+        monkeypatch.setattr(service, "session_factory", create_session_factory(broken))
+        try:
+            notice = t("vi", "web.err.database")
+            status, html = await fill(http, base_url, "/tip", TIP)
+            assert status == 503 and notice in html, html[:3000]
+            assert TIP["description"] in html and "113" in notice
+            place = "Ngã tư Long Xuyên, xe tải va xe máy"
+            status, html = await fill(http, base_url, "/accident", {"place_q": place})
+            assert status == 503 and notice in html and place in html
+            answer = "Xe biển số 67A-999.99 màu đỏ"
+            form = FormData({"csrf": csrf, "message": answer, "lang": "vi"})
+            async with http.post(f"{base_url}/status/report", data=form) as r:
+                html = await r.text()
+                assert r.status == 503 and notice in html and answer in html, html[:3000]
+        finally:
+            monkeypatch.undo()
+            await broken.dispose()

@@ -17,10 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.web.evidence import seal, take_evidence
-from bot.web.forms import FIELD_MAX, FormTooLarge, read_form, text
+from bot.web.forms import FIELD_MAX, Form, FormTooLarge, read_form, text
 from bot.web.guard import FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import read_inbox
-from bot.web.site import render, site_of
+from bot.web.site import DATABASE_ERRORS, database_failed, render, site_of
 from handlers.cards import local_time
 from handlers.channels import ChannelName
 from handlers.citizen.draft import DESCRIPTION_MAX
@@ -157,6 +157,33 @@ async def show_report(
         kept=seal(site.keyring, media or []),
         kept_count=len(media or []),
         max_media=site.service.settings.max_media_per_report,
+        unavailable=False,
+    )
+
+
+def answer_not_stored(
+    request: web.Request, locale: str, message: str, media: list[dict[str, Any]]
+) -> web.Response:
+    """The answer form again, as typed, when the database is down: the report itself cannot be
+    read, so only the form and the form-level error are shown (status 503)."""
+    site = site_of(request)
+    return render(
+        request,
+        "status_view.html",
+        status=503,
+        line="",
+        outcome=None,
+        messages=[],
+        reward=None,
+        open=True,
+        needs_info=False,
+        sent=False,
+        errors={"form": t(locale, "web.err.database")},
+        message=message,
+        kept=seal(site.keyring, media),
+        kept_count=len(media),
+        max_media=site.service.settings.max_media_per_report,
+        unavailable=True,
     )
 
 
@@ -210,11 +237,26 @@ async def status_add(request: web.Request) -> web.StreamResponse:
     locale = locale_of(request, settings.default_locale)
     if not csrf_ok(request, form.get("csrf")):
         return render(request, "message.html", status=403, message="web.err.csrf")
-    errors: dict[str, str] = {}
     message = text(form, "message", FIELD_MAX)
+    media: list[dict[str, Any]] = []
+    try:
+        return await _add(request, form, locale, message, media)
+    except DATABASE_ERRORS as exc:
+        database_failed(request, exc)
+        return answer_not_stored(request, locale, message, media)
+
+
+async def _add(
+    request: web.Request, form: Form, locale: str, message: str, media: list[dict[str, Any]]
+) -> web.StreamResponse:
+    """Check and store an answer; ``media`` is filled with the evidence kept, so that it is
+    offered again if the database fails after it was stored."""
+    site = site_of(request)
+    settings = site.service.settings
+    errors: dict[str, str] = {}
     if len(message) > DESCRIPTION_MAX:
         errors["message"] = t(locale, "err.too_long", limit=DESCRIPTION_MAX)
-    media = await take_evidence(
+    media += await take_evidence(
         site.service.session_factory,
         site.keyring,
         form,
