@@ -402,3 +402,18 @@ def test_a_photo_link_with_odd_signature_characters_is_invalid():
     links = PhotoLinks(None, Keyring(b"k" * 32), "https://tinbao.example")  # type: ignore[arg-type]
     sha256, expires, _ = links.link("a" * 64).rsplit("/", 3)[1:]
     assert not links.valid(sha256, expires, "\udcff\udcfe")
+
+
+async def test_a_polled_update_survives_a_failing_spool(service, zalo_bot, tmp_path):
+    """Polling hands an update out once: when the spool cannot write it, the database inbox
+    keeps it and it is still answered."""
+    spool = service.spool.spool
+    spool.load()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    spool.directory = blocker / "spool"  # every write fails (NotADirectoryError)
+    failures = spool.failures
+    user = ZaloUser("7005")
+    sent = await say(service, zalo_bot, user.text("/start"))
+    assert spool.failures > failures
+    assert sent and sent[0].startswith(t("vi", "greet.intro"))
