@@ -17,7 +17,7 @@ from handlers.media import clean_image
 from handlers.officers import Registry
 from handlers.report_actions import ReportActions
 from handlers.security import format_code
-from storage.models import ContactRoute, MediaBlob, Report, ReportMedia
+from storage.models import ContactRoute, MediaBlob, RelayMessage, Report, ReportMedia
 from tests.e2e import Chat
 from tests.standin import BotAPIStandIn
 from tests.standin.factory import UpdateFactory
@@ -303,3 +303,31 @@ async def test_a_database_failure_keeps_what_was_typed(
         finally:
             monkeypatch.undo()
             await broken.dispose()
+
+
+async def test_answers_on_the_status_page_are_rate_limited(
+    base_url: str, service: Service, standin: BotAPIStandIn, monkeypatch
+) -> None:
+    from bot.web import status_pages
+
+    monkeypatch.setattr(status_pages, "ANSWER_LIMIT", 2)
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        _, html = await fill(http, base_url, "/tip", TIP)
+        code, pin = code_and_pin(html)
+        async with http.get(f"{base_url}/status") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with http.post(f"{base_url}/status", data={"csrf": csrf, "code": code, "pin": pin}):
+            pass
+        for n in (1, 2):
+            form = {"csrf": csrf, "message": f"Thêm chi tiết số {n}", "lang": "vi"}
+            async with http.post(f"{base_url}/status/report", data=form) as r:
+                assert r.status == 200 and t("vi", "web.status.sent") in await r.text()
+        form = {"csrf": csrf, "message": "Thêm chi tiết số 3", "lang": "en"}
+        async with http.post(f"{base_url}/status/report", data=form) as r:
+            html = await r.text()
+            assert r.status == 429
+            notice = t("en", "web.err.answer_rate_limited", minutes=60)
+            assert notice in html.replace("&#39;", "'") and "Thêm chi tiết số 3" in html
+    async with service.session_factory() as db:
+        texts = (await db.scalars(select(RelayMessage.text))).all()
+    assert "Thêm chi tiết số 3" not in texts and "Thêm chi tiết số 2" in texts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from handlers.i18n import t
 from handlers.security import format_code, parse_code, parse_pin
 from handlers.text import substance
 from storage.models import ContactRoute, MediaBlob, RelayMessage, Report
+from storage.repositories import RateLimits
 from storage.types import utcnow
 
 INBOX_COOKIE = "tb_inbox"
@@ -39,6 +41,11 @@ VIEW = "/status/report"
 #: An officer's photo on the status page, by its content hash (behind the same cookie).
 PHOTO = "/status/photo/{sha256}"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Answers (a message and its evidence count as one) one browser connection may send on one
+#: report within :data:`ANSWER_WINDOW`: officers' groups are not to be flooded from the page.
+RATE_ANSWER = "web_answer"
+ANSWER_LIMIT = 20
+ANSWER_WINDOW = timedelta(minutes=60)
 
 
 async def status_form(request: web.Request) -> web.StreamResponse:
@@ -283,6 +290,21 @@ async def _add(
             )
         if report.status in CLOSED:
             return render(request, "message.html", status=409, message="relay.closed")
+        limits = RateLimits(session)
+        rate_key = site.keyring.keyed_hash(RATE_ANSWER, f"{site.clients.key(request)}:{report.id}")
+        if await limits.count(RATE_ANSWER, rate_key, ANSWER_WINDOW) >= ANSWER_LIMIT:
+            minutes = int(ANSWER_WINDOW.total_seconds() // 60)
+            return await show_report(
+                request,
+                session,
+                report,
+                locale,
+                status=429,
+                errors={"form": t(locale, "web.err.answer_rate_limited", minutes=minutes)},
+                message=message,
+                media=media,
+            )
+        limits.hit(RATE_ANSWER, rate_key)
         addition = report.status != "needs_info"
         now = utcnow()
         if substance(message):
