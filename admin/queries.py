@@ -67,10 +67,6 @@ class Period:
     def label(self) -> str:
         return str(self.year) if self.month is None else f"{self.month:02d}/{self.year}"
 
-    @property
-    def as_year(self) -> Period:
-        return Period(self.year)
-
 
 def local_day_start(day: date) -> datetime:
     return local_midnight(day)
@@ -115,10 +111,6 @@ class Summary:
     assisted_arrests: dict[str, int] = field(default_factory=dict)
     rewards_paid: int = 0
     rewards_paid_vnd: int = 0
-
-    @property
-    def assisted_total(self) -> int:
-        return sum(self.assisted_arrests.values())
 
 
 S = TypeVar("S", bound=Select)

@@ -240,6 +240,7 @@ async def test_an_officers_photo_is_shown_only_behind_the_pin(
             await ReportActions(session, officer, service.triage).ask(
                 report, "Có phải người này không?", photo
             )
+        assert service.messenger is not None
         service.messenger.kick()
 
         async with http.get(f"{base_url}/status") as r:

@@ -8,7 +8,6 @@ Only the month-by-day chart reads ``reports`` directly (one month, by the create
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -330,7 +329,3 @@ def growth(now: int | float | None, before: int | float | None) -> float | None:
     if now is None or before is None or before == 0:
         return None
     return (float(now) - float(before)) * 100.0 / float(before)
-
-
-def nonzero(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
-    return [(k, v) for k, v in items if v]
