@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers.localtime import format_datetime, local_midnight, local_zone
+from handlers.localtime import local_midnight, local_zone
 from storage.models import Report, ReportEvent, Reward
 from storage.types import UTCDateTime, utcnow
 
@@ -70,10 +70,6 @@ class Period:
 
 def local_day_start(day: date) -> datetime:
     return local_midnight(day)
-
-
-def local_time(moment: datetime | None) -> str:
-    return format_datetime(moment) if moment else ""
 
 
 # --------------------------------------------------------------------------- statistics

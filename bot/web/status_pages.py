@@ -22,12 +22,12 @@ from bot.web.forms import FIELD_MAX, Form, FormTooLarge, read_form, text
 from bot.web.guard import FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import read_inbox
 from bot.web.site import DATABASE_ERRORS, database_failed, render, site_of
-from handlers.cards import local_time
 from handlers.channels import ChannelName
 from handlers.citizen.draft import DESCRIPTION_MAX
 from handlers.citizen.relay import CLOSED, pass_to_officers
 from handlers.citizen.status import pin_report, reward_notice
 from handlers.i18n import t
+from handlers.localtime import format_datetime
 from handlers.security import format_code, parse_code, parse_pin
 from handlers.text import substance
 from storage.models import ContactRoute, MediaBlob, RelayMessage, Report
@@ -131,7 +131,7 @@ async def show_report(
         "status.line",
         code=format_code(report.code),
         status=t(locale, f"status.{report.status}"),
-        received=local_time(report.created_at),
+        received=format_datetime(report.created_at),
     )
     outcome = (
         t(locale, f"outcome.citizen.{report.outcome}")
@@ -152,7 +152,7 @@ async def show_report(
         line=line,
         outcome=outcome,
         messages=[
-            (local_time(m.at), m.text, PHOTO.format(sha256=m.photo) if m.photo else None)
+            (format_datetime(m.at), m.text, PHOTO.format(sha256=m.photo) if m.photo else None)
             for m in messages
         ],
         reward=t(locale, reward[0], **reward[1]) if reward is not None else None,
