@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin.auth import CSRF_FIELD, LANG_COOKIE, LoginThrottle, PasswordWorker, Session, SessionBox
 from admin.clients import Clients
-from admin.queries import EMERGENCY_CATEGORY, local_time
+from admin.queries import EMERGENCY_CATEGORY
 from admin.runtime import PanelRuntime
 from admin.scope import visible
 from admin.settings import AdminSettings
 from handlers.domain import CATEGORIES, LOCALES, OUTCOMES, STATUSES
 from handlers.i18n import DEFAULT_LOCALE, catalogue, t
+from handlers.localtime import format_datetime
 from handlers.officers import ROLES, rank
 from handlers.rewards import format_vnd
 from handlers.security import format_code
@@ -160,7 +161,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
         csrf_field=CSRF_FIELD,
         path=request.path_qs,
         prefix=PREFIX,
-        fmt_time=local_time,
+        fmt_time=format_datetime,
         fmt_code=format_code,
         fmt_vnd=format_vnd,
         rank=rank,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers.localtime import format_datetime, local_midnight, local_zone
+from handlers.localtime import local_midnight, local_zone
 from storage.models import Report, ReportEvent, Reward
 from storage.types import UTCDateTime, utcnow
 
@@ -67,17 +67,9 @@ class Period:
     def label(self) -> str:
         return str(self.year) if self.month is None else f"{self.month:02d}/{self.year}"
 
-    @property
-    def as_year(self) -> Period:
-        return Period(self.year)
-
 
 def local_day_start(day: date) -> datetime:
     return local_midnight(day)
-
-
-def local_time(moment: datetime | None) -> str:
-    return format_datetime(moment) if moment else ""
 
 
 # --------------------------------------------------------------------------- statistics
@@ -115,10 +107,6 @@ class Summary:
     assisted_arrests: dict[str, int] = field(default_factory=dict)
     rewards_paid: int = 0
     rewards_paid_vnd: int = 0
-
-    @property
-    def assisted_total(self) -> int:
-        return sum(self.assisted_arrests.values())
 
 
 S = TypeVar("S", bound=Select)

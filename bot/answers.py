@@ -1,8 +1,11 @@
 """A direct answer to a citizen survives the channel's passing errors.
 
 The answer to a citizen's message is sent while their update is handled (their chat's next
-update waits). A 429 is waited out, honouring ``retry_after``; a 5xx, a time-out or a network
-error is tried again after 0.5, 1, 2, 4 s. Only then, or for a refusal that retrying cannot
+update waits). A 429 is waited out, honouring ``retry_after``; a 5xx or a connection error is
+tried again after 0.5, 1, 2, 4 s. A time-out is not, for a send: the request may have reached
+Telegram and the message been delivered, and sending it again would show it twice (only a wait
+for a free connection in the pool, before anything was sent, or an idempotent call such as an
+edit, is tried again). Only then, or for a refusal that retrying cannot
 change (blocked bot, bad request), does the error reach the caller, which logs it as a WARNING
 without traceback: the conversation's state is committed either way, so the citizen sees the
 next prompt again with their next message.
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from telegram.error import NetworkError, RetryAfter
+from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.channel import SendError
@@ -48,29 +51,46 @@ class AnswerStats:
 STATS = AnswerStats()
 
 
-def wait_for(exc: BaseException) -> float | None:
-    """Seconds to wait before trying again after ``exc``; ``None`` when retrying cannot help."""
+def retry_after_seconds(exc: RetryAfter, floor: float = 1.0) -> float:
+    """The seconds a 429 asks to wait (an int or a timedelta, by PTB version), at least
+    ``floor``. The one reading of ``retry_after`` (the outbox and the senders use it too)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = exc.retry_after
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    return max(floor, seconds)
+
+
+def _before_sending(exc: TimedOut) -> bool:
+    """A time-out waiting for a free connection: nothing was sent yet."""
+    return str(exc).startswith("Pool timeout")
+
+
+def wait_for(exc: BaseException, *, idempotent: bool = False) -> float | None:
+    """Seconds to wait before trying again after ``exc``; ``None`` when retrying cannot help,
+    or could send a message twice (a time-out, unless ``idempotent``)."""
     if isinstance(exc, RetryAfter):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", PTBDeprecationWarning)
-            value = exc.retry_after
-        seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-        return max(0.05, seconds)
-    if isinstance(exc, NetworkError):  # 5xx, time-outs, connection errors (BadRequest is not)
+        return retry_after_seconds(exc, floor=0.05)
+    if isinstance(exc, TimedOut) and not idempotent and not _before_sending(exc):
+        return None  # the message may have been delivered: never sent twice
+    if isinstance(exc, BadRequest):  # a NetworkError in PTB, but retrying changes nothing
+        return None
+    if isinstance(exc, NetworkError):  # 5xx, connection errors
         return 0.0
     if isinstance(exc, SendError) and not (exc.gone or exc.permanent):
         return exc.retry_after if exc.retry_after is not None else 0.0
     return None
 
 
-async def patiently(call: Callable[[], Awaitable[T]]) -> T:
-    """``await call()``, tried again after a 429 (as long as asked) or a passing error."""
+async def patiently(call: Callable[[], Awaitable[T]], *, idempotent: bool = False) -> T:
+    """``await call()``, tried again after a 429 (as long as asked) or a passing error; after a
+    time-out only when the call is ``idempotent`` (an edit: doing it twice changes nothing)."""
     backoff = 0.5
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return await call()
         except Exception as exc:
-            wait = wait_for(exc)
+            wait = wait_for(exc, idempotent=idempotent)
             if wait is None or attempt == ATTEMPTS or wait > LONGEST_WAIT:
                 if wait is not None:
                     STATS.given_up += 1

@@ -5,6 +5,9 @@
   repeats it held back, caps each call site at a few lines a second, and truncates oversized
   messages and tracebacks, so that no error path can fill the disk.
 
+- :class:`ClientAddressFilter` takes the client's address (and the traceback) out of aiohttp's
+  line for a malformed request.
+
 No tipster identifier is ever passed to a logger; chatty library loggers that would print whole
 updates, request URLs or image metadata are held at WARNING.
 """
@@ -29,6 +32,31 @@ QUIET_LOGGERS = (
     "apscheduler",
     "PIL",
 )
+
+
+#: aiohttp's line for a request it could not parse (an oversized header, a bad method), which
+#: carries the client's address and a traceback quoting the offending bytes.
+_AIOHTTP_REQUEST_ERROR = "Error handling request from"
+
+
+class ClientAddressFilter(logging.Filter):
+    """Rewrites aiohttp's "Error handling request from <address>" records (on the
+    ``aiohttp.server`` logger) to name only the kind of error: no client address, and no
+    traceback, whose text can quote the request's own header bytes. Other records pass as
+    they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_AIOHTTP_REQUEST_ERROR):
+            error = record.exc_info[1] if record.exc_info else None
+            kind = type(error).__name__ if error is not None else "unknown error"
+            record.msg, record.args = "Error handling a malformed request: %s", (kind,)
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+#: Loggers whose records may name a client's address, and the filter that strips it.
+ADDRESS_LOGGERS = ("aiohttp.server",)
+ADDRESS_FILTER = ClientAddressFilter()
 
 
 class SecretScrubber(logging.Filter):
@@ -191,7 +219,9 @@ def _install(log_filter: logging.Filter) -> None:
 
 
 def install_scrubber(secret: str | None) -> None:
-    """Scrub ``secret`` from every record that reaches the root logger's handlers."""
+    """Scrub ``secret`` from every record that reaches the root logger's handlers (and client
+    addresses from aiohttp's error lines)."""
+    install_address_filter()
     SCRUBBER.add(secret)
     _install(SCRUBBER)
 
@@ -203,9 +233,20 @@ def install_rate_limit() -> None:
     _install(RATE_LIMIT)
 
 
+def install_address_filter() -> None:
+    """Strip the client's address from aiohttp's malformed-request lines. The filter sits on
+    the logger itself, so it applies before any handler (a test's capture included)."""
+    for name in ADDRESS_LOGGERS:
+        logger = logging.getLogger(name)
+        if ADDRESS_FILTER not in logger.filters:
+            logger.addFilter(ADDRESS_FILTER)
+
+
 def quiet_library_loggers() -> None:
     """Hold the chatty libraries at WARNING whatever the root level: at DEBUG,
-    python-telegram-bot logs every update whole, the citizen's ids and name included."""
+    python-telegram-bot logs every update whole, the citizen's ids and name included. Also
+    strips client addresses from aiohttp's error lines (:func:`install_address_filter`)."""
+    install_address_filter()
     for name in QUIET_LOGGERS:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() < logging.WARNING or logger.level < logging.WARNING:

@@ -361,7 +361,8 @@ class Renderer:
                             reply_markup=markup
                             if isinstance(markup, InlineKeyboardMarkup)
                             else None,
-                        )
+                        ),
+                        idempotent=True,  # an edit done twice shows once
                     )
                     replies = replies[1:]
                 except BadRequest:

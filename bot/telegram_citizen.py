@@ -11,15 +11,13 @@ deleted account is ``gone``; any other request the Bot API refuses is ``permanen
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyKeyboardRemove
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
-from telegram.warnings import PTBDeprecationWarning
 
+from bot.answers import retry_after_seconds
 from bot.channel import SendError
 from handlers.channels import CAPABILITIES, Capabilities, ChannelName
 from handlers.events import Reply
@@ -30,14 +28,6 @@ if TYPE_CHECKING:
 
 #: The longest caption of a photo on Telegram.
 CAPTION_MAX = 1024
-
-
-def _retry_after(exc: RetryAfter) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value = exc.retry_after
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    return max(1.0, seconds)
 
 
 class TelegramCitizenSender:
@@ -86,7 +76,7 @@ class TelegramCitizenSender:
                         chat_id=int(chat_id), text=reply.text, reply_markup=markup
                     )
             except RetryAfter as exc:
-                raise SendError("429", retry_after=_retry_after(exc)) from exc
+                raise SendError("429", retry_after=retry_after_seconds(exc)) from exc
             except Forbidden as exc:
                 raise SendError(f"forbidden: {exc.message[:200]}", gone=True) from exc
             except BadRequest as exc:

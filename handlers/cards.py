@@ -81,11 +81,6 @@ def utf16_len(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def local_time(moment: datetime) -> str:
-    """``dd/mm/yyyy HH:MM`` in the service's zone (Vietnam's)."""
-    return format_datetime(moment)
-
-
 def _short_time(moment: datetime) -> str:
     return format_short(moment)
 
@@ -247,7 +242,7 @@ async def report_card(
     head.append(t(locale, "officer.card.category", category=_category(report, locale)))
     head.append(t(locale, "officer.card.unit", unit=_unit(report, locale)))
     head.append(t(locale, "officer.card.occurred", when=_occurred(report, locale)))
-    head.append(t(locale, "officer.card.received", received=local_time(report.created_at)))
+    head.append(t(locale, "officer.card.received", received=format_datetime(report.created_at)))
     if report.channel in CHANNEL_NAMES:
         channel = t(locale, f"web.channel.{report.channel}")
         head.append(t(locale, "web.card.channel", channel=channel))

@@ -40,6 +40,18 @@ def local_zone() -> tzinfo:
     return _zone
 
 
+def zone_name() -> str | None:
+    """The IANA name of the local zone (for PostgreSQL's ``timezone()``); ``None`` for the
+    fixed UTC+7 stand-in used without a time-zone database."""
+    key = getattr(_zone, "key", None)
+    return key if isinstance(key, str) else None
+
+
+def utc_offset(moment: datetime) -> timedelta:
+    """The local zone's offset from UTC at ``moment`` (for SQLite's date modifiers)."""
+    return to_local(moment).utcoffset() or timedelta(0)
+
+
 def to_local(moment: datetime) -> datetime:
     """``moment`` in the local zone; a naive value is taken as UTC (how the database stores it)."""
     if moment.tzinfo is None:
@@ -47,9 +59,9 @@ def to_local(moment: datetime) -> datetime:
     return moment.astimezone(_zone)
 
 
-def format_datetime(moment: datetime) -> str:
-    """``dd/mm/yyyy HH:MM``, e.g. ``30/11/2026 05:33``."""
-    return to_local(moment).strftime("%d/%m/%Y %H:%M")
+def format_datetime(moment: datetime | None) -> str:
+    """``dd/mm/yyyy HH:MM``, e.g. ``30/11/2026 05:33``; empty for no time (``None``)."""
+    return to_local(moment).strftime("%d/%m/%Y %H:%M") if moment is not None else ""
 
 
 def format_short(moment: datetime) -> str:

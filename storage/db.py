@@ -62,10 +62,6 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def is_sqlite(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def sqlite_file(url: str | URL) -> Path | None:
     """The file of a SQLite URL, or ``None`` for an in-memory database."""
     database = make_url(url).database

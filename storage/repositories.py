@@ -258,14 +258,6 @@ class Conversations:
     async def get(self, key: str) -> Conversation | None:
         return await self.session.get(Conversation, key)
 
-    async def get_any(self, keys: Sequence[str]) -> Conversation | None:
-        """The conversation under the first of ``keys`` that has one (read-only)."""
-        for key in keys:
-            conversation = await self.get(key)
-            if conversation is not None:
-                return conversation
-        return None
-
     async def get_or_create(
         self, key: str, locale: str, previous: Sequence[str] = ()
     ) -> Conversation:

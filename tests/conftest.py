@@ -186,6 +186,15 @@ async def session(
         yield session
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _client_addresses_kept_out_of_logs() -> None:
+    """As ``tinbao`` does at start (``setup_logging`` and the runtime): aiohttp's line for a
+    malformed request loses the client's address."""
+    from bot.logs import install_address_filter
+
+    install_address_filter()
+
+
 @pytest.fixture(autouse=True)
 def _no_rate_limit_left_behind() -> Iterator[None]:
     """A test that runs the command line in-process (``bot.cli.main``) installs the log's rate

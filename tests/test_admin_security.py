@@ -6,6 +6,7 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -384,3 +385,23 @@ async def test_connections_beyond_the_cap_are_refused(limited: int) -> None:
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert (await _closed_by_server(reader)).startswith(b"HTTP/1.1 200")
     writer.close()
+
+
+async def test_a_malformed_request_logs_no_client_address(
+    limited: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    await writer.drain()
+    answer = await _closed_by_server(reader)
+    assert b" 431 " in answer.split(b"\r\n", 1)[0] or b" 400 " in answer.split(b"\r\n", 1)[0]
+    writer.close()
+    errors = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert errors, "aiohttp logs the malformed request"
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        if record.exc_info and record.exc_info[1] is not None:
+            text += logging.Formatter().formatException(record.exc_info)
+        assert "127.0.0.1" not in text
+    assert "malformed request" in errors[0].getMessage()

@@ -124,3 +124,20 @@ def test_pillow_never_logs_exif_fields(caplog):
         logging.getLogger("PIL").setLevel(previous)
     assert "TinbaoPhoneMaker" not in caplog.text
     assert "105" not in caplog.text
+
+
+def test_quiet_library_loggers_strips_the_client_address_from_aiohttp_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quiet_library_loggers()
+    caplog.set_level(logging.DEBUG)
+    try:
+        raise ValueError("header bytes from 203.0.113.9")
+    except ValueError as exc:
+        logging.getLogger("aiohttp.server").exception(
+            "Error handling request from %s", "203.0.113.9", exc_info=exc
+        )
+    (record,) = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert record.getMessage() == "Error handling a malformed request: ValueError"
+    assert record.exc_info is None and not record.exc_text
+    assert "203.0.113.9" not in caplog.text

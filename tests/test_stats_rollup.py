@@ -227,3 +227,22 @@ def direct_total_by_unit(parts: list[Figures]) -> dict[str, int]:
         for unit, n in part.by_unit.items():
             out[unit] = out.get(unit, 0) + n
     return out
+
+
+async def test_the_days_of_a_month_follow_the_configured_zone(session_factory: Factory) -> None:
+    """``daily`` reads the local day in ``TINBAO_TIMEZONE``, not a hard-coded Vietnam."""
+    from handlers import localtime
+
+    # 15:30 UTC on 31 March: 22:30 on the 31st in Vietnam, 00:30 on 1 April in Tokyo.
+    async with session_factory() as db, db.begin():
+        db.add(_report("TOKYO1", datetime(2025, 3, 31, 15, 30, tzinfo=UTC)))
+    localtime.configure("Asia/Tokyo")
+    try:
+        async with session_factory() as db:
+            days = await daily(db, Period(2025, 4), None)
+    finally:
+        localtime.configure(localtime.DEFAULT_TIMEZONE)
+    assert days[0] == (datetime(2025, 4, 1).date(), 1)
+    async with session_factory() as db:
+        march = await daily(db, Period(2025, 3), None)
+    assert march[-1][1] == 1 and sum(n for _, n in march) == 1

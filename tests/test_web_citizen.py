@@ -3,15 +3,21 @@ CSRF, a challenge, strict headers and no client address anywhere."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 
 from aiohttp import ClientSession, CookieJar, FormData
+from PIL import Image
 from sqlalchemy import select
 
 from bot.runtime import Service
 from handlers.i18n import t
+from handlers.media import clean_image
+from handlers.officers import Registry
+from handlers.report_actions import ReportActions
 from handlers.security import format_code
-from storage.models import ContactRoute, MediaBlob, Report, ReportMedia
+from storage.models import ContactRoute, MediaBlob, RelayMessage, Report, ReportMedia
 from tests.e2e import Chat
 from tests.standin import BotAPIStandIn
 from tests.standin.factory import UpdateFactory
@@ -213,3 +219,116 @@ async def test_status_page_adds_evidence_and_keeps_a_refused_answer(
     async with service.session_factory() as db:
         cards = (await db.scalars(select(Report))).all()
         assert len(cards) == 1
+
+
+async def test_an_officers_photo_is_shown_only_behind_the_pin(
+    base_url: str, service: Service, standin: BotAPIStandIn
+) -> None:
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        _, html = await fill(http, base_url, "/tip", TIP)
+        code, pin = code_and_pin(html)
+        await standin.wait_for(lambda c: c.chat_id == LX.id and code in str(c.params), timeout=10)
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="JPEG")
+        photo = clean_image(buffer.getvalue())
+        async with service.session_factory() as session, session.begin():
+            report = await session.scalar(
+                select(Report).where(Report.code == code.replace("-", ""))
+            )
+            officer = await Registry(session).by_telegram(515151)
+            assert report is not None and officer is not None
+            await ReportActions(session, officer, service.triage).ask(
+                report, "Có phải người này không?", photo
+            )
+        assert service.messenger is not None
+        service.messenger.kick()
+
+        async with http.get(f"{base_url}/status") as r:
+            csrf = hidden(await r.text(), "csrf")
+        data = {"csrf": csrf, "code": code, "pin": pin}
+        html = ""
+        for _ in range(100):
+            async with http.post(f"{base_url}/status", data=data) as r:
+                html = await r.text()
+            if "Có phải người này không?" in html:
+                break
+            await asyncio.sleep(0.1)
+        found = re.search(r'<img class="photo" src="([^"]+)"', html)
+        assert found, html[:3000]
+        async with http.get(f"{base_url}{found.group(1)}") as r:
+            assert r.status == 200
+            assert await r.read() == photo.content
+            assert "no-store" in r.headers["Cache-Control"]
+    async with (  # no proven PIN: nothing
+        ClientSession() as stranger,
+        stranger.get(f"{base_url}{found.group(1)}", allow_redirects=False) as r,
+    ):
+        assert r.status == 404
+
+
+async def test_a_database_failure_keeps_what_was_typed(
+    base_url: str, service: Service, standin: BotAPIStandIn, db_url: str, monkeypatch
+) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from storage.db import create_session_factory
+
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        _, html = await fill(http, base_url, "/tip", TIP)
+        code, pin = code_and_pin(html)
+        async with http.get(f"{base_url}/status") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with http.post(f"{base_url}/status", data={"csrf": csrf, "code": code, "pin": pin}):
+            pass
+        # The database becomes unreachable (refused on PostgreSQL, unopenable on SQLite).
+        gone = (
+            "postgresql+asyncpg://postgres@127.0.0.1:1/tinbao_gone"
+            if db_url.startswith("postgresql")
+            else "sqlite+aiosqlite:////proc/tinbao-gone/db.sqlite"
+        )
+        broken = create_async_engine(gone)
+        monkeypatch.setattr(service, "session_factory", create_session_factory(broken))
+        try:
+            notice = t("vi", "web.err.database")
+            status, html = await fill(http, base_url, "/tip", TIP)
+            assert status == 503 and notice in html, html[:3000]
+            assert TIP["description"] in html and "113" in notice
+            place = "Ngã tư Long Xuyên, xe tải va xe máy"
+            status, html = await fill(http, base_url, "/accident", {"place_q": place})
+            assert status == 503 and notice in html and place in html
+            answer = "Xe biển số 67A-999.99 màu đỏ"
+            form = FormData({"csrf": csrf, "message": answer, "lang": "vi"})
+            async with http.post(f"{base_url}/status/report", data=form) as r:
+                html = await r.text()
+                assert r.status == 503 and notice in html and answer in html, html[:3000]
+        finally:
+            monkeypatch.undo()
+            await broken.dispose()
+
+
+async def test_answers_on_the_status_page_are_rate_limited(
+    base_url: str, service: Service, standin: BotAPIStandIn, monkeypatch
+) -> None:
+    from bot.web import status_pages
+
+    monkeypatch.setattr(status_pages, "ANSWER_LIMIT", 2)
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        _, html = await fill(http, base_url, "/tip", TIP)
+        code, pin = code_and_pin(html)
+        async with http.get(f"{base_url}/status") as r:
+            csrf = hidden(await r.text(), "csrf")
+        async with http.post(f"{base_url}/status", data={"csrf": csrf, "code": code, "pin": pin}):
+            pass
+        for n in (1, 2):
+            form = {"csrf": csrf, "message": f"Thêm chi tiết số {n}", "lang": "vi"}
+            async with http.post(f"{base_url}/status/report", data=form) as r:
+                assert r.status == 200 and t("vi", "web.status.sent") in await r.text()
+        form = {"csrf": csrf, "message": "Thêm chi tiết số 3", "lang": "en"}
+        async with http.post(f"{base_url}/status/report", data=form) as r:
+            html = await r.text()
+            assert r.status == 429
+            notice = t("en", "web.err.answer_rate_limited", minutes=60)
+            assert notice in html.replace("&#39;", "'") and "Thêm chi tiết số 3" in html
+    async with service.session_factory() as db:
+        texts = (await db.scalars(select(RelayMessage.text))).all()
+    assert "Thêm chi tiết số 3" not in texts and "Thêm chi tiết số 2" in texts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import aiohttp
@@ -15,6 +16,7 @@ from bot.zalo.bot_channel import to_message, unwrap
 from bot.zalo.oa_api import ZaloOAClient
 from bot.zalo.oa_channel import to_message as oa_to_message
 from bot.zalo.oa_tokens import TokenStore
+from bot.zalo.photo_links import PhotoLinks
 from bot.zalo.text import render_texts
 from handlers.channels import CAPABILITIES, ChannelName
 from handlers.events import Button, Reply
@@ -351,3 +353,67 @@ async def test_a_closed_reply_window_is_gone(service, zalo_oa):
     with pytest.raises(SendError) as caught:
         await oa.send("8999", [Reply(text="Câu hỏi của cán bộ")])  # never wrote: no window
     assert caught.value.gone
+
+
+async def test_the_bot_webhook_refuses_odd_header_bytes_and_deep_json(
+    telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path
+):
+    from admin.web import build_web_app
+    from tests.test_webhook import _raw_post
+
+    secret = "zalo-webhook-secret-0123456789"
+    settings = zalo_settings(
+        telegram,
+        zalo_bot,
+        zalo_oa,
+        db_url,
+        tmp_path,
+        zalo_bot_webhook_url="https://tinbao.example/zalo/bot/webhook",
+        zalo_bot_webhook_secret=secret,
+    )
+    async with running_service(settings) as service, _serve(build_web_app(service)) as url:
+        hook = f"{url}/zalo/bot/webhook"
+        body = json.dumps(ZaloUser("7004").text("/start")).encode()
+        name = b"X-Bot-Api-Secret-Token"
+        for odd in (b"\xff\xfe\xfd", secret.encode()[:-1] + b"\xe9"):
+            assert await _raw_post(hook, [(name, odd)], body) == 403, odd
+        depth = 100_000
+        deep = b'{"ok": true, "result": ' + b"[" * depth + b"]" * depth + b"}"
+        assert await _raw_post(hook, [(name, secret.encode())], deep) == 400
+        assert await _raw_post(hook, [(name, secret.encode())], body) == 200
+        assert service.channels.get("zalo_bot") is not None
+
+
+async def test_the_oa_webhook_refuses_deep_json_and_odd_signature_bytes(service, zalo_oa):
+    from admin.web import build_web_app
+    from tests.test_webhook import _raw_post
+
+    async with _serve(build_web_app(service)) as url:
+        hook = f"{url}/zalo/oa/webhook"
+        depth = 100_000
+        deep = b'{"app_id": "1", "x": ' + b"[" * depth + b"]" * depth + b"}"
+        assert await _raw_post(hook, [], deep) == 400
+        raw, _ = signed(zalo_oa.event("8002", "user_send_text", {"text": "/start"}))
+        odd = [(b"X-ZEvent-Signature", b"mac=\xff\xfe")]
+        assert await _raw_post(hook, odd, raw) == 403
+
+
+def test_a_photo_link_with_odd_signature_characters_is_invalid():
+    links = PhotoLinks(None, Keyring(b"k" * 32), "https://tinbao.example")  # type: ignore[arg-type]
+    sha256, expires, _ = links.link("a" * 64).rsplit("/", 3)[1:]
+    assert not links.valid(sha256, expires, "\udcff\udcfe")
+
+
+async def test_a_polled_update_survives_a_failing_spool(service, zalo_bot, tmp_path):
+    """Polling hands an update out once: when the spool cannot write it, the database inbox
+    keeps it and it is still answered."""
+    spool = service.spool.spool
+    spool.load()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    spool.directory = blocker / "spool"  # every write fails (NotADirectoryError)
+    failures = spool.failures
+    user = ZaloUser("7005")
+    sent = await say(service, zalo_bot, user.text("/start"))
+    assert spool.failures > failures
+    assert sent and sent[0].startswith(t("vi", "greet.intro"))

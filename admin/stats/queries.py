@@ -8,7 +8,6 @@ Only the month-by-day chart reads ``reports`` directly (one month, by the create
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -19,7 +18,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.schema import Column
 
 from admin.queries import Period, _dialect
-from handlers.localtime import to_local
+from handlers.localtime import to_local, utc_offset, zone_name
 from storage.models import Report, stats_received, stats_resolved
 from storage.stats_rollup import (
     ACK_COLUMNS,
@@ -308,10 +307,18 @@ async def daily(
     """Reports per local day of a month, read from ``reports`` (every day, zeros included)."""
     assert period.month is not None
     day: Any
+    offset = utc_offset(period.start)
     if _dialect(session) == "postgresql":
-        day = func.extract("day", func.timezone("Asia/Ho_Chi_Minh", Report.created_at))
-    else:
-        day = func.cast(func.strftime("%d", Report.created_at, "+7 hours"), Integer())
+        name = zone_name()
+        local = (
+            func.timezone(name, Report.created_at)
+            if name is not None
+            else func.timezone("UTC", Report.created_at) + offset
+        )
+        day = func.extract("day", local)
+    else:  # SQLite keeps UTC text: shifted by the zone's offset in that month
+        minutes = f"{int(offset.total_seconds() // 60):+d} minutes"
+        day = func.cast(func.strftime("%d", Report.created_at, minutes), Integer())
     stmt = (
         select(day, func.count())
         .where(Report.created_at >= period.start, Report.created_at < period.end)
@@ -330,7 +337,3 @@ def growth(now: int | float | None, before: int | float | None) -> float | None:
     if now is None or before is None or before == 0:
         return None
     return (float(now) - float(before)) * 100.0 / float(before)
-
-
-def nonzero(items: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
-    return [(k, v) for k, v in items if v]

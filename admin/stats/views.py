@@ -28,6 +28,7 @@ from admin.context import (
 )
 from admin.exports import rows as export_rows
 from admin.exports import to_csv, to_xlsx
+from admin.params import BadParameter, integer
 from admin.queries import Period
 from admin.scope import in_queue
 from admin.security import CSP_SVG
@@ -292,9 +293,9 @@ async def stats_units(request: web.Request) -> web.StreamResponse:
     rows = sorted(data["units"], key=keys[sort], reverse=descending)
     size = panel_of(request).settings.page_size
     pages = max(1, -(-len(rows) // size))
-    try:
-        page = min(max(1, int(request.query.get("page", "1"))), pages)
-    except ValueError:
+    try:  # ASCII digits only, 1 or more; anything else shows the first page
+        page = min(integer(request.query.get("page", "1"), "page"), pages)
+    except BadParameter:
         page = 1
     return render(
         request,

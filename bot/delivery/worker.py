@@ -26,10 +26,9 @@ import contextlib
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import and_, case, func, select
@@ -37,8 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 from telegram import Bot, Message
 from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
-from telegram.warnings import PTBDeprecationWarning
 
+from bot.answers import retry_after_seconds
 from bot.delivery.folding import Planner
 from bot.delivery.leases import Leases, claimable, enqueue_once, insert_ignoring
 from bot.delivery.officers import SENT_KINDS, Call, OfficerSender, is_chat_gone
@@ -89,15 +88,6 @@ class DeliveryStats:
     timers_fired: int = 0
     rate_limited: int = 0
     transient_errors: int = 0
-
-
-def _retry_after_seconds(exc: RetryAfter) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value = exc.retry_after
-    if isinstance(value, timedelta):
-        return max(1.0, value.total_seconds())
-    return max(1.0, float(value))
 
 
 def resolve(queue_map: QueueMap, destination: str) -> Target | None:
@@ -446,7 +436,7 @@ class DeliveryWorker:
             log.warning("outbox row %d was taken over by another worker", row.id)
             return "stop"
         except RetryAfter as exc:
-            seconds = _retry_after_seconds(exc)
+            seconds = retry_after_seconds(exc)
             self.stats.rate_limited += 1
             self.pacer.on_flood(target.chat_id, seconds)
             await self._release(job, seconds, error=error_text(exc), failed=True)

@@ -51,5 +51,6 @@ def add_citizen_routes(app: web.Application, service: Service) -> None:
     r.add_post("/status", page(status.status_check))
     r.add_get(status.VIEW, page(status.status_view))
     r.add_post(status.VIEW, page(status.status_add))
+    r.add_get(status.PHOTO, page(status.status_photo))
     r.add_get("/favicon.ico", page(no_icon))
     r.add_static("/assets/", HERE / "static", append_version=True)

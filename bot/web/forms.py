@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import BodyPartReader, web
 
-from handlers.citizen.draft import check_description, check_short_text
+from handlers.citizen.draft import check_short_text
 from handlers.media import MAX_DOWNLOAD_BYTES
 from handlers.text import clean_text
 
@@ -95,10 +95,6 @@ async def read_form(request: web.Request, *, max_total: int, max_files: int) -> 
 
 def text(form: Form, name: str, limit: int) -> str:
     return clean_text(form.get(name))[:limit]
-
-
-def description_error(value: str) -> str | None:
-    return check_description(value)
 
 
 def short_text_error(value: str) -> str | None:

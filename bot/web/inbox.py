@@ -4,11 +4,15 @@ The web cannot push a message to a browser, so a message to a web tipster (a que
 police, a status change, a reward) is written into their inbox: the channel's conversation row,
 keyed like every other citizen by a keyed hash of the channel and the inbox id. Each message is
 encrypted with the service key; the status page decrypts them after the code and PIN are proven.
+An officer's photo is kept as its content hash inside the sealed message (the image itself stays
+in the media store, as the ``to_citizen`` relay message's blob); the status page serves it only
+behind the proven PIN (``status_pages.status_photo``).
 The inbox id itself is only ever stored inside the report's encrypted contact route.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +45,8 @@ def inbox_key(keyring: Keyring, inbox_id: str) -> str:
 class InboxMessage:
     at: datetime
     text: str
+    #: The sha256 of an officer's photo sent with the message, if any.
+    photo: str | None = None
 
 
 async def read_inbox(session: AsyncSession, keyring: Keyring, inbox_id: str) -> list[InboxMessage]:
@@ -51,11 +57,16 @@ async def read_inbox(session: AsyncSession, keyring: Keyring, inbox_id: str) -> 
     messages = []
     for item in (row.data or {}).get("inbox", []):
         try:
-            text = str(keyring.decrypt(str(item["m"])).get("text", ""))
+            sealed = keyring.decrypt(str(item["m"]))
             at = datetime.fromisoformat(str(item["at"]))
         except (KeyError, ValueError):
             continue
-        messages.append(InboxMessage(at, text))
+        photo = sealed.get("photo")
+        messages.append(
+            InboxMessage(
+                at, str(sealed.get("text", "")), photo if isinstance(photo, str) else None
+            )
+        )
     return messages
 
 
@@ -107,9 +118,14 @@ class WebInbox:
                 now = self.clock()
                 items = list((row.data or {}).get("inbox", []))
                 for reply in replies:
-                    if reply.text:
-                        sealed = self.keyring.encrypt({"text": reply.text})
-                        items.append({"at": now.isoformat(), "m": sealed})
+                    if not reply.text and not reply.photo:
+                        continue
+                    message: dict[str, str] = {"text": reply.text}
+                    if reply.photo:
+                        # The image stays in the media store; the page asks for it by hash.
+                        message["photo"] = hashlib.sha256(reply.photo).hexdigest()
+                    sealed = self.keyring.encrypt(message)
+                    items.append({"at": now.isoformat(), "m": sealed})
                 row.data = {**(row.data or {}), "inbox": items[-INBOX_LIMIT:]}
                 row.updated_at = now
         except SendError:

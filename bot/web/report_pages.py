@@ -27,7 +27,7 @@ from bot.web.forms import (
 )
 from bot.web.guard import FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import inbox_key, new_inbox_id
-from bot.web.site import Site, render, site_of
+from bot.web.site import DATABASE_ERRORS, Site, database_failed, render, site_of
 from handlers.channels import ChannelName
 from handlers.citizen.accident import INJURED, PLACE_MATCH_SURE
 from handlers.citizen.draft import (
@@ -174,13 +174,30 @@ def resolve_unit(site: Site, form: Form, checked: Checked) -> tuple[str | None, 
     return None, False
 
 
+def database_down(
+    request: web.Request, template: str, checked: Checked, exc: BaseException
+) -> web.Response:
+    """The form again, as typed, with the form-level "not stored, try again, call 113" error."""
+    database_failed(request, exc)
+    checked.errors["form"] = t(checked.locale, "web.err.database")
+    return form_page(request, template, checked, status=503)
+
+
 async def tip_submit(request: web.Request) -> web.StreamResponse:
     site = site_of(request)
-    settings = site.service.settings
-    read = await read_checked(request, max_files=settings.max_media_per_report)
+    read = await read_checked(request, max_files=site.service.settings.max_media_per_report)
     if read is None:
         return refused(request)
     form, checked = read
+    try:
+        return await _tip(request, form, checked)
+    except DATABASE_ERRORS as exc:
+        return database_down(request, "tip.html", checked, exc)
+
+
+async def _tip(request: web.Request, form: Form, checked: Checked) -> web.StreamResponse:
+    site = site_of(request)
+    settings = site.service.settings
     locale, errors = checked.locale, checked.errors
     category = form.get("category")
     if category not in CATEGORIES:
@@ -228,11 +245,18 @@ async def tip_submit(request: web.Request) -> web.StreamResponse:
 
 
 async def accident_submit(request: web.Request) -> web.StreamResponse:
-    site = site_of(request)
     read = await read_checked(request, max_files=1)
     if read is None:
         return refused(request)
     form, checked = read
+    try:
+        return await _accident(request, form, checked)
+    except DATABASE_ERRORS as exc:
+        return database_down(request, "accident.html", checked, exc)
+
+
+async def _accident(request: web.Request, form: Form, checked: Checked) -> web.StreamResponse:
+    site = site_of(request)
     locale, errors = checked.locale, checked.errors
     place = text(form, "place_q", FIELD_MAX)
     point = coordinates(form)

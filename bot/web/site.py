@@ -11,7 +11,10 @@ from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from bot.outage import DatabaseDown
 from bot.web.guard import (
     CSRF_FIELD,
     Challenges,
@@ -28,6 +31,30 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
+
+#: The database is down or unreachable while a form is being stored: the page is shown again
+#: with what was typed, and a form-level error (``web.err.database``), status 503. (asyncpg's
+#: refused connection is a plain ``OSError``; the pool's wait is SQLAlchemy's ``TimeoutError``.)
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    DatabaseDown,
+    OperationalError,
+    InterfaceError,
+    DBAPIError,
+    PoolTimeout,
+    OSError,
+)
+
+
+def database_failed(request: web.Request, exc: BaseException) -> None:
+    """Log a form that could not be stored (the error's kind only: no client detail)."""
+    log.warning(
+        "citizen page %s %s: database unavailable (%s)",
+        request.method,
+        request.path,
+        type(exc).__name__,
+    )
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -8,7 +8,9 @@ add evidence, which takes the chat's relay path to the officers.
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -16,25 +18,34 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.web.evidence import seal, take_evidence
-from bot.web.forms import FIELD_MAX, FormTooLarge, read_form, text
+from bot.web.forms import FIELD_MAX, Form, FormTooLarge, read_form, text
 from bot.web.guard import FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import read_inbox
-from bot.web.site import render, site_of
-from handlers.cards import local_time
+from bot.web.site import DATABASE_ERRORS, database_failed, render, site_of
 from handlers.channels import ChannelName
 from handlers.citizen.draft import DESCRIPTION_MAX
 from handlers.citizen.relay import CLOSED, pass_to_officers
 from handlers.citizen.status import pin_report, reward_notice
 from handlers.i18n import t
+from handlers.localtime import format_datetime
 from handlers.security import format_code, parse_code, parse_pin
 from handlers.text import substance
-from storage.models import ContactRoute, RelayMessage, Report
+from storage.models import ContactRoute, MediaBlob, RelayMessage, Report
+from storage.repositories import RateLimits
 from storage.types import utcnow
 
 INBOX_COOKIE = "tb_inbox"
 #: How long a proven PIN keeps the report open in this browser.
 OPEN_FOR = 30 * 60
 VIEW = "/status/report"
+#: An officer's photo on the status page, by its content hash (behind the same cookie).
+PHOTO = "/status/photo/{sha256}"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Answers (a message and its evidence count as one) one browser connection may send on one
+#: report within :data:`ANSWER_WINDOW`: officers' groups are not to be flooded from the page.
+RATE_ANSWER = "web_answer"
+ANSWER_LIMIT = 20
+ANSWER_WINDOW = timedelta(minutes=60)
 
 
 async def status_form(request: web.Request) -> web.StreamResponse:
@@ -120,7 +131,7 @@ async def show_report(
         "status.line",
         code=format_code(report.code),
         status=t(locale, f"status.{report.status}"),
-        received=local_time(report.created_at),
+        received=format_datetime(report.created_at),
     )
     outcome = (
         t(locale, f"outcome.citizen.{report.outcome}")
@@ -140,7 +151,10 @@ async def show_report(
         status=status,
         line=line,
         outcome=outcome,
-        messages=[(local_time(m.at), m.text) for m in messages],
+        messages=[
+            (format_datetime(m.at), m.text, PHOTO.format(sha256=m.photo) if m.photo else None)
+            for m in messages
+        ],
         reward=t(locale, reward[0], **reward[1]) if reward is not None else None,
         open=report.status not in CLOSED,
         needs_info=report.status == "needs_info",
@@ -150,6 +164,67 @@ async def show_report(
         kept=seal(site.keyring, media or []),
         kept_count=len(media or []),
         max_media=site.service.settings.max_media_per_report,
+        unavailable=False,
+    )
+
+
+def answer_not_stored(
+    request: web.Request, locale: str, message: str, media: list[dict[str, Any]]
+) -> web.Response:
+    """The answer form again, as typed, when the database is down: the report itself cannot be
+    read, so only the form and the form-level error are shown (status 503)."""
+    site = site_of(request)
+    return render(
+        request,
+        "status_view.html",
+        status=503,
+        line="",
+        outcome=None,
+        messages=[],
+        reward=None,
+        open=True,
+        needs_info=False,
+        sent=False,
+        errors={"form": t(locale, "web.err.database")},
+        message=message,
+        kept=seal(site.keyring, media),
+        kept_count=len(media),
+        max_media=site.service.settings.max_media_per_report,
+        unavailable=True,
+    )
+
+
+async def status_photo(request: web.Request) -> web.StreamResponse:
+    """An officer's photo to the tipster of the report opened in this browser: only behind the
+    proven PIN, only an image sent to this report's tipster (never evidence), never cached.
+    Anything else is a 404 that says nothing."""
+    sha256 = request.match_info["sha256"]
+    if not _SHA256.fullmatch(sha256):
+        raise web.HTTPNotFound
+    site = site_of(request)
+    async with site.service.session_factory() as session:
+        report = await opened_report(request, session)
+        if report is None:
+            raise web.HTTPNotFound
+        found = (
+            await session.execute(
+                select(MediaBlob.mime, MediaBlob.content)
+                .join(RelayMessage, RelayMessage.blob_id == MediaBlob.id)
+                .where(
+                    MediaBlob.sha256 == sha256,
+                    RelayMessage.report_id == report.id,
+                    RelayMessage.direction == "to_citizen",
+                )
+                .limit(1)
+            )
+        ).first()
+    if found is None:
+        raise web.HTTPNotFound
+    mime, content = found
+    return web.Response(
+        body=content,
+        content_type=mime,
+        headers={"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"},
     )
 
 
@@ -169,11 +244,26 @@ async def status_add(request: web.Request) -> web.StreamResponse:
     locale = locale_of(request, settings.default_locale)
     if not csrf_ok(request, form.get("csrf")):
         return render(request, "message.html", status=403, message="web.err.csrf")
-    errors: dict[str, str] = {}
     message = text(form, "message", FIELD_MAX)
+    media: list[dict[str, Any]] = []
+    try:
+        return await _add(request, form, locale, message, media)
+    except DATABASE_ERRORS as exc:
+        database_failed(request, exc)
+        return answer_not_stored(request, locale, message, media)
+
+
+async def _add(
+    request: web.Request, form: Form, locale: str, message: str, media: list[dict[str, Any]]
+) -> web.StreamResponse:
+    """Check and store an answer; ``media`` is filled with the evidence kept, so that it is
+    offered again if the database fails after it was stored."""
+    site = site_of(request)
+    settings = site.service.settings
+    errors: dict[str, str] = {}
     if len(message) > DESCRIPTION_MAX:
         errors["message"] = t(locale, "err.too_long", limit=DESCRIPTION_MAX)
-    media = await take_evidence(
+    media += await take_evidence(
         site.service.session_factory,
         site.keyring,
         form,
@@ -200,6 +290,21 @@ async def status_add(request: web.Request) -> web.StreamResponse:
             )
         if report.status in CLOSED:
             return render(request, "message.html", status=409, message="relay.closed")
+        limits = RateLimits(session)
+        rate_key = site.keyring.keyed_hash(RATE_ANSWER, f"{site.clients.key(request)}:{report.id}")
+        if await limits.count(RATE_ANSWER, rate_key, ANSWER_WINDOW) >= ANSWER_LIMIT:
+            minutes = int(ANSWER_WINDOW.total_seconds() // 60)
+            return await show_report(
+                request,
+                session,
+                report,
+                locale,
+                status=429,
+                errors={"form": t(locale, "web.err.answer_rate_limited", minutes=minutes)},
+                message=message,
+                media=media,
+            )
+        limits.hit(RATE_ANSWER, rate_key)
         addition = report.status != "needs_info"
         now = utcnow()
         if substance(message):

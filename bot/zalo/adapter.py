@@ -129,6 +129,10 @@ class ZaloAdapter(ABC):
         self._queue.put_nowait(row_id)
         return True
 
+    def queue_stored(self, row_id: int) -> None:
+        """Handle an update already stored in the inbox (the worker takes it)."""
+        self._queue.put_nowait(row_id)
+
     def start_worker(self) -> None:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"{self.channel_name}-inbox")

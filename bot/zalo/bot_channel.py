@@ -42,6 +42,8 @@ from handlers.events import Attachment, Message, Sender
 from handlers.security import Keyring
 
 log = logging.getLogger(__name__)
+#: Polled updates held in memory while neither the spool nor the database can keep them.
+UNKEPT_LIMIT = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -162,6 +164,8 @@ class ZaloBotChannel(ZaloAdapter):
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
+        #: Polled updates that neither the spool nor the database could keep yet.
+        self._unkept: list[dict[str, Any]] = []
         self.client: ZaloBotClient | None = None
         self.photo_links = PhotoLinks(session_factory, keyring, settings.public_url)
         inbox = Inbox(session_factory, keyring, ChannelName.ZALO_BOT)
@@ -246,11 +250,35 @@ class ZaloBotChannel(ZaloAdapter):
             self._state = "running: polling"
             if body is None:
                 continue
-            for update in unwrap(body):
-                try:
-                    await self.accept(update)
-                except SpoolError:  # handed out once: nothing else can keep it (logged)
-                    continue
+            for update in [*self._unkept, *unwrap(body)]:
+                await self._keep(update)
+
+    async def _keep(self, update: dict[str, Any]) -> None:
+        """Polling hands an update out once, so it is never dropped: written to the spool; if
+        the spool's disk fails, stored in the database inbox and handled from there; if that
+        fails too, held in memory (bounded) and tried again at the next poll."""
+        with contextlib.suppress(ValueError):
+            self._unkept.remove(update)
+        try:
+            await self.accept(update)
+            return
+        except SpoolError:
+            pass
+        message_id = self.message_id(update)
+        if message_id is None:
+            return
+        try:
+            row_id = await self.inbox.put(message_id, update)
+        except Exception as exc:
+            log.warning(
+                "Zalo bot: an update could be neither spooled nor stored (%s); held in memory",
+                type(exc).__name__,
+            )
+            if len(self._unkept) < UNKEPT_LIMIT:
+                self._unkept.append(update)
+            return
+        if row_id is not None:
+            self.queue_stored(row_id)
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -278,12 +306,13 @@ class ZaloBotChannel(ZaloAdapter):
         """Check the secret header (constant time), reject bad JSON with 400, store, answer."""
         secret = self.settings.zalo_bot_webhook_secret
         expected = secret.get_secret_value().encode() if secret is not None else b""
-        given = request.headers.get(SECRET_HEADER, "").encode()
+        # aiohttp decodes header bytes with surrogateescape: encode them back the same way.
+        given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "surrogateescape")
         if not expected or not hmac.compare_digest(given, expected):
             return web.Response(status=403, text="forbidden")
         try:
             updates = unwrap(json.loads(await request.read()))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
             return web.Response(status=400, text="bad update")
         if not updates:
             return web.Response(status=400, text="bad update")

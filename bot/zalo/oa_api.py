@@ -50,7 +50,8 @@ def signature(app_id: str, body: bytes, timestamp: str, oa_secret_key: str) -> s
 
 def signature_ok(given: str, app_id: str, body: bytes, timestamp: str, key: str) -> bool:
     expected = signature(app_id, body, timestamp, key)
-    return hmac.compare_digest(given.strip().lower().encode(), expected.encode())
+    given_bytes = given.strip().lower().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given_bytes, expected.encode())
 
 
 class ZaloOAClient:

@@ -270,7 +270,7 @@ class ZaloOAChannel(ZaloAdapter):
         raw = await request.read()
         try:
             event = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
             event = None
         if not isinstance(event, dict):
             return web.Response(status=400, text="bad event")

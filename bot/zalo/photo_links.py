@@ -66,7 +66,7 @@ class PhotoLinks:
             return False
         if int(expires) < self.clock() or int(expires) > self.clock() + LINK_SECONDS + 60:
             return False
-        given = signature.encode()
+        given = signature.encode("utf-8", "surrogateescape")
         return any(
             hmac.compare_digest(given, expected.encode())
             for expected in self.keyring.keyed_hashes(_SCOPE, f"{sha256}:{expires}")

@@ -64,11 +64,6 @@ def _meaning(data: str) -> tuple[str, ...]:
     return MEANINGS.get(parts[1] if len(parts) == 2 else "", ())
 
 
-def is_way_out_text(text: str) -> bool:
-    folded = fold(text)
-    return folded == str(WAY_OUT_NUMBER) or folded in words("cancel")
-
-
 def pick(text: str, choices: Iterable[list[Any]], *, fuzzy: bool = True) -> str | None:
     """The button data ``text`` chooses, :data:`WAY_OUT`, or ``None`` when it names none.
 

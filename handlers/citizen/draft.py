@@ -73,10 +73,6 @@ class Draft:
         """The fields a tip cannot be sent without, in the order they are asked."""
         return [name for name in ("category", "description") if not self.raw.get(name)]
 
-    def set_text(self, name: str, text: str) -> None:
-        """Store a typed answer (description, a time, a place) under ``name``."""
-        self.raw[name] = text
-
 
 @dataclass(frozen=True)
 class DraftInput:

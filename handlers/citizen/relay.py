@@ -43,7 +43,7 @@ from handlers.text import clean_text, substance
 from storage.models import ContactRoute, OutboxMessage, RelayMessage, Report
 from storage.repositories import Media, Reports
 
-#: The outbox kind of a message to a tipster (see ``bot/citizen_delivery.py``).
+#: The outbox kind of a message to a tipster (see ``bot/delivery/citizens.py``).
 CITIZEN_MESSAGE = "citizen_message"
 #: Where the delivery keeps the channel's id of a sent question, in the row's payload.
 SENT_MESSAGE_ID = "sent_message_id"
