@@ -1,10 +1,14 @@
-"""What both Zalo channels share: the durable inbox, ordered handling per chat, the dispatcher,
+"""What both Zalo channels share: intake through the spool, redelivery keys, the dispatcher,
 and the replies (plain text, and an officer's photo).
 
-An update is stored in the :class:`~bot.zalo.inbox.Inbox` first, then handled by a worker:
-updates of one chat in order, different chats concurrently. The update becomes a neutral
-:class:`~handlers.events.Message` (the Zalo user id only reaches the flow, which keeps its keyed
-hash and encrypts the route back); the :class:`~handlers.events.Outcome` is rendered as text.
+An update is written to the spool first (:mod:`bot.spool`, fsync'd; the composition root sets
+it with :meth:`ZaloAdapter.use_spool`), which is its one durable store and its one way in: the
+spool hands it back, updates of one chat in order and different chats concurrently, and replays
+what is left after a crash or while the database was down. The
+:class:`~bot.zalo.inbox.Inbox` only recognises a message id Zalo delivers twice (claim, done,
+and a purge of old keys). The update becomes a neutral :class:`~handlers.events.Message` (the
+Zalo user id only reaches the flow, which keeps its keyed hash and encrypts the route back); the
+:class:`~handlers.events.Outcome` is rendered as text.
 """
 
 from __future__ import annotations
@@ -45,10 +49,7 @@ class ZaloAdapter(ABC):
         self.inbox = inbox
         self.fetcher = fetcher
         self._state = "starting"
-        self._queue: asyncio.Queue[int] = asyncio.Queue()
-        self._chat_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._worker: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
         #: Updates fully handled (replies sent); waiters are woken on each one (tests).
         self.updates_handled = 0
         self._handled = asyncio.Condition()
@@ -112,78 +113,35 @@ class ZaloAdapter(ABC):
     # ------------------------------------------------------------------ receiving
 
     async def accept(self, update: dict[str, Any]) -> bool:
-        """Store ``update`` and queue it; ``False`` when it was ignored or seen before.
-
-        With the spool, it is written there (raising :class:`~bot.spool.SpoolError` when even
-        that fails) and handled from it: the database may be down."""
-        message_id = self.message_id(update)
-        if message_id is None:
+        """Write ``update`` to the spool, which hands it back to :meth:`_from_spool`; ``False``
+        when it is not a message. Raises :class:`~bot.spool.SpoolError` when it is not written
+        (the sender must deliver it again)."""
+        if self.message_id(update) is None:
             return False
-        if self.spool is not None:
-            await self.spool.submit(str(self.channel_name), update)
-            return True
-        row_id = await self.inbox.put(message_id, update)
-        if row_id is None:
-            log.info("%s: a redelivered message was ignored", self.channel_name)
-            return False
-        self._queue.put_nowait(row_id)
+        if self.spool is None:
+            raise RuntimeError(f"{self.channel_name}: use_spool() before accepting updates")
+        await self.spool.submit(str(self.channel_name), update)
         return True
 
-    def queue_stored(self, row_id: int) -> None:
-        """Handle an update already stored in the inbox (the worker takes it)."""
-        self._queue.put_nowait(row_id)
+    def start_purging(self) -> None:
+        """Forget old redelivery keys now and then."""
+        if self._purger is None or self._purger.done():
+            self._purger = asyncio.create_task(self._purge(), name=f"{self.channel_name}-purge")
 
-    def start_worker(self) -> None:
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._work(), name=f"{self.channel_name}-inbox")
-
-    async def stop_worker(self) -> None:
-        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+    async def stop_purging(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._worker = None
-        self._tasks.clear()
+                await self._purger
+            self._purger = None
 
-    async def _work(self) -> None:
-        for row_id, pending in await self.inbox.pending():
-            self._spawn(row_id, pending)
-        last_purge = asyncio.get_running_loop().time()
+    async def _purge(self) -> None:
         while True:
-            row_id = await self._queue.get()
-            stored = await self.inbox.get(row_id)
-            if stored is not None:
-                self._spawn(row_id, stored)
-            now = asyncio.get_running_loop().time()
-            if now - last_purge > PURGE_INTERVAL:
-                last_purge = now
-                with contextlib.suppress(Exception):
-                    await self.inbox.purge()
-
-    def _spawn(self, row_id: int, update: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._handle(row_id, update))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _handle(self, row_id: int, update: dict[str, Any]) -> None:
-        try:
-            message = self.to_message(update)
-            if message is None:
-                await self.inbox.done(row_id)
-                return
-            async with self._chat_lock(message.sender.chat_id):
-                await self._process(message)
-                await self.inbox.done(row_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the update stays in the inbox and is tried again at the next start
-            log.exception("%s: an update could not be handled", self.channel_name)
-        finally:
-            async with self._handled:
-                self.updates_handled += 1
-                self._handled.notify_all()
+            await asyncio.sleep(PURGE_INTERVAL)
+            try:
+                await self.inbox.purge()
+            except Exception as exc:  # tried again at the next interval
+                log.warning("%s: old message ids not purged (%s)", self.channel_name, exc)
 
     async def _from_spool(self, update: dict[str, Any]) -> bool:
         """Handle a spooled update: ``False`` while the database is down (it stays spooled).
@@ -242,20 +200,6 @@ class ZaloAdapter(ABC):
             # The flow's state is committed; the citizen sees the next prompt on their next
             # message. Never log the chat id.
             log.warning("%s: a reply was not delivered: %s", self.channel_name, exc.reason)
-
-    @contextlib.asynccontextmanager
-    async def _chat_lock(self, chat_id: str) -> Any:
-        lock, users = self._chat_locks.get(chat_id, (asyncio.Lock(), 0))
-        self._chat_locks[chat_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._chat_locks[chat_id]
-            if users <= 1:
-                del self._chat_locks[chat_id]
-            else:
-                self._chat_locks[chat_id] = (lock, users - 1)
 
     async def wait_handled(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until ``count`` updates in all have been handled (tests)."""

@@ -3,7 +3,9 @@
 Updates arrive by long polling (``getUpdates``, one update per call, no offset; a 408 means
 "nothing yet") or, with ``TINBAO_ZALO_BOT_WEBHOOK_URL`` set, by webhook at
 ``POST /zalo/bot/webhook`` with the ``X-Bot-Api-Secret-Token`` header. Either way the update is
-stored before anything else (:mod:`bot.zalo.inbox`). Group chats and bots are ignored.
+written to the spool before anything else (:mod:`bot.spool`; a polled update the spool cannot
+write is handled at once instead, or held in memory while the database is down too). Group
+chats and bots are ignored.
 
 An officer's photo goes out by ``sendPhoto`` with a short-lived signed link to tinbao's own
 server (:mod:`bot.zalo.photo_links`), since the API takes a URL, not bytes.
@@ -215,7 +217,7 @@ class ZaloBotChannel(ZaloAdapter):
             max_bytes=self.settings.zalo_media_max_bytes,
             timeout=self.settings.zalo_media_timeout,
         )
-        self.start_worker()
+        self.start_purging()
         self._poller = asyncio.create_task(self._run(), name="zalo-bot")
 
     async def _run(self) -> None:
@@ -254,9 +256,10 @@ class ZaloBotChannel(ZaloAdapter):
                 await self._keep(update)
 
     async def _keep(self, update: dict[str, Any]) -> None:
-        """Polling hands an update out once, so it is never dropped: written to the spool; if
-        the spool's disk fails, stored in the database inbox and handled from there; if that
-        fails too, held in memory (bounded) and tried again at the next poll."""
+        """Polling hands an update out once, so it is never dropped for a failing disk: written
+        to the spool; if the spool cannot write it, handled at once (the inbox still recognises
+        a redelivery); if the database is down too, held in memory (bounded) and tried again at
+        the next poll."""
         with contextlib.suppress(ValueError):
             self._unkept.remove(update)
         try:
@@ -264,21 +267,15 @@ class ZaloBotChannel(ZaloAdapter):
             return
         except SpoolError:
             pass
-        message_id = self.message_id(update)
-        if message_id is None:
-            return
         try:
-            row_id = await self.inbox.put(message_id, update)
-        except Exception as exc:
-            log.warning(
-                "Zalo bot: an update could be neither spooled nor stored (%s); held in memory",
-                type(exc).__name__,
-            )
+            handled = await self._from_spool(update)
+        except Exception as exc:  # as the spool does: logged (no content) and dropped
+            log.error("Zalo bot: an unspooled update failed (%s); dropped", type(exc).__name__)
+            return
+        if not handled:
+            log.warning("Zalo bot: an update could be neither spooled nor stored; held in memory")
             if len(self._unkept) < UNKEPT_LIMIT:
                 self._unkept.append(update)
-            return
-        if row_id is not None:
-            self.queue_stored(row_id)
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -286,7 +283,7 @@ class ZaloBotChannel(ZaloAdapter):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
             self._poller = None
-        await self.stop_worker()
+        await self.stop_purging()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -1,11 +1,11 @@
-"""Zalo updates written down before anything is done with them.
+"""The redelivery keys of the Zalo channels.
 
-Zalo's ``getUpdates`` hands each update out once, with no offset to confirm, and the OA webhook
-must answer within a second while Zalo retries slow deliveries. So an update is first stored,
-encrypted (it carries the citizen's Zalo id), under a keyed hash of its message id; a second
-delivery of the same message id is recognised by the unique key and dropped. The update is then
-handled, and its payload dropped. After a crash, what was stored and not handled is handled at
-the next start.
+Zalo retries slow deliveries (the OA webhook) and may hand a message out again. Updates come in
+through the spool (:mod:`bot.spool`), which keeps and replays them; when the spool hands one
+back it is claimed here: a row under a keyed hash of its message id, the update encrypted in it
+(it carries the citizen's Zalo id) while it is handled. A second delivery of a message id already
+handled is recognised by the unique key and dropped; one claimed and not finished (a crash in
+between) is handled again. When handled, the payload is dropped and the key kept for a week.
 """
 
 from __future__ import annotations
@@ -86,34 +86,6 @@ class Inbox:
                 )
             )
         return int(found) if found is not None else None
-
-    async def pending(self) -> list[tuple[int, dict[str, Any]]]:
-        """Stored updates not handled yet, oldest first."""
-        async with self.session_factory() as session:
-            rows = (
-                await session.execute(
-                    select(ZaloInbox.id, ZaloInbox.payload)
-                    .where(ZaloInbox.channel == self.channel, ZaloInbox.handled_at.is_(None))
-                    .order_by(ZaloInbox.id)
-                )
-            ).all()
-        result: list[tuple[int, dict[str, Any]]] = []
-        for row_id, payload in rows:
-            try:
-                result.append((row_id, self.keyring.decrypt(payload or "")))
-            except ValueError:
-                log.error("Zalo inbox row %d cannot be decrypted with this key; skipped", row_id)
-                await self.done(row_id)
-        return result
-
-    async def get(self, row_id: int) -> dict[str, Any] | None:
-        async with self.session_factory() as session:
-            payload = await session.scalar(
-                select(ZaloInbox.payload).where(
-                    ZaloInbox.id == row_id, ZaloInbox.handled_at.is_(None)
-                )
-            )
-        return self.keyring.decrypt(payload) if payload else None
 
     async def done(self, row_id: int) -> None:
         """Mark handled and drop the payload; the key stays to recognise a redelivery."""

@@ -2,8 +2,9 @@
 
 Zalo posts each event to ``POST /zalo/oa/webhook``, signed with ``X-ZEvent-Signature``. The
 signature is checked over the raw bytes in constant time (403 on a mismatch, nothing stored),
-an event older than :data:`REPLAY_WINDOW` is refused, and the event is stored in the inbox and
-answered at once; Zalo's retries are recognised by ``message.msg_id``.
+an event older than :data:`REPLAY_WINDOW` is refused, and the event is written to the spool
+(:mod:`bot.spool`) and answered at once (503 when it cannot be written, so that Zalo delivers it
+again); Zalo's retries are recognised by ``message.msg_id`` (:mod:`bot.zalo.inbox`).
 
 Events: ``user_send_text``, ``user_send_image``, ``user_send_location`` (coordinates in the
 attachment payload or in ``message.location``; both accepted), ``user_send_file``,
@@ -246,7 +247,7 @@ class ZaloOAChannel(ZaloAdapter):
             max_bytes=self.settings.zalo_media_max_bytes,
             timeout=self.settings.zalo_media_timeout,
         )
-        self.start_worker()
+        self.start_purging()
         try:
             await self.tokens.access_token()
             self._state = "running: webhook"
@@ -255,7 +256,7 @@ class ZaloOAChannel(ZaloAdapter):
             log.warning("Zalo OA: no access token yet (%s)", exc.reason)
 
     async def stop(self) -> None:
-        await self.stop_worker()
+        await self.stop_purging()
         if self._session is not None:
             await self._session.close()
             self._session = None
