@@ -20,8 +20,9 @@ import hashlib
 import io
 import logging
 import mimetypes
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, cast, get_args
+from typing import Any, Final, Literal, cast, get_args
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
@@ -302,15 +303,29 @@ def _encode(image: Image.Image) -> CleanImage:
 
 #: What the cleaner produces when it could clean: an officer's card says of any other file that
 #: it was not cleaned.
-CLEANED_MIMES: Final = frozenset({"image/jpeg", "image/png", "application/pdf", "video/mp4"})
+OGG_OPUS: Final = "audio/ogg; codecs=opus"
+OGG_VORBIS: Final = "audio/ogg; codecs=vorbis"
+CLEANED_MIMES: Final = frozenset(
+    {"image/jpeg", "image/png", "application/pdf", "video/mp4", OGG_OPUS, OGG_VORBIS}
+)
 #: The type given to a file that could not be recognised or cleaned: passed on as it is.
 UNCLEANED_MIME: Final = "application/octet-stream"
+#: An Ogg file that could not be cleaned (another codec, several streams, damaged): it keeps a
+#: plain Ogg type, so that officers can still play it, and the card says it was not cleaned.
+#: Voice notes stored before Ogg was cleaned have this type too.
+UNCLEANED_OGG: Final = "audio/ogg"
 _EXTENSIONS: Final = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
     "application/pdf": ".pdf",
     "video/mp4": ".mp4",
     "audio/ogg": ".ogg",
+}
+#: The header packet that opens each Ogg codec cleaned here, the start of its comment header
+#: packet, and that comment header with nothing in it (no vendor string, no comments).
+_OGG_CODECS: Final = {
+    b"OpusHead": (OGG_OPUS, b"OpusTags", b"OpusTags" + bytes(8)),
+    b"\x01vorbis": (OGG_VORBIS, b"\x03vorbis", b"\x03vorbis" + bytes(8) + b"\x01"),
 }
 
 #: ISO base media boxes walked into, and boxes that hold metadata (location, device, author,
@@ -342,7 +357,8 @@ def is_cleaned(mime: str | None) -> bool:
 
 def neutral_name(position: int, mime: str | None) -> str:
     """The name a file is re-sent under (``evidence-1.jpg``): never the sender's own name."""
-    return f"evidence-{position + 1}{_EXTENSIONS.get(mime or '', '.bin')}"
+    base = (mime or "").split(";", 1)[0].strip()
+    return f"evidence-{position + 1}{_EXTENSIONS.get(base, '.bin')}"
 
 
 def looks_like_image(data: bytes) -> bool:
@@ -362,31 +378,35 @@ def clean_evidence(data: bytes) -> CleanImage | CleanFile:
     Images are re-encoded by :func:`clean_image` (a :class:`CleanImage`, or refused with
     :class:`MediaRejected` when they cannot be); PDFs lose their document information and XMP
     metadata; MP4/MOV videos lose their ``udta``/``meta``/XMP boxes (GPS ``©xyz``, device,
-    author) and creation times. Any other file, or one that fails to clean, is kept unchanged
-    with ``cleaned`` false (an Ogg voice note keeps its type, so that officers can play it).
+    author) and creation times; Ogg Opus and Ogg Vorbis voice notes lose their comment header
+    (OpusTags / Vorbis comments: title, artist, device, encoder, any tag at all). Any other
+    file, or one that fails to clean, is kept unchanged with ``cleaned`` false (an Ogg file
+    keeps the type :data:`UNCLEANED_OGG`, so that officers can still play it).
     """
     if len(data) > MAX_DOWNLOAD_BYTES:
         raise MediaRejected("too_large")
     if looks_like_image(data):
         return clean_image(data)
-    cleaner = None
+    cleaner: Callable[[bytes], tuple[bytes, str]] | None = None
     if b"%PDF-" in data[:1024]:
-        cleaner, mime = _clean_pdf, "application/pdf"
+        cleaner = _clean_pdf
     elif data[4:8] == b"ftyp":
-        cleaner, mime = _clean_bmff, "video/mp4"
+        cleaner = _clean_bmff
+    elif data[:4] == b"OggS":
+        cleaner = _clean_ogg
     if cleaner is not None:
         try:
-            content = cleaner(data)
+            content, mime = cleaner(data)
         except Exception:  # a damaged or hostile file: passed on, marked as not cleaned
             log.warning("evidence file could not be cleaned; passed on marked as not cleaned")
         else:
             return CleanFile(content, mime, hashlib.sha256(content).hexdigest(), cleaned=True)
-    if data[:4] == b"OggS":  # a voice note: recognised, so it plays, but not cleaned
-        return CleanFile(data, "audio/ogg", hashlib.sha256(data).hexdigest(), cleaned=False)
+    if data[:4] == b"OggS":  # an Ogg file that could not be cleaned: it still plays
+        return CleanFile(data, UNCLEANED_OGG, hashlib.sha256(data).hexdigest(), cleaned=False)
     return CleanFile(data, UNCLEANED_MIME, hashlib.sha256(data).hexdigest(), cleaned=False)
 
 
-def _clean_pdf(data: bytes) -> bytes:
+def _clean_pdf(data: bytes) -> tuple[bytes, str]:
     """The PDF without its document information, XMP streams and application private data."""
     import pikepdf  # imported on first use: a start-up that never sees a PDF does not pay
 
@@ -400,16 +420,16 @@ def _clean_pdf(data: bytes) -> bytes:
                         del obj[key]
         out = io.BytesIO()
         pdf.save(out, fix_metadata_version=False, static_id=True)
-        return out.getvalue()
+        return out.getvalue(), "application/pdf"
 
 
-def _clean_bmff(data: bytes) -> bytes:
+def _clean_bmff(data: bytes) -> tuple[bytes, str]:
     """An MP4/MOV with its metadata boxes blanked out as ``free`` space of the same size."""
     if data[8:12] in _ISOBMFF_IMAGE_BRANDS:
         raise ValueError("an ISO image file, not a video")
     buffer = bytearray(data)
     _blank_boxes(buffer, 0, len(buffer))
-    return bytes(buffer)
+    return bytes(buffer), "video/mp4"
 
 
 def _blank_boxes(buffer: bytearray, start: int, end: int) -> None:
@@ -438,3 +458,62 @@ def _blank_boxes(buffer: bytearray, start: int, end: int) -> None:
             width = 8 if buffer[body] == 1 else 4
             buffer[body + 4 : body + 4 + 2 * width] = bytes(2 * width)
         position += size
+
+
+def _clean_ogg(data: bytes) -> tuple[bytes, str]:
+    """An Ogg Opus or Ogg Vorbis file with an empty comment header; the audio untouched.
+
+    Only one logical stream, read page by page to the last byte, is accepted: a chained or
+    multiplexed file, another codec (Speex, FLAC, Theora), bytes after the last page or a
+    damaged page raise, and the file is then passed on marked as not cleaned. The comment
+    header (the stream's second packet) is replaced by one with no vendor string and no
+    comment, and its pages are written anew (sequence numbers and checksums); every audio
+    page is kept as it was. The result is read back to check.
+    """
+    from mutagen.ogg import OggPage  # imported on first use, like pikepdf
+
+    pages = _ogg_pages(data)
+    head = pages[0].packets[0]
+    codec = next((spec for magic, spec in _OGG_CODECS.items() if head.startswith(magic)), None)
+    if codec is None:
+        raise ValueError("not Ogg Opus nor Ogg Vorbis")
+    mime, comment_magic, empty = codec
+    # Both codecs put the identification header alone on the first page and start the comment
+    # header on the second; the comment header's pages end where the next packet begins.
+    if len(pages[0].packets) != 1 or not pages[0].complete or len(pages) < 2:
+        raise ValueError("unexpected Ogg header pages")
+    old = [pages[1]]
+    while not (old[-1].complete or len(old[-1].packets) > 1):
+        if len(old) + 1 >= len(pages):
+            raise ValueError("truncated Ogg comment header")
+        old.append(pages[len(old) + 1])
+    packets = OggPage.to_packets(old, strict=False)
+    if not packets[0].startswith(comment_magic):
+        raise ValueError("no Ogg comment header where it belongs")
+    packets[0] = empty
+    fresh = OggPage.from_packets(packets, old[0].sequence)
+    stream = io.BytesIO(data)
+    OggPage.replace(stream, old, fresh)
+    cleaned = stream.getvalue()
+    check = _ogg_pages(cleaned)
+    if OggPage.to_packets(check[1:2], strict=False)[0] != empty:
+        raise ValueError("the Ogg comment header did not come out empty")
+    return cleaned, mime
+
+
+def _ogg_pages(data: bytes) -> list[Any]:
+    """Every page of a one-stream Ogg file, to its last byte; ``ValueError`` otherwise."""
+    from mutagen.ogg import OggPage
+
+    stream = io.BytesIO(data)
+    pages = []
+    while stream.tell() < len(data):
+        try:
+            pages.append(OggPage(stream))
+        except Exception as exc:  # mutagen's own error types, EOFError, struct errors
+            raise ValueError("not a well-formed Ogg page") from exc
+    if not pages or not pages[0].first or len({page.serial for page in pages}) != 1:
+        raise ValueError("not one Ogg stream")
+    if sum(page.size for page in pages) != len(data):
+        raise ValueError("bytes outside the Ogg pages")
+    return pages

@@ -292,7 +292,7 @@ class OfficerSender:
                 return lambda: bot.send_video(
                     video=upload, caption=caption, reply_parameters=reply, **common
                 )
-            if item.kind == "voice" and item.mime == "audio/ogg":
+            if item.kind == "voice" and (item.mime or "").startswith("audio/ogg"):
                 return lambda: bot.send_voice(
                     voice=upload, caption=caption, reply_parameters=reply, **common
                 )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from tests.standin.server import BotAPIStandIn
 
-__all__ = ["DEFAULT_GROUP_ID", "Group", "UpdateFactory", "User", "make_jpeg"]
+__all__ = ["DEFAULT_GROUP_ID", "Group", "UpdateFactory", "User", "make_jpeg", "make_ogg"]
 
 JSON = dict[str, Any]
 
@@ -140,6 +140,35 @@ def make_mp4(payload: bytes = b"\x01" * 32) -> bytes:
     mvhd = box(b"mvhd", b"\x00\x00\x00\x00" + MP4_CREATED * 2 + bytes(88))
     moov = box(b"moov", mvhd + box(b"udta", xyz))
     return box(b"ftyp", b"isom\x00\x00\x02\x00isomiso2mp41") + moov + box(b"mdat", payload)
+
+
+#: What :func:`make_ogg` writes into a voice note's tags, for tests to look for.
+OGG_TAGS: Final = {
+    "ARTIST": "Nguyen Van A 0912345678",
+    "LOCATION": "+10.3759+105.4185",
+    "ENCODER": "SpyPhone 9000 Recorder",
+}
+
+
+def make_ogg(codec: str = "opus", seconds: float = 0.5) -> bytes:
+    """A real Ogg voice note (``"opus"`` or ``"vorbis"``, a 440 Hz tone encoded by libsndfile)
+    whose comment header carries :data:`OGG_TAGS`, as a phone's recorder may write them."""
+    import mutagen
+    import numpy as np
+    import soundfile
+
+    rate = 48_000
+    times = np.arange(int(rate * seconds)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * times)).astype("float32")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, tone, rate, format="OGG", subtype=codec.upper())
+    buffer = io.BytesIO(buffer.getvalue())
+    tagged = mutagen.File(buffer)
+    assert tagged is not None and tagged.tags is not None
+    for name, value in OGG_TAGS.items():
+        tagged.tags[name] = [value]
+    tagged.save(buffer)
+    return buffer.getvalue()
 
 
 class UpdateFactory:
