@@ -201,6 +201,7 @@ async def _rotate(settings: Settings) -> str:
         await engine.dispose()
     lines = [f"  {name}: {count} re-encrypted" for name, count in report.reencrypted.items()]
     lines.append(f"  routes re-hashed: {report.routes_rehashed}")
+    lines.append(f"  PIN hashes wrapped: {report.pins_rewrapped}")
     return "keys rotated under TINBAO_SECRET_KEY:\n" + "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from handlers.key_rotation import (
     check_readable,
     reencrypt_batch,
     rehash_routes_batch,
+    rewrap_pins_batch,
 )
 from handlers.retention import RetentionPolicy, RetentionResult, apply_retention
 from handlers.security import Keyring
@@ -65,6 +66,7 @@ class RotationReport:
     pending: dict[str, int] = field(default_factory=dict)
     reencrypted: dict[str, int] = field(default_factory=dict)
     routes_rehashed: int = 0
+    pins_rewrapped: int = 0
 
 
 async def rotate_keys(
@@ -95,17 +97,28 @@ async def rotate_keys(
                 session, keyring, route_after, batch
             )
         report.routes_rehashed += changed
+    pin_after: int | None = None
+    more = True
+    while more:
+        async with session_factory() as session, session.begin():
+            pin_after, changed, more = await rewrap_pins_batch(session, keyring, pin_after, batch)
+        report.pins_rewrapped += changed
     async with session_factory() as session, session.begin():
         session.add(
             AuditEvent(
                 via="cli",
                 action="keys_rotated",
-                data={**report.reencrypted, "routes_rehashed": report.routes_rehashed},
+                data={
+                    **report.reencrypted,
+                    "routes_rehashed": report.routes_rehashed,
+                    "pins_rewrapped": report.pins_rewrapped,
+                },
             )
         )
     log.info(
-        "keys rotated: %s; %d routes re-hashed",
+        "keys rotated: %s; %d routes re-hashed; %d PIN hashes wrapped",
         ", ".join(f"{k} {v}" for k, v in report.reencrypted.items()),
         report.routes_rehashed,
+        report.pins_rewrapped,
     )
     return report

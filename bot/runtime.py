@@ -149,7 +149,7 @@ class Service:
         flow = CitizenFlow(
             settings=citizen_settings(settings),
             keyring=keyring,
-            pins=PinHasher(keyring.pin_key, previous=keyring.previous_pin_keys),
+            pins=PinHasher.for_keyring(keyring),
             catalogue=catalogue,
             places=PlaceIndex(catalogue.units),
             locator=locator,

@@ -1,8 +1,9 @@
 """Key rotation: every value encrypted under a previous key is re-encrypted under the current one.
 
 What is encrypted is listed in :data:`ENCRYPTED_FIELDS`, one :class:`EncryptedField` per
-(table, column), with a path for a value kept inside a JSON column. A new table with a secret
-(a channel's stored token, say) adds one line there, and ``tinbao keys rotate`` covers it.
+(table, column), with a path for a value kept inside a JSON column (and an item key for a list
+of sealed values there, as the web inbox keeps). A new table with a secret (a channel's stored
+token, say) adds one line there, and ``tinbao keys rotate`` covers it.
 
 The work is done in batches, each in the caller's transaction; the caller commits after each.
 A value already under the current key is skipped, so an interrupted rotation is resumed by
@@ -11,8 +12,11 @@ some value cannot be read with any configured key (a wrong or missing previous k
 
 Keyed hashes cannot be re-computed without what they hash, with one exception done here: the
 route back holds the tipster's chat, so a route's ``sender_key`` is moved to the current key
-when the previous key's hash of that chat matches it. Drafts move on first touch (see
-``Conversations.load``); rate-limit windows restart. docs/operations.md says more.
+when the previous key's hash of that chat matches it; a web route's inbox (a conversation
+under that same hash) moves with it (:func:`move_inbox`). PIN hashes are wrapped under the
+current key (:meth:`~handlers.security.PinHasher.rewrap`), so that they verify once the previous
+key is removed. Drafts move on first touch (see ``Conversations.load``); rate-limit windows
+restart. docs/operations.md says more.
 """
 
 from __future__ import annotations
@@ -22,11 +26,18 @@ from typing import Any
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import flag_modified
 
-from handlers.security import Keyring
-from storage.models import Base, ContactRoute
+from handlers.channels import ChannelName
+from handlers.security import Keyring, PinHasher
+from storage.models import Base, ContactRoute, Conversation, Report
+from storage.types import utcnow
 
 BATCH_SIZE = 500
+#: Where a web inbox keeps its sealed messages in its conversation's data (bot/web/inbox.py).
+INBOX_FIELD = "inbox"
+#: The most messages an inbox keeps (the oldest go first).
+INBOX_LIMIT = 100
 
 
 @dataclass(frozen=True)
@@ -37,10 +48,14 @@ class EncryptedField:
     column: str
     key: str = "id"
     path: tuple[str, ...] = ()
+    #: Set when the value at ``path`` is a list of objects, each holding a token under this key.
+    item: str | None = None
 
     @property
     def name(self) -> str:
-        return ".".join((self.table, self.column, *self.path))
+        return ".".join(
+            (self.table, self.column, *self.path, *((self.item,) if self.item else ()))
+        )
 
 
 #: Everything tinbao encrypts. Add a line for each new encrypted column.
@@ -51,6 +66,8 @@ ENCRYPTED_FIELDS: list[EncryptedField] = [
     EncryptedField("outbox", "payload", path=("secret",)),
     # A phone number left in a draft that is not yet submitted.
     EncryptedField("conversations", "data", key="key", path=("draft", "phone")),
+    # A web tipster's inbox: each message from the police, sealed (bot/web/inbox.py).
+    EncryptedField("conversations", "data", key="key", path=(INBOX_FIELD,), item="m"),
     # The Zalo OA's access and refresh tokens, and Zalo updates stored before they are handled.
     EncryptedField("zalo_tokens", "tokens", key="key"),
     EncryptedField("zalo_inbox", "payload"),
@@ -65,21 +82,58 @@ def _table(field: EncryptedField) -> Table:
     return Base.metadata.tables[field.table]
 
 
-def _get(value: Any, path: tuple[str, ...]) -> str | None:
+def _at(value: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         if not isinstance(value, dict):
             return None
         value = value.get(part)
-    return value if isinstance(value, str) else None
+    return value
 
 
-def _replace(value: dict[str, Any], path: tuple[str, ...], token: str) -> dict[str, Any]:
+def _tokens(value: Any, field: EncryptedField) -> list[str]:
+    """Every token ``field`` names in one stored ``value``."""
+    found = _at(value, field.path)
+    if field.item is None:
+        return [found] if isinstance(found, str) else []
+    items = found if isinstance(found, list) else []
+    return [
+        i[field.item] for i in items if isinstance(i, dict) and isinstance(i.get(field.item), str)
+    ]
+
+
+def _replace(value: dict[str, Any], path: tuple[str, ...], new: Any) -> dict[str, Any]:
     copy = dict(value)
     if len(path) == 1:
-        copy[path[0]] = token
+        copy[path[0]] = new
     else:
-        copy[path[0]] = _replace(dict(copy[path[0]]), path[1:], token)
+        copy[path[0]] = _replace(dict(copy[path[0]]), path[1:], new)
     return copy
+
+
+def _reencrypted(value: Any, field: EncryptedField, keyring: Keyring) -> tuple[Any, int]:
+    """``value`` with each of its tokens under the current key, and how many changed."""
+
+    def fresh(token: str) -> str:
+        try:
+            return keyring.reencrypt(token)
+        except ValueError:
+            raise UnreadableValue(
+                f"a value in {field.name} cannot be read with any configured key; "
+                "set TINBAO_PREVIOUS_SECRET_KEYS to the key it was written with."
+            ) from None
+
+    if field.item is None:
+        token = _at(value, field.path) if field.path else value
+        if not isinstance(token, str) or keyring.is_current(token):
+            return value, 0
+        return (_replace(value, field.path, fresh(token)) if field.path else fresh(token)), 1
+    items, changed = [], 0
+    for item in _at(value, field.path) or []:
+        token = item.get(field.item) if isinstance(item, dict) else None
+        if isinstance(token, str) and not keyring.is_current(token):
+            item, changed = {**item, field.item: fresh(token)}, changed + 1
+        items.append(item)
+    return (_replace(value, field.path, items) if changed else value), changed
 
 
 async def _rows(
@@ -106,21 +160,77 @@ async def check_readable(
         while rows := await _rows(session, field, after, batch, lock=False):
             after = rows[-1][0]
             for _, value in rows:
-                token = _get(value, field.path) if field.path else value
-                if token is None or keyring.is_current(token):
-                    continue
-                try:
-                    keyring.decrypt(token)
-                except ValueError:
-                    raise UnreadableValue(
-                        f"a value in {field.name} cannot be read with TINBAO_SECRET_KEY nor "
-                        "with any key in TINBAO_PREVIOUS_SECRET_KEYS: the previous key is wrong "
-                        "or missing. Nothing was changed; set TINBAO_PREVIOUS_SECRET_KEYS to "
-                        "the key the service used before, and run it again."
-                    ) from None
-                count += 1
+                tokens = _tokens(value, field) if field.path else [value]
+                for token in tokens:
+                    if keyring.is_current(token):
+                        continue
+                    try:
+                        keyring.decrypt(token)
+                    except ValueError:
+                        raise _unreadable(field.name) from None
+                    count += 1
         pending[field.name] = count
+    pending[PIN_FIELD] = await _check_pins(session, keyring, batch)
     return pending
+
+
+def _unreadable(name: str) -> UnreadableValue:
+    return UnreadableValue(
+        f"a value in {name} cannot be read with TINBAO_SECRET_KEY nor "
+        "with any key in TINBAO_PREVIOUS_SECRET_KEYS: the previous key is wrong "
+        "or missing. Nothing was changed; set TINBAO_PREVIOUS_SECRET_KEYS to "
+        "the key the service used before, and run it again."
+    )
+
+
+#: How PIN hashes show in a rotation's counts.
+PIN_FIELD = "reports.pin_hash"
+
+
+async def _check_pins(session: AsyncSession, keyring: Keyring, batch: int) -> int:
+    """How many PIN hashes a rotation will wrap; refuses one no configured key opens."""
+    pins = PinHasher.for_keyring(keyring)
+    after, count = None, 0
+    while rows := await _pin_rows(session, after, batch, lock=False):
+        after = rows[-1][0]
+        for _, pin_hash in rows:
+            try:
+                count += pins.rewrap(pin_hash) is not None
+            except ValueError:
+                raise _unreadable(PIN_FIELD) from None
+    return count
+
+
+async def _pin_rows(
+    session: AsyncSession, after: int | None, batch: int, *, lock: bool
+) -> list[tuple[int, str]]:
+    stmt = select(Report.id, Report.pin_hash).order_by(Report.id).limit(batch)
+    if after is not None:
+        stmt = stmt.where(Report.id > after)
+    if lock:
+        stmt = stmt.with_for_update()
+    return [(int(row[0]), str(row[1])) for row in (await session.execute(stmt)).all()]
+
+
+async def rewrap_pins_batch(
+    session: AsyncSession, keyring: Keyring, after: int | None, batch: int = BATCH_SIZE
+) -> tuple[int | None, int, bool]:
+    """Wrap one batch of PIN hashes under the current key: (last id, changed, more left)."""
+    pins = PinHasher.for_keyring(keyring)
+    rows = await _pin_rows(session, after, batch, lock=True)
+    changed = 0
+    for report_id, pin_hash in rows:
+        try:
+            wrapped = pins.rewrap(pin_hash)
+        except ValueError:
+            raise _unreadable(PIN_FIELD) from None
+        if wrapped is not None:
+            await session.execute(
+                update(Report).where(Report.id == report_id).values(pin_hash=wrapped)
+            )
+            changed += 1
+    last = rows[-1][0] if rows else after
+    return last, changed, len(rows) == batch
 
 
 async def reencrypt_batch(
@@ -135,22 +245,14 @@ async def reencrypt_batch(
     rows = await _rows(session, field, after, batch, lock=True)
     changed = 0
     for row_key, value in rows:
-        token = _get(value, field.path) if field.path else value
-        if token is None or keyring.is_current(token):
+        new_value, count = _reencrypted(value, field, keyring)
+        if not count:
             continue
-        try:
-            fresh = keyring.reencrypt(token)
-        except ValueError:
-            raise UnreadableValue(
-                f"a value in {field.name} cannot be read with any configured key; "
-                "set TINBAO_PREVIOUS_SECRET_KEYS to the key it was written with."
-            ) from None
-        new_value = _replace(value, field.path, fresh) if field.path else fresh
         values: dict[str, Any] = {field.column: new_value}
         if "version" in table.c:  # an optimistic-locked row: a concurrent writer retries
             values["version"] = table.c.version + 1
         await session.execute(update(table).where(table.c[field.key] == row_key).values(**values))
-        changed += 1
+        changed += count
     last = rows[-1][0] if rows else after
     return last, changed, len(rows) == batch
 
@@ -158,7 +260,8 @@ async def reencrypt_batch(
 async def rehash_routes_batch(
     session: AsyncSession, keyring: Keyring, after: int | None, batch: int = BATCH_SIZE
 ) -> tuple[int | None, int, bool]:
-    """Move routes' ``sender_key`` to the current key where the route proves the old one."""
+    """Move routes' ``sender_key`` to the current key where the route proves the old one, and
+    a web route's inbox with it (also when an earlier rotation moved the route alone)."""
     stmt = (
         select(ContactRoute.id, ContactRoute.sender_key, ContactRoute.route)
         .order_by(ContactRoute.id)
@@ -180,5 +283,40 @@ async def rehash_routes_batch(
                 update(ContactRoute).where(ContactRoute.id == row_id).values(sender_key=current)
             )
             changed += 1
+        if route.get("channel") == ChannelName.WEB and sender_key in (current, *previous):
+            await move_inbox(session, current, previous)
     last = int(rows[-1][0]) if rows else after
     return last, changed, len(rows) == batch
+
+
+async def move_inbox(session: AsyncSession, key: str, previous: list[str]) -> Conversation | None:
+    """The web inbox under ``key``, with any kept under a ``previous`` key's hash moved into it
+    (its messages merged in time order when both exist); ``None`` when there is none.
+
+    The sealed messages move as they are: :data:`ENCRYPTED_FIELDS` re-encrypts them."""
+    current = await session.get(Conversation, key)
+    for old_key in previous:
+        if current is None:
+            moved = await session.execute(
+                update(Conversation)
+                .where(Conversation.key == old_key)
+                .values(key=key, version=Conversation.version + 1)
+                .execution_options(synchronize_session=False)
+            )
+            if moved.rowcount:  # type: ignore[attr-defined]
+                current = await session.get(Conversation, key)
+            continue
+        old = await session.get(Conversation, old_key)
+        if old is None:
+            continue
+        items = [
+            *(current.data or {}).get(INBOX_FIELD, []),
+            *(old.data or {}).get(INBOX_FIELD, []),
+        ]
+        items.sort(key=lambda item: str(item.get("at", "")) if isinstance(item, dict) else "")
+        current.data = {**(current.data or {}), INBOX_FIELD: items[-INBOX_LIMIT:]}
+        current.updated_at = utcnow()
+        flag_modified(current, "data")
+        await session.delete(old)
+        await session.flush()
+    return current

@@ -21,8 +21,10 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 #: No 0/O, 1/I/L: nothing a citizen can misread over the phone or on paper.
@@ -51,6 +53,7 @@ class Keyring:
         self._fernet = MultiFernet([self._current, *(_fernet(key) for key in previous)])
         self._pin_key = _derive(master, b"tinbao/pin/v1")
         self._previous_pin_keys = [_derive(key, b"tinbao/pin/v1") for key in previous]
+        self._pin_wrap_keys = [_derive(key, b"tinbao/pin-wrap/v1") for key in (master, *previous)]
 
     @property
     def rotating(self) -> bool:
@@ -66,6 +69,12 @@ class Keyring:
     def previous_pin_keys(self) -> list[bytes]:
         """The PIN keys of the previous master keys: PINs hashed before a rotation verify."""
         return list(self._previous_pin_keys)
+
+    @property
+    def pin_wrap_keys(self) -> list[bytes]:
+        """The keys PIN hashes are wrapped with by a rotation: the current one first, then
+        those of the previous master keys (read only). See :meth:`PinHasher.rewrap`."""
+        return list(self._pin_wrap_keys)
 
     def __repr__(self) -> str:
         return "Keyring(…)"
@@ -121,6 +130,12 @@ class Keyring:
 
 #: The prefix of a keyed PIN hash: ``pin-hmac$1$<salt hex>$<HMAC-SHA256 hex>``.
 PIN_HMAC_PREFIX = "pin-hmac$1$"
+#: The prefix of a keyed PIN hash wrapped by a key rotation:
+#: ``pin-wrap$1$<base64url(nonce ‖ AES-GCM(wrap key, salt ‖ HMAC ‖ PIN keys))>``.
+PIN_WRAP_PREFIX = "pin-wrap$1$"
+#: At most this many PIN keys travel in a wrapped hash (it must fit ``reports.pin_hash``).
+PIN_WRAP_MAX_KEYS = 2
+_PIN_SALT, _PIN_MAC, _PIN_KEY, _NONCE = 16, 32, 32, 12
 
 
 class PinHasher:
@@ -131,6 +146,13 @@ class PinHasher:
     PIN offline. Without one: argon2id, slow on purpose (tests and older deployments).
     Either way, :meth:`verify` reads both forms, so the argon2 hashes of existing reports keep
     working. ``docs/performance.md`` gives the reasoning.
+
+    A key rotation cannot re-hash a PIN it does not know, so it wraps each keyed hash instead
+    (:meth:`rewrap`): the salt, the HMAC and the PIN keys it may have been made with (the
+    previous ones) are sealed with AES-GCM under a key derived from the current master key.
+    Such a hash verifies with the current key alone, once the previous key is removed; and
+    whoever holds only the old key (the one that may have leaked) can no longer test a PIN
+    against the database.
     """
 
     def __init__(
@@ -138,6 +160,7 @@ class PinHasher:
         key: bytes | None = None,
         *,
         previous: Sequence[bytes] = (),
+        wrap_keys: Sequence[bytes] = (),
         time_cost: int = 2,
         memory_cost: int = 19_456,
     ) -> None:
@@ -146,7 +169,16 @@ class PinHasher:
         self._key = key
         #: Keys of the previous master keys, during a key rotation (verify only).
         self._previous = [k for k in previous if k != key]
+        #: The wrapping keys: the first wraps, all unwrap (:meth:`rewrap`).
+        self._wrap = [AESGCM(k) for k in wrap_keys]
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=1)
+
+    @classmethod
+    def for_keyring(cls, keyring: Keyring) -> PinHasher:
+        """The service's hasher: keyed by ``keyring``, reading what a rotation left."""
+        return cls(
+            keyring.pin_key, previous=keyring.previous_pin_keys, wrap_keys=keyring.pin_wrap_keys
+        )
 
     def __repr__(self) -> str:
         return f"PinHasher({'keyed' if self._key is not None else 'argon2'})"
@@ -168,6 +200,15 @@ class PinHasher:
         return f"{PIN_HMAC_PREFIX}{salt.hex()}${self._mac(salt, pin)}"
 
     def verify(self, pin_hash: str, pin: str) -> bool:
+        if pin_hash.startswith(PIN_WRAP_PREFIX):
+            opened = self._unwrap(pin_hash)
+            if opened is None or self._key is None:
+                return False
+            salt, wrapped_mac, keys = opened
+            return any(
+                hmac.compare_digest(self._mac(salt, pin, key), wrapped_mac.hex())
+                for key in (self._key, *self._previous, *keys)
+            )
         if pin_hash.startswith(PIN_HMAC_PREFIX):
             if self._key is None:
                 return False
@@ -187,7 +228,66 @@ class PinHasher:
 
     def is_slow_hash(self, pin_hash: str) -> bool:
         """Whether verifying ``pin_hash`` is slow (an argon2 hash of an older report)."""
-        return not pin_hash.startswith(PIN_HMAC_PREFIX)
+        return not pin_hash.startswith((PIN_HMAC_PREFIX, PIN_WRAP_PREFIX))
+
+    def rewrap(self, pin_hash: str) -> str | None:
+        """``pin_hash`` in a form that verifies once the previous keys are gone, or ``None``
+        when it needs nothing (an argon2 hash, or one already wrapped under the current key).
+
+        A keyed hash is wrapped with the previous PIN keys (which of the keys made it cannot be
+        told without the PIN); a hash wrapped under a previous wrapping key is sealed again, as
+        it is, under the current one. ``ValueError`` when no wrapping key opens it, or more
+        than :data:`PIN_WRAP_MAX_KEYS` previous keys are configured.
+        """
+        if not self._wrap:
+            raise ValueError("no wrapping key")
+        if pin_hash.startswith(PIN_WRAP_PREFIX):
+            try:
+                sealed = base64.urlsafe_b64decode(pin_hash[len(PIN_WRAP_PREFIX) :] + "==")
+                self._wrap[0].decrypt(sealed[:_NONCE], sealed[_NONCE:], _WRAP_AAD)
+                return None  # already under the current key
+            except (InvalidTag, ValueError):
+                pass
+            opened = self._unwrap(pin_hash)
+            if opened is None:
+                raise ValueError("a wrapped PIN hash no configured key opens")
+            salt, mac, keys = opened
+            return self._seal(salt, mac, keys)
+        if not pin_hash.startswith(PIN_HMAC_PREFIX) or not self._previous:
+            return None
+        if len(self._previous) > PIN_WRAP_MAX_KEYS:
+            raise ValueError(f"at most {PIN_WRAP_MAX_KEYS} previous keys can be carried")
+        salt_hex, _, mac_hex = pin_hash[len(PIN_HMAC_PREFIX) :].partition("$")
+        salt, mac = bytes.fromhex(salt_hex), bytes.fromhex(mac_hex)
+        if len(salt) != _PIN_SALT or len(mac) != _PIN_MAC:
+            raise ValueError("a malformed PIN hash")
+        return self._seal(salt, mac, self._previous)
+
+    def _seal(self, salt: bytes, mac: bytes, keys: Sequence[bytes]) -> str:
+        nonce = secrets.token_bytes(_NONCE)
+        sealed = self._wrap[0].encrypt(nonce, salt + mac + b"".join(keys), _WRAP_AAD)
+        token = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+        return PIN_WRAP_PREFIX + token
+
+    def _unwrap(self, pin_hash: str) -> tuple[bytes, bytes, list[bytes]] | None:
+        """The salt, HMAC and carried PIN keys of a wrapped hash; ``None`` if unreadable."""
+        try:
+            sealed = base64.urlsafe_b64decode(pin_hash[len(PIN_WRAP_PREFIX) :] + "==")
+        except ValueError:
+            return None
+        for wrap in self._wrap:
+            try:
+                plain = wrap.decrypt(sealed[:_NONCE], sealed[_NONCE:], _WRAP_AAD)
+            except (InvalidTag, ValueError):
+                continue
+            head, rest = plain[: _PIN_SALT + _PIN_MAC], plain[_PIN_SALT + _PIN_MAC :]
+            keys = [rest[i : i + _PIN_KEY] for i in range(0, len(rest), _PIN_KEY)]
+            return head[:_PIN_SALT], head[_PIN_SALT:], keys
+        return None
+
+
+#: Binds a wrapped PIN hash to its purpose (AES-GCM associated data).
+_WRAP_AAD = b"tinbao/pin-wrap/v1"
 
 
 def new_tracking_code() -> str:

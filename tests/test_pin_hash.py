@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from argon2 import PasswordHasher
 
-from handlers.security import PIN_HMAC_PREFIX, Keyring, PinHasher
+from handlers.security import PIN_HMAC_PREFIX, PIN_WRAP_PREFIX, Keyring, PinHasher
 from tests.driver import TEST_KEY, citizen, label, make_flow, sync_units
 from tests.test_citizen_flow import file_tip
 
@@ -47,9 +47,34 @@ def test_a_pin_hashed_before_a_key_rotation_still_verifies() -> None:
     assert not KEYED.verify(after.hash("135790"), "135790")
 
 
+def test_a_rotation_wraps_pin_hashes_so_they_verify_without_the_old_key() -> None:
+    second, third = b"\x5a" * 32, b"\x6b" * 32
+    old_pin = KEYED.hash("246810")
+    during = PinHasher.for_keyring(Keyring(second, [TEST_KEY]))
+    new_pin = during.hash("135790")  # made after the switch, under the new key
+    wrapped = [during.rewrap(old_pin), during.rewrap(new_pin)]
+    assert all(w is not None and w.startswith(PIN_WRAP_PREFIX) for w in wrapped)
+    assert all(len(w or "") <= 200 for w in wrapped)  # reports.pin_hash
+    assert [during.rewrap(w or "") for w in wrapped] == [None, None]  # done once
+    after = PinHasher.for_keyring(Keyring(second))  # the old key removed
+    assert after.verify(wrapped[0] or "", "246810") and after.verify(wrapped[1] or "", "135790")
+    assert not after.verify(old_pin, "246810")  # what the wrap is for
+    assert not after.verify(wrapped[0] or "", "246811")
+    # Whoever holds only the old key can no longer test a PIN against the stored hash.
+    assert not PinHasher.for_keyring(Keyring(TEST_KEY)).verify(wrapped[0] or "", "246810")
+    # A second rotation seals the wrapped hash again under the third key.
+    again = PinHasher.for_keyring(Keyring(third, [second])).rewrap(wrapped[0] or "")
+    assert again is not None and again != wrapped[0]
+    assert PinHasher.for_keyring(Keyring(third)).verify(again, "246810")
+    # Argon2 hashes need no key and are left alone.
+    assert during.rewrap(ARGON2.hash("111111")) is None
+
+
 @pytest.mark.parametrize(
     "stored",
     [
+        f"{PIN_WRAP_PREFIX}not-base64!",
+        f"{PIN_WRAP_PREFIX}",
         f"{PIN_HMAC_PREFIX}zz$00",
         f"{PIN_HMAC_PREFIX}",
         "garbage",
@@ -58,6 +83,7 @@ def test_a_pin_hashed_before_a_key_rotation_still_verifies() -> None:
 )
 def test_a_malformed_hash_never_verifies(stored: str) -> None:
     assert not KEYED.verify(stored, "123456")
+    assert not PinHasher.for_keyring(Keyring(TEST_KEY)).verify(stored, "123456")
 
 
 def test_existing_argon2_hashes_still_verify() -> None:

@@ -8,6 +8,10 @@ An officer's photo is kept as its content hash inside the sealed message (the im
 in the media store, as the ``to_citizen`` relay message's blob); the status page serves it only
 behind the proven PIN (``status_pages.status_photo``).
 The inbox id itself is only ever stored inside the report's encrypted contact route.
+
+A key rotation moves an inbox to the new key's hash and re-encrypts its messages
+(``tinbao keys rotate``, :mod:`handlers.key_rotation`); until it has run, an inbox under the
+previous key's hash is still read, and moved on the next message written into it.
 """
 
 from __future__ import annotations
@@ -23,12 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.channel import SendError
 from handlers.channels import CAPABILITIES, Capabilities, ChannelName
 from handlers.events import Reply
+from handlers.key_rotation import INBOX_FIELD, INBOX_LIMIT, move_inbox
 from handlers.security import Keyring
 from storage.models import Conversation
 from storage.types import utcnow
 
-#: The most messages an inbox keeps (the oldest go first).
-INBOX_LIMIT = 100
 INBOX_STATE = "web_inbox"
 
 
@@ -50,12 +53,16 @@ class InboxMessage:
 
 
 async def read_inbox(session: AsyncSession, keyring: Keyring, inbox_id: str) -> list[InboxMessage]:
-    """The messages in an inbox, oldest first."""
-    row = await session.get(Conversation, inbox_key(keyring, inbox_id))
-    if row is None:
-        return []
+    """The messages in an inbox, oldest first (also under a previous key's hash, during a key
+    rotation; nothing is moved by a read)."""
+    items: list[dict[str, str]] = []
+    for key in keyring.sender_keys(ChannelName.WEB, inbox_id):
+        row = await session.get(Conversation, key)
+        if row is not None:
+            items += (row.data or {}).get(INBOX_FIELD, [])
+    items.sort(key=lambda item: str(item.get("at", "")) if isinstance(item, dict) else "")
     messages = []
-    for item in (row.data or {}).get("inbox", []):
+    for item in items:
         try:
             sealed = keyring.decrypt(str(item["m"]))
             at = datetime.fromisoformat(str(item["at"]))
@@ -110,13 +117,13 @@ class WebInbox:
             raise SendError("not a web inbox id", permanent=True)
         try:
             async with self.session_factory() as session, session.begin():
-                key = inbox_key(self.keyring, chat_id)
-                row = await session.get(Conversation, key)
+                key, *previous = self.keyring.sender_keys(ChannelName.WEB, chat_id)
+                row = await move_inbox(session, key, previous)
                 if row is None:
                     row = Conversation(key=key, state=INBOX_STATE, data={}, locale=None)
                     session.add(row)
                 now = self.clock()
-                items = list((row.data or {}).get("inbox", []))
+                items = list((row.data or {}).get(INBOX_FIELD, []))
                 for reply in replies:
                     if not reply.text and not reply.photo:
                         continue
@@ -126,7 +133,7 @@ class WebInbox:
                         message["photo"] = hashlib.sha256(reply.photo).hexdigest()
                     sealed = self.keyring.encrypt(message)
                     items.append({"at": now.isoformat(), "m": sealed})
-                row.data = {**(row.data or {}), "inbox": items[-INBOX_LIMIT:]}
+                row.data = {**(row.data or {}), INBOX_FIELD: items[-INBOX_LIMIT:]}
                 row.updated_at = now
         except SendError:
             raise
