@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,6 +26,7 @@ from admin.queries import ReportFilter, report_page
 from admin.scope import sees_all, visible_units
 from handlers.card_actions import CLOSED_STATUSES
 from handlers.domain import CATEGORIES, OUTCOMES, STATUSES
+from handlers.media import MAX_DOWNLOAD_BYTES, CleanImage, MediaRejected, clean_evidence
 from handlers.officers import may
 from handlers.report_actions import ActionError
 from handlers.report_actions import ReportActions as WebTriage
@@ -43,6 +46,10 @@ log = logging.getLogger(__name__)
 
 #: The longest text a report form field may carry (the actions apply their own, lower limits).
 FIELD_LIMIT = 4000
+#: The question form, which may carry a photo: its body may be as large as the photo the
+#: cleaner accepts, plus the form's fields (``admin.security.LARGE_BODIES``).
+ASK_PATH = re.compile(rf"^{PREFIX}/reports/[^/]+/ask$")
+ASK_MAX_BODY = MAX_DOWNLOAD_BYTES + 64 * 1024
 
 
 def _report_filter(request: web.Request) -> ReportFilter:
@@ -195,6 +202,12 @@ async def report_action(request: web.Request) -> web.StreamResponse:
     def field(name: str) -> str:
         return params.text(form, name, limit=FIELD_LIMIT)
 
+    photo: CleanImage | None = None
+    if action == "ask":
+        try:
+            photo = await question_photo(form.get("photo"))
+        except MediaRejected:
+            return await report_detail(request, error="admin.error.photo")
     report_id: int | None = None
     try:
         async with panel.runtime.session_factory() as db, db.begin():
@@ -220,7 +233,7 @@ async def report_action(request: web.Request) -> web.StreamResponse:
             elif action == "reject":
                 await work.reject(report, field("reason"))
             elif action == "ask":
-                await work.ask(report, field("question"))
+                await work.ask(report, field("question"), photo)
             elif action == "reward":
                 await work.propose_reward(report, field("amount"), field("reason"))
             else:
@@ -264,3 +277,18 @@ async def media(request: web.Request) -> web.StreamResponse:
     response.headers["Cache-Control"] = "private, no-store"
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
+
+
+async def question_photo(upload: object) -> CleanImage | None:
+    """The photo chosen on the question form, cleaned of metadata by its content like all
+    evidence; ``None`` when none was chosen; :class:`MediaRejected` when it is not a usable
+    image (another kind of file is refused too)."""
+    if not isinstance(upload, web.FileField):
+        return None
+    data = upload.file.read(MAX_DOWNLOAD_BYTES + 1)
+    if not data:
+        return None  # the field left empty: browsers send an empty part
+    cleaned = await asyncio.to_thread(clean_evidence, data)
+    if not isinstance(cleaned, CleanImage):
+        raise MediaRejected("not_an_image")
+    return cleaned

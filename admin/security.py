@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -74,6 +75,11 @@ def harden(response: web.StreamResponse, *, https: bool) -> None:
 #: the server's larger ``client_max_size``; every other body is capped at ``max_body`` and read
 #: here, within the body timeout.
 UPLOAD_PATHS: web.AppKey[set[str]] = web.AppKey("upload_paths", set)
+#: Paths (patterns) whose body may be larger than ``max_body`` (a photo on the panel's question
+#: form), up to the size given. Such a body (a multipart form, which aiohttp parses from the
+#: stream) is not read here: the panel reads it only for a signed-in officer, within the body
+#: timeout, to check its CSRF token (:func:`sessions`).
+LARGE_BODIES: web.AppKey[list[tuple[re.Pattern[str], int]]] = web.AppKey("large_bodies", list)
 
 
 def edge(clients: Clients, *, body_timeout: float, max_body: int) -> Middleware:
@@ -83,11 +89,17 @@ def edge(clients: Clients, *, body_timeout: float, max_body: int) -> Middleware:
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         https = clients.https(request)
         upload = request.path in request.app.get(UPLOAD_PATHS, set())
+        large = next(
+            (size for path, size in request.app.get(LARGE_BODIES, []) if path.match(request.path)),
+            None,
+        )
+        limit = large or max_body
         try:
-            if not upload and (request.content_length or 0) > max_body:
+            if not upload and (request.content_length or 0) > limit:
                 raise web.HTTPRequestEntityTooLarge(
-                    max_size=max_body, actual_size=request.content_length or 0
+                    max_size=limit, actual_size=request.content_length or 0
                 )
+            upload = upload or large is not None
             if request.body_exists and not upload:
                 try:
                     async with asyncio.timeout(body_timeout):
@@ -187,7 +199,13 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def _csrf_ok(request: web.Request, session: Session) -> bool:
-    form = await request.post()
+    # Already read by the edge, except a large form (LARGE_BODIES): read now, within the same
+    # time limit, and only because a signed-in officer sent it.
+    try:
+        async with asyncio.timeout(panel_of(request).runtime.settings.http_body_timeout):
+            form = await request.post()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="408: request body too slow") from None
     sent = form.get(CSRF_FIELD)
     return isinstance(sent, str) and constant_equal(sent, session.csrf)
 

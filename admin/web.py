@@ -9,7 +9,7 @@ from aiohttp import web
 
 from admin.clients import Clients
 from admin.runtime import PanelRuntime
-from admin.security import UPLOAD_PATHS, edge
+from admin.security import LARGE_BODIES, UPLOAD_PATHS, edge
 from admin.server import ServerLimits
 from config.settings import Settings
 from storage.db import check_database
@@ -67,6 +67,11 @@ def build_web_app(service: PanelRuntime) -> web.Application:
     largest = settings.http_max_body_bytes
     if settings.web_enabled:
         largest = max(largest, (settings.web_upload_max_mb + 1) * 1024 * 1024)
+    panel = service.keyring is not None and service.serves_panel
+    if panel:  # the question form carries a photo
+        from admin.report_views import ASK_MAX_BODY
+
+        largest = max(largest, ASK_MAX_BODY)
     app = web.Application(
         client_max_size=largest,
         middlewares=[
@@ -79,11 +84,15 @@ def build_web_app(service: PanelRuntime) -> web.Application:
     )
     app[SERVICE_KEY] = service
     app[UPLOAD_PATHS] = set()
+    app[LARGE_BODIES] = []
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     for method, path, process_handler in service.process_routes():  # /metrics
         app.router.add_route(method, path, process_handler)
-    if service.keyring is not None and service.serves_panel:
+    if panel:
+        from admin.report_views import ASK_MAX_BODY, ASK_PATH
+
+        app[LARGE_BODIES].append((ASK_PATH, ASK_MAX_BODY))
         app.router.add_get("/admin", admin_root)
         app.add_subapp("/admin", build_admin_app(service, clients=clients))
     for path, handler in service.webhook_routes():  # Telegram's and the Zalo channels'

@@ -92,12 +92,17 @@ class Dispatcher:
         finally:
             metrics.answered(started)
 
-    async def process_officer_message(self, message: OfficerMessage) -> OfficerOutcome | None:
-        """Handle a command or typed answer in an officers' chat."""
+    async def process_officer_message(
+        self, message: OfficerMessage, fetcher: MediaFetcher | None = None
+    ) -> OfficerOutcome | None:
+        """Handle a command or typed answer in an officers' chat. A photo sent with it is
+        fetched and cleaned first, outside the transaction (:meth:`Triage.prepare_photo`)."""
         started = metrics.update_taken("telegram", "officer_message")
         try:
+            self._held()
+            photo = await self.triage.prepare_photo(message, fetcher)
             return await self._officer(
-                message.update_id, lambda s: self.triage.handle_message(s, message)
+                message.update_id, lambda s: self.triage.handle_message(s, message, photo)
             )
         finally:
             metrics.answered(started)

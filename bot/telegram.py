@@ -224,6 +224,7 @@ def to_officer_message(update: Update, bot_id: int) -> OfficerMessage | None:
         reply_to_user_id=reply_user.id if reply_user is not None else None,
         reply_to_user_name=reply_user.full_name[:100] if reply_user is not None else None,
         reply_to_is_bot=reply_user is not None and reply_user.id == bot_id,
+        attachment=next(iter(_attachments(message)), None),
     )
 
 
@@ -559,7 +560,9 @@ class TelegramChannel:
             return
         group_message = to_officer_message(update, self.application.bot.id)
         if group_message is not None:
-            officer_outcome = await self.dispatcher.process_officer_message(group_message)
+            officer_outcome = await self.dispatcher.process_officer_message(
+                group_message, self.fetcher
+            )
             if officer_outcome is not None:
                 await self._apply_officer_outcome(officer_outcome)
             return

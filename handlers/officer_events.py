@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers.events import Attachment
 from storage.models import Officer
 
 
@@ -46,6 +47,9 @@ class OfficerMessage:
     reply_to_user_id: int | None = None
     reply_to_user_name: str | None = None
     reply_to_is_bot: bool = False
+    #: A photo or file sent with the message (its caption is ``text``): a photo may go with a
+    #: question for a tipster (:meth:`handlers.triage.Triage.prepare_photo`).
+    attachment: Attachment | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -337,7 +337,8 @@ class ReportActions:
             report_id=report.id,
         )
         to_status = "needs_info" if report.status in ("new", "assigned", "in_progress") else None
-        self._event(report, "asked", to_status=to_status, reason=text, data=self._actor)
+        data = {**self._actor, "photo": photo.sha256} if photo is not None else self._actor
+        self._event(report, "asked", to_status=to_status, reason=text, data=data)
 
     # ------------------------------------------------------------------ rewards
 

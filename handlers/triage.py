@@ -31,7 +31,7 @@ from handlers.officer_events import (
     OfficerPress,
 )
 from handlers.officers import Registry, may
-from handlers.triage_answers import TypedAnswers
+from handlers.triage_answers import Photo, TypedAnswers
 from handlers.triage_commands import QueueCommands
 from handlers.triage_context import TriageContext
 from handlers.triage_notify import PRIORITY_CHAT
@@ -96,8 +96,10 @@ class Triage(CardPresses, TypedAnswers, QueueCommands):
         return outcome
 
     async def handle_message(
-        self, session: AsyncSession, message: OfficerMessage
+        self, session: AsyncSession, message: OfficerMessage, photo: Photo = None
     ) -> OfficerOutcome:
+        """A command, a typed answer, or a reply to a card; ``photo`` is what
+        :meth:`prepare_photo` made of a photo sent with it."""
         if not await UpdateLog(session).claim(message.channel, message.update_id):
             raise DuplicateOfficerUpdate(message.update_id)
         registry = Registry(session)
@@ -111,7 +113,7 @@ class Triage(CardPresses, TypedAnswers, QueueCommands):
         state = await self._officer_state(act)
         pending = (state.data or {}).get("pending") if state else None
         if isinstance(pending, dict) and message.reply_to_is_bot:
-            return await self._answer_pending(act, message, pending)
+            return await self._answer_pending(act, message, pending, photo)
         if message.reply_to_message_id is not None:
             post = await session.scalar(
                 select(CardPost).where(
@@ -120,10 +122,10 @@ class Triage(CardPresses, TypedAnswers, QueueCommands):
                     CardPost.kind == "card",
                 )
             )
-            if post is not None and message.text:
+            if post is not None and (message.text or photo is not None):
                 report = await session.get(Report, post.report_id)
                 if report is not None:
-                    return await self._relay_question(act, report, message.text)
+                    return await self._relay_question(act, report, message.text or "", photo)
         return act.outcome
 
 

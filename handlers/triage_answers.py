@@ -1,21 +1,37 @@
 """Typed answers in the officers' chat: a reply to the bot's prompt (a question for the tipster,
 a reason, a count, an earlier report's code, a reward), or a reply to a card, which relays a
 question to the tipster.
+
+A question may carry a photo: the officer replies to the card (or to the question prompt) with
+a photo and the question as its caption. The photo is fetched and cleaned of metadata by its
+content, like all evidence, before the transaction (:meth:`TypedAnswers.prepare_photo`); it
+reaches the tipster re-sent from the cleaned copy, through the outbox, with the question as its
+caption and nothing about the officer (:meth:`~handlers.report_actions.ReportActions.ask`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from typing import Any, TypeAlias
 
 from handlers import card_actions
 from handlers.card_actions import CLOSED_STATUSES
+from handlers.citizen.base import MediaFetcher
+from handlers.media import CleanImage, MediaRejected, check_declared_size, clean_evidence
 from handlers.officer_events import OfficerAct, OfficerMessage, OfficerOutcome
 from handlers.officers import may
 from handlers.report_actions import QUESTION_MAX, REASON_MAX, ActionError
 from handlers.security import format_code
-from handlers.text import clean_text
+from handlers.text import clean_text, substance
 from handlers.triage_rewards import RewardChat
 from storage.models import Report
+
+log = logging.getLogger(__name__)
+
+#: A photo sent with an officer's message: cleaned, or why not (``"download_failed"``,
+#: ``"not_a_photo"`` or a :class:`~handlers.media.MediaRejected` reason), or none.
+Photo: TypeAlias = CleanImage | str | None
 
 #: The permission each pending typed answer needs when it arrives.
 PENDING_PERMISSION = {
@@ -30,8 +46,33 @@ PENDING_PERMISSION = {
 
 
 class TypedAnswers(RewardChat):
+    async def prepare_photo(self, message: OfficerMessage, fetcher: MediaFetcher | None) -> Photo:
+        """The photo sent with a reply to the bot (to a card or a prompt), fetched and cleaned
+        by its content; the reason as a string when it cannot be used; ``None`` without one.
+
+        Only a reply to the bot can be a question, so nothing else is downloaded."""
+        attachment = message.attachment
+        if attachment is None or not message.reply_to_is_bot or fetcher is None:
+            return None
+        if attachment.kind not in ("photo", "document"):
+            return "not_a_photo"
+        try:
+            check_declared_size(attachment.size)
+            raw = await fetcher.fetch(attachment)
+            cleaned = await asyncio.to_thread(clean_evidence, raw)
+        except MediaRejected as refused:
+            return refused.reason
+        except Exception:  # a failed download: the officer is told, nothing is relayed
+            log.warning("an officer's photo could not be downloaded", exc_info=True)
+            return "download_failed"
+        return cleaned if isinstance(cleaned, CleanImage) else "not_a_photo"
+
     async def _answer_pending(
-        self, act: OfficerAct, message: OfficerMessage, pending: dict[str, Any]
+        self,
+        act: OfficerAct,
+        message: OfficerMessage,
+        pending: dict[str, Any],
+        photo: Photo = None,
     ) -> OfficerOutcome:
         report = await act.session.get(Report, pending.get("report_id"))
         if report is None:
@@ -53,8 +94,7 @@ class TypedAnswers(RewardChat):
         text = clean_text(message.text or "")
         action = pending.get("action")
         if action == "ask":
-            await self._set_pending(act, None)
-            return await self._relay_question(act, report, text)
+            return await self._relay_question(act, report, text, photo)
         if action == "reject":
             try:
                 await self._actions(act).reject(report, text)
@@ -131,9 +171,29 @@ class TypedAnswers(RewardChat):
         await self._set_pending(act, None)
         return act.outcome
 
-    async def _relay_question(self, act: OfficerAct, report: Report, text: str) -> OfficerOutcome:
+    async def _relay_question(
+        self, act: OfficerAct, report: Report, text: str, photo: Photo = None
+    ) -> OfficerOutcome:
+        """Relay ``text`` (with ``photo``) to the tipster; say why not in the chat otherwise.
+
+        A refused photo relays nothing (the question without its picture could mislead); a
+        photo without words asks for the question, as its caption on the photo sent again."""
+        if isinstance(photo, str):
+            key = "triage.photo_failed" if photo == "download_failed" else "triage.photo_refused"
+            self._say(act, self._t(key), report_id=report.id)
+            return act.outcome
+        if photo is not None and not substance(clean_text(text)):
+            await self._set_pending(act, {"action": "ask", "report_id": report.id})
+            self._say(
+                act,
+                self._t("triage.photo_needs_question", code=format_code(report.code)),
+                report_id=report.id,
+                force_reply=True,
+            )
+            return act.outcome
+        await self._set_pending(act, None)
         try:
-            await self._actions(act).ask(report, text)
+            await self._actions(act).ask(report, text, photo)
         except ActionError as refused:
             if refused.key == "admin.error.question":
                 await self._set_pending(act, {"action": "ask", "report_id": report.id})
@@ -149,7 +209,10 @@ class TypedAnswers(RewardChat):
         self._refresh(act, report)
         self._say(
             act,
-            self._t("triage.question_sent", code=format_code(report.code)),
+            self._t(
+                "triage.question_photo_sent" if photo is not None else "triage.question_sent",
+                code=format_code(report.code),
+            ),
             report_id=report.id,
         )
         return act.outcome

@@ -457,12 +457,14 @@ class UpdateFactory:
         height: int = 960,
         media_group_id: str | None = None,
         message_thread_id: int | None = None,
+        reply_to: JSON | None = None,
     ) -> JSON:
         """A compressed photo; a bound factory registers ``content`` for every size."""
         message = self.message(
             user,
             chat,
             message_thread_id=message_thread_id,
+            reply_to=reply_to,
             media_group_id=media_group_id,
             photo=self.photo_sizes(content, width=width, height=height),
             caption=caption,
@@ -488,6 +490,7 @@ class UpdateFactory:
         mime_type: str = "application/pdf",
         caption: str | None = None,
         chat: Group | JSON | None = None,
+        reply_to: JSON | None = None,
     ) -> JSON:
         """A file sent "as document" (images sent this way keep their EXIF)."""
         suffix = file_name.rsplit(".", 1)[-1] if "." in file_name else "bin"
@@ -501,7 +504,8 @@ class UpdateFactory:
             "file_unique_id": unique_id,
             "file_size": size,
         }
-        return self.update(message=self.message(user, chat, document=document, caption=caption))
+        message = self.message(user, chat, reply_to=reply_to, document=document, caption=caption)
+        return self.update(message=message)
 
     def video(
         self,
