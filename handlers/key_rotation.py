@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import flag_modified
 
 from handlers.channels import ChannelName
-from handlers.security import Keyring, PinHasher
+from handlers.security import PIN_WRAP_MAX_KEYS, Keyring, PinHasher
 from storage.models import Base, ContactRoute, Conversation, Report
 from storage.types import utcnow
 
@@ -189,6 +189,12 @@ PIN_FIELD = "reports.pin_hash"
 
 async def _check_pins(session: AsyncSession, keyring: Keyring, batch: int) -> int:
     """How many PIN hashes a rotation will wrap; refuses one no configured key opens."""
+    if len(keyring.previous_pin_keys) > PIN_WRAP_MAX_KEYS:
+        raise UnreadableValue(
+            f"TINBAO_PREVIOUS_SECRET_KEYS holds more than {PIN_WRAP_MAX_KEYS} keys: a PIN hash "
+            "can carry at most that many. Nothing was changed; rotate from the last key or two "
+            "the service used, and run it again."
+        )
     pins = PinHasher.for_keyring(keyring)
     after, count = None, 0
     while rows := await _pin_rows(session, after, batch, lock=False):

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from aiohttp import ClientSession, CookieJar, web
 from PIL import Image
 from sqlalchemy import select
@@ -27,7 +28,7 @@ from bot.runtime import Service
 from bot.web.inbox import WebInbox, inbox_key, read_inbox
 from config.settings import Settings
 from handlers.events import Reply
-from handlers.key_rotation import ENCRYPTED_FIELDS, reencrypt_batch
+from handlers.key_rotation import ENCRYPTED_FIELDS, UnreadableValue, reencrypt_batch
 from handlers.media import clean_image
 from handlers.officers import Registry
 from handlers.report_actions import ReportActions
@@ -204,3 +205,9 @@ async def test_an_inbox_written_during_the_rotation_is_merged_moved_and_resealed
         row = await session.get(Conversation, inbox_key(new, inbox_id))
     assert texts == ["một", "hai", "x", "ba"]
     assert row is not None and all(new.is_current(i["m"]) for i in row.data["inbox"])
+
+
+async def test_more_previous_keys_than_a_pin_hash_carries_are_refused(session_factory) -> None:
+    keys = [bytes([n]) * 32 for n in (7, 8, 9)]
+    with pytest.raises(UnreadableValue, match="more than 2 keys"):
+        await rotate_keys(session_factory, Keyring(NEW, keys))
