@@ -36,7 +36,7 @@ from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade
 from storage.models import Report
 from storage.repositories import Units
-from storage.stats_rollup import drop_trigger_statements, fill, trigger_statements
+from storage.stats_rollup import DEFAULT_ZONE, drop_trigger_statements, fill, trigger_statements
 from tests.conftest import execute_autocommit
 
 DB_NAME = "tinbao_bench_stats"
@@ -156,9 +156,9 @@ async def seed(url: str, count: int, name: str = DB_NAME, years: int = 5) -> Non
         await connection.execute("ANALYZE reports")
         fill_started = time.perf_counter()
         async with connection.transaction():
-            for statement in fill("postgresql"):
+            for statement in fill("postgresql", DEFAULT_ZONE):
                 await connection.execute(statement)
-            for statement in trigger_statements("postgresql"):
+            for statement in trigger_statements("postgresql", DEFAULT_ZONE):
                 await connection.execute(statement)
         await connection.execute("ANALYZE")
         print(f"rollups filled in {time.perf_counter() - fill_started:.1f} s")

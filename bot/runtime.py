@@ -16,6 +16,7 @@ from datetime import timedelta
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from admin.stats.maintenance import sync_zone
 from bot import metrics
 from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
@@ -109,6 +110,8 @@ class Service:
         engine = create_engine(settings.effective_database_url)
         try:
             await ensure_schema(engine, auto_upgrade=settings.is_embedded_db)
+            # The statistics count days and months in TINBAO_TIMEZONE (rebuilt on a change).
+            await sync_zone(engine, settings.timezone)
             catalogue = load_catalogue(settings.units_file)
             session_factory = create_session_factory(engine)
             async with session_factory() as session, session.begin():
