@@ -118,6 +118,7 @@ class MonthlyReportSchedule:
             DocumentPayload(document=MONTHLY_REPORT, period=period, locale=self.locale),
             self.destination,
             dedupe_key=f"document:{MONTHLY_REPORT}:{period}",
+            due=row.next_attempt_at,  # due since the timer was (the worker's clock)
         )
         await self._timer(session, month_after(period))
         if added:
