@@ -193,11 +193,16 @@ def _measures(r: str, b: str) -> dict[str, str]:
 
 
 def parts(
-    dialect: str, zone: Zone, r: str, b: str, tables: tuple[str, ...] = ROLLUP_TABLES
+    dialect: str,
+    zone: Zone,
+    r: str,
+    b: str,
+    tables: tuple[str, ...] = ROLLUP_TABLES,
+    years: bool = True,
 ) -> list[tuple[str, list[str], list[str], str]]:
     """Per table and grain: name, key expressions of row ``r``, measure expressions (in the
     order of :data:`MEASURES`; ``b.cb`` and ``b.ab`` are the claim and acknowledge buckets),
-    where. A monthly table has two (its month's row and its year's)."""
+    where. A monthly table has two (its month's row and, with ``years``, its year's)."""
     values = [
         f"coalesce({r}.unit_code, '')",
         f"coalesce({r}.queue_key, '')",
@@ -212,7 +217,7 @@ def parts(
         else:
             moment = f"{r}.resolved_at"
             where = f"{r}.status = 'resolved' AND {r}.resolved_at IS NOT NULL"
-        grains = ("day",) if PERIOD[table] == "day" else ("month", "year")
+        grains = ("day",) if PERIOD[table] == "day" else ("month", "year")[: 2 if years else 1]
         for grain in grains:
             key = period_expr(dialect, zone, moment, grain)
             out.append((table, [key, *values], [measures[m] for m in MEASURES[table]], where))
@@ -269,14 +274,12 @@ def fill(dialect: str, zone: Zone, tables: tuple[str, ...] = ROLLUP_TABLES) -> l
         derived = table == "stats_resolved" and "stats_resolved_daily" in tables
         if derived:
             continue  # from the days, after them
-        grain = PERIOD[table]
         columns = counted
         if table == "stats_received":  # the buckets, computed once per report
             columns = f"{counted}, {buckets_select(dialect, 'reports')}"
         source = f"(SELECT {columns} FROM reports{fence(dialect)}) AS r"  # noqa: S608
-        for name, keys, measures, where in parts(dialect, zone, "r", "r", (table,)):
-            if grain == "month" and keys[0] != period_expr(dialect, zone, _moment(name), grain):
-                continue  # the year's rows: from the months, below
+        # The years' rows are summed from the months', below.
+        for name, keys, measures, where in parts(dialect, zone, "r", "r", (table,), years=False):
             aliased = ", ".join(f"{v} AS k{i}" for i, v in enumerate(keys))
             measured = ", ".join(f"{m} AS m{j}" for j, m in enumerate(measures))
             grouped = ", ".join(f"k{i}" for i in range(len(keys)))
@@ -292,10 +295,6 @@ def fill(dialect: str, zone: Zone, tables: tuple[str, ...] = ROLLUP_TABLES) -> l
         if table in tables:
             out.append(_summed(table, table, "month / 100 * 100", "month", "month % 100 <> 0"))
     return out
-
-
-def _moment(table: str) -> str:
-    return "r.created_at" if table.startswith("stats_received") else "r.resolved_at"
 
 
 def _summed(table: str, source: str, period: str, column: str, where: str = "1 = 1") -> str:
