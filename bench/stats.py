@@ -48,26 +48,6 @@ from storage.stats_rollup import DEFAULT_ZONE, drop_trigger_statements, fill, tr
 from tests.conftest import execute_autocommit
 
 DB_NAME = "tinbao_bench_stats"
-COLUMNS = (
-    "code",
-    "kind",
-    "category",
-    "unit_code",
-    "occurred",
-    "contact_mode",
-    "pin_hash",
-    "locale",
-    "channel",
-    "status",
-    "outcome",
-    "subjects_handled",
-    "citizen_assisted_arrest",
-    "created_at",
-    "updated_at",
-    "claimed_at",
-    "acknowledged_at",
-    "resolved_at",
-)
 STATUS_WEIGHTS = {
     "new": 5,
     "assigned": 5,
@@ -105,7 +85,7 @@ FROM (
              ELSE drawn END AS status
     FROM (
         SELECT translate(lpad(g::text, 10, '0'), '0123456789', $5) AS code,
-            $3::timestamptz + make_interval(secs => (g - $1) * $4) AS created,
+            $3::timestamptz + make_interval(secs => (g - 1) * $4) AS created,
             CASE WHEN e THEN 'emergency' ELSE 'tip' END AS kind,
             CASE WHEN e THEN NULL
                  ELSE ($6::text[])[1 + floor(r1 * cardinality($6::text[]))::int] END AS category,
@@ -173,6 +153,10 @@ async def seed(url: str, count: int, name: str = DB_NAME, years: int = 5) -> Non
             )
             print(f"  {last:,} reports ({time.perf_counter() - started:.0f} s)", flush=True)
         inserted = time.perf_counter()
+        first_at, last_at = await connection.fetchrow(
+            "SELECT min(created_at), max(created_at) FROM reports"
+        )
+        print(f"  arrived from {first_at:%Y-%m-%d} to {last_at:%Y-%m-%d}")
         # The triggers keep the rollups row by row; for a bulk load, fill them once instead.
         await connection.execute("ANALYZE reports")
         async with connection.transaction():
