@@ -75,6 +75,7 @@ async def test_check_finds_a_tampered_count_and_rebuild_repairs_it(
     async with engine.begin() as connection:
         await connection.execute(text("UPDATE stats_received SET reports = reports + 5"))
         await connection.execute(text("DELETE FROM stats_resolved"))
+        await connection.execute(text("UPDATE stats_resolved_daily SET oc_clarified = 0"))
     wrong = _tinbao(tmp_path, db_url, "stats", "check")
     assert wrong.returncode == 1, wrong.stderr
     # The month's row and the year's (202500) row were both altered.
@@ -82,6 +83,9 @@ async def test_check_finds_a_tampered_count_and_rebuild_repairs_it(
     assert "202503 - - tip theft reports: 8, 3" in wrong.stdout  # no unit, no queue
     assert "202500 - - tip theft reports: 8, 3" in wrong.stdout
     assert "stats_resolved:" in wrong.stdout and "tinbao stats rebuild" in wrong.stdout
+    # Resolved on 11 March (03:00 UTC + 1 day): the day's row lost its outcome.
+    assert "stats_resolved_daily: 1 counts disagree" in wrong.stdout
+    assert "20250311 - - tip theft oc_clarified: 0, 1" in wrong.stdout
     rebuilt = _tinbao(tmp_path, db_url, "stats", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "stats_received: 2 rows" in rebuilt.stdout  # March 2025, and 2025
