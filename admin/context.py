@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -14,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin.auth import CSRF_FIELD, LANG_COOKIE, LoginThrottle, PasswordWorker, Session, SessionBox
 from admin.clients import Clients
-from admin.queries import EMERGENCY_CATEGORY
+from admin.labels import Labels
 from admin.runtime import PanelRuntime
 from admin.scope import visible
 from admin.settings import AdminSettings
-from handlers.domain import CATEGORIES, LOCALES, OUTCOMES, STATUSES
-from handlers.i18n import DEFAULT_LOCALE, catalogue, t
+from handlers.domain import LOCALES
+from handlers.i18n import DEFAULT_LOCALE
 from handlers.localtime import format_datetime
-from handlers.officers import ROLES, rank
+from handlers.officers import rank
 from handlers.rewards import format_vnd
 from handlers.security import format_code
 from handlers.triage import Triage
@@ -102,69 +103,51 @@ def safe_next(value: str | None) -> str:
     return f"{PREFIX}/"
 
 
-class Labels:
-    """Labels for templates and exports, in one locale."""
+def labels_of(request: web.Request) -> Labels:
+    panel = panel_of(request)
+    return Labels(locale_of(request), panel.runtime.catalogue, panel.triage.queues)
 
-    def __init__(self, panel: Panel, locale: str) -> None:
-        self.panel = panel
-        self.locale = locale
 
-    def __call__(self, key: str, **values: Any) -> str:
-        return t(self.locale, key, **values)
+def template_env() -> jinja2.Environment:
+    """The panel's templates (also what the worker renders the monthly report from)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
-    def status(self, key: str) -> str:
-        return self(f"officer.status.{key}") if key in STATUSES else key
 
-    def category(self, key: str | None) -> str:
-        if key == EMERGENCY_CATEGORY:
-            return self("admin.cat.accident")
-        return self(f"cat.{key}") if key in CATEGORIES else self("cat.other")
-
-    def outcome(self, key: str | None) -> str:
-        return self(f"outcome.{key}") if key in OUTCOMES else (key or "")
-
-    def role(self, key: str) -> str:
-        return self(f"role.{key}") if key in ROLES else key
-
-    def unit(self, code: str | None) -> str:
-        if not code:
-            return self("admin.unit.none")
-        entry = self.panel.runtime.catalogue.by_code.get(code)
-        return entry.name if entry else code
-
-    def queue(self, key: str | None) -> str:
-        queue = self.panel.triage.queues.by_key(key) if key else None
-        return queue.name if queue else (key or "")
-
-    def action(self, key: str) -> str:
-        name = f"admin.action.{key}"
-        return self(name) if name in catalogue(self.locale) else key
-
-    def duration(self, seconds: float | None) -> str:
-        if seconds is None:
-            return "—"
-        minutes = round(seconds / 60)
-        if minutes < 60:
-            return self("admin.duration.minutes", m=minutes)
-        return self("admin.duration.hours", h=minutes // 60, m=minutes % 60)
+def page_globals(
+    labels: Labels, *, officer: Officer | None = None, csrf: str = "", path: str = ""
+) -> dict[str, Any]:
+    """What every template may use besides its own context."""
+    return {
+        "_": labels,
+        "locale": labels.locale,
+        "officer": officer,
+        "csrf": csrf,
+        "csrf_field": CSRF_FIELD,
+        "path": path,
+        "prefix": PREFIX,
+        "fmt_time": format_datetime,
+        "fmt_code": format_code,
+        "fmt_vnd": format_vnd,
+        "rank": rank,
+    }
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     panel = panel_of(request)
-    locale = locale_of(request)
     state = state_of(request)
     page = panel.env.get_template(template).render(
-        _=Labels(panel, locale),
-        locale=locale,
-        officer=state.officer if state is not None else None,
-        csrf=state.session.csrf if state is not None else "",
-        csrf_field=CSRF_FIELD,
-        path=request.path_qs,
-        prefix=PREFIX,
-        fmt_time=format_datetime,
-        fmt_code=format_code,
-        fmt_vnd=format_vnd,
-        rank=rank,
+        **page_globals(
+            labels_of(request),
+            officer=state.officer if state is not None else None,
+            csrf=state.session.csrf if state is not None else "",
+            path=request.path_qs,
+        ),
         **context,
     )
     return web.Response(text=page, status=status, content_type="text/html", charset="utf-8")

@@ -20,7 +20,6 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-import jinja2
 from aiohttp import web
 
 import admin.audit_views as audit_views
@@ -31,7 +30,7 @@ import admin.report_views as report_views
 import admin.reward_views as reward_views
 from admin.auth import LoginThrottle, PasswordWorker, SessionBox
 from admin.clients import Clients
-from admin.context import PANEL_KEY, PREFIX, Panel
+from admin.context import PANEL_KEY, PREFIX, Panel, template_env
 from admin.runtime import PanelRuntime
 from admin.security import panel_errors, sessions
 from admin.settings import AdminSettings
@@ -52,13 +51,7 @@ def build_admin_app(
     if runtime.keyring is None:
         raise RuntimeError("the admin panel needs the service keyring")
     settings = settings or AdminSettings()
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_env()
     panel = Panel(
         runtime=runtime,
         settings=settings,

@@ -96,16 +96,26 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _stats(settings: Settings, action: str) -> int:
     from admin.stats import maintenance
+    from handlers import localtime
     from storage.db import create_engine
     from storage.migrate import ensure_schema
 
+    settings.check()
+    localtime.configure(settings.timezone)
+    zone = settings.timezone
     engine = create_engine(settings.effective_database_url)
     try:
         await ensure_schema(engine, auto_upgrade=settings.is_embedded_db)
         if action == "check":
-            return maintenance.report_check(await maintenance.check(engine), print)
-        for table, rows in (await maintenance.rebuild(engine)).items():
-            print(f"{table}: {rows} rows")
+            stored, wrong = await maintenance.check(engine, zone)
+            return maintenance.report_check(stored, zone, wrong, print)
+        try:
+            rows = await maintenance.rebuild(engine, zone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        for table, count in rows.items():
+            print(f"{table}: {count} rows")
+        print(f"(days and months in {zone})")
         return 0
     finally:
         await engine.dispose()
@@ -152,12 +162,17 @@ async def _serve(settings: Settings, role: str = "all") -> None:
 
 
 async def _migrate(settings: Settings) -> str:
+    from admin.stats.maintenance import sync_zone
     from storage.db import create_engine
     from storage.migrate import current_revision, upgrade
 
     engine = create_engine(settings.effective_database_url)
     try:
         await upgrade(engine)
+        try:  # the statistics count in TINBAO_TIMEZONE (rebuilt if they counted in another)
+            await sync_zone(engine, settings.timezone)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         return str(await current_revision(engine))
     finally:
         await engine.dispose()

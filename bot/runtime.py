@@ -16,11 +16,14 @@ from datetime import timedelta
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from admin.stats.maintenance import sync_zone
+from admin.stats.report import MonthlyReports
 from bot import metrics
 from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
 from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
 from bot.delivery.shared_budget import SharedBudget
+from bot.delivery.timers import TimerRouter
 from bot.dispatch import Dispatcher
 from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
@@ -41,10 +44,12 @@ from handlers.escalation import Timers
 from handlers.intake import IntakeSettings
 from handlers.maintenance import purge
 from handlers.officers import Registry
+from handlers.outbox import Kind
 from handlers.places import PlaceIndex
 from handlers.rewards import RewardSettings
 from handlers.routing import UnitLocator
 from handlers.security import Keyring, PinHasher
+from handlers.stats_schedule import MonthlyReportSchedule, destination_of
 from handlers.triage import CardRefresh, Triage
 from storage.db import create_engine, create_session_factory
 from storage.migrate import ensure_schema
@@ -94,6 +99,8 @@ class Service:
     watch: DatabaseWatch | None = None
     #: Webhook and Zalo updates on disk until handled (bot.spool).
     spool: SpoolIntake | None = None
+    #: The monthly statistics report's timers (with the delivery worker).
+    schedule: MonthlyReportSchedule | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -109,6 +116,8 @@ class Service:
         engine = create_engine(settings.effective_database_url)
         try:
             await ensure_schema(engine, auto_upgrade=settings.is_embedded_db)
+            # The statistics count days and months in TINBAO_TIMEZONE (rebuilt on a change).
+            await sync_zone(engine, settings.timezone)
             catalogue = load_catalogue(settings.units_file)
             session_factory = create_session_factory(engine)
             async with session_factory() as session, session.begin():
@@ -204,14 +213,18 @@ class Service:
                 service.channels.add(TelegramCitizenChannel(channel))
             else:
                 service.send_only = SendOnlyTelegram(channel)
+            service.schedule = MonthlyReportSchedule(
+                destination_of(settings.stats_report_chat), settings.officer_locale
+            )
             service.delivery = DeliveryWorker(
                 session_factory,
                 bot,
                 queues,
                 locale=settings.officer_locale,
                 limits=FloodLimits.from_settings(settings),
-                timers=Timers(queues),
+                timers=TimerRouter(Timers(queues), {Kind.TIMER_MONTHLY_REPORT: service.schedule}),
                 keyring=keyring,
+                documents=MonthlyReports(session_factory, catalogue, queues),
             )
             dispatcher.after_commit.append(service.delivery.kick)
             if shared:
@@ -379,6 +392,9 @@ class Service:
         await self.engine.dispose()
 
     async def run_maintenance(self) -> None:
+        if self.schedule is not None and self.schedule.enabled:
+            async with self.session_factory() as session, session.begin():
+                await self.schedule.ensure(session, utcnow())
         async with self.session_factory() as session, session.begin():
             result = await purge(
                 session, now=utcnow(), draft_ttl=timedelta(hours=self.settings.draft_ttl_hours)

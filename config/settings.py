@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     delivery_group_per_minute: int = Field(default=20, ge=1)
     delivery_chat_per_second: float = Field(default=1.0, gt=0)
     delivery_global_per_second: int = Field(default=30, ge=1)
+    #: Where the monthly statistics report (PDF) is posted on the first of each month: ``duty``
+    #: (the duty queue's chat), ``off``, or a chat id (``-1001234567890``, ``.../<topic id>``).
+    stats_report_chat: str = Field(default="duty", pattern=r"(?i)^\s*(duty|off|-?\d+(/\d+)?)\s*$")
 
     # --- retention (0 = kept; see the README for each default) ------------------------------
     #: The route back to a tipster (and a phone they left) this many days after closing.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,9 +42,13 @@ class Kind(StrEnum):
     RELAY_TO_OFFICERS = "relay_to_officers"
     #: A message to the tipster, through the channel their route names.
     CITIZEN_MESSAGE = "citizen_message"
+    #: A file for an officers' chat (the monthly statistics report), rendered when sent.
+    DOCUMENT = "document"
     #: Timers: fired once by the timer worker, never sent.
     TIMER_ESCALATE = "timer.escalate"
     TIMER_REMIND_UNCLAIMED = "timer.remind_unclaimed"
+    #: The first of a month: post the month before's statistics report.
+    TIMER_MONTHLY_REPORT = "timer.monthly_report"
 
     @property
     def is_timer(self) -> bool:
@@ -60,8 +64,9 @@ OFFICER_KINDS: Final = (
     Kind.ALERT,
     Kind.CHAT_TEXT,
     Kind.RELAY_TO_OFFICERS,
+    Kind.DOCUMENT,
 )
-TIMER_KINDS: Final = (Kind.TIMER_ESCALATE, Kind.TIMER_REMIND_UNCLAIMED)
+TIMER_KINDS: Final = (Kind.TIMER_ESCALATE, Kind.TIMER_REMIND_UNCLAIMED, Kind.TIMER_MONTHLY_REPORT)
 
 
 class Priority(IntEnum):
@@ -322,10 +327,51 @@ class CitizenPayload(Payload):
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentPayload(Payload):
+    """A file for an officers' chat, named by what it is, not held in the row: the sender renders
+    it when it sends (:class:`DocumentRenderer`), so a row stays a few bytes and a retry sends
+    the same document again."""
+
+    KIND: ClassVar[Kind] = Kind.DOCUMENT
+
+    #: Which document (``stats_report``: the monthly statistics report).
+    document: str
+    #: Its period (``2026-05``).
+    period: str
+    #: The language of the document and its caption (the officers' locale when absent).
+    locale: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A rendered document: the file's bytes, its name and the caption under it."""
+
+    content: bytes
+    file_name: str
+    caption: str
+
+
+class DocumentRenderer(Protocol):
+    """Renders the document a :class:`DocumentPayload` names; ``LookupError`` for one it does
+    not know (the row fails), any other error is retried."""
+
+    async def render(self, payload: DocumentPayload, locale: str) -> Document: ...
+
+
+@dataclass(frozen=True, slots=True)
 class TimerPayload(Payload):
     KIND: ClassVar[Kind] = Kind.TIMER_ESCALATE
 
     report_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class MonthlyReportTimerPayload(Payload):
+    """Fires on the first of the month after ``period`` (``2026-05``), local time."""
+
+    KIND: ClassVar[Kind] = Kind.TIMER_MONTHLY_REPORT
+
+    period: str
 
 
 PAYLOADS: Final[dict[Kind, type[Payload]]] = {
@@ -336,8 +382,10 @@ PAYLOADS: Final[dict[Kind, type[Payload]]] = {
     Kind.CHAT_TEXT: ChatTextPayload,
     Kind.RELAY_TO_OFFICERS: RelayPayload,
     Kind.CITIZEN_MESSAGE: CitizenPayload,
+    Kind.DOCUMENT: DocumentPayload,
     Kind.TIMER_ESCALATE: TimerPayload,
     Kind.TIMER_REMIND_UNCLAIMED: TimerPayload,
+    Kind.TIMER_MONTHLY_REPORT: MonthlyReportTimerPayload,
 }
 
 
@@ -380,6 +428,31 @@ def enqueue(
     )
 
 
+async def enqueue_once(
+    session: AsyncSession,
+    payload: Payload,
+    destination: Destination,
+    *,
+    dedupe_key: str,
+    kind: Kind | None = None,
+    due: datetime | None = None,
+    priority: int | None = None,
+) -> bool:
+    """Add an outbox row unless one with ``dedupe_key`` exists (ever, in any process), in the
+    caller's transaction; True when added."""
+    row_kind = kind or payload.KIND
+    if not isinstance(payload, PAYLOADS[row_kind]):
+        raise TypeError(f"{type(payload).__name__} is not a payload of {row_kind}")
+    return await Outbox(session).enqueue_absent(
+        kind=row_kind.value,
+        destination=str(destination),
+        payload=payload.to_json(),
+        dedupe_key=dedupe_key,
+        due=due,
+        priority=int(payload.PRIORITY if priority is None else priority),
+    )
+
+
 __all__ = [
     "OFFICER_KINDS",
     "PAYLOADS",
@@ -393,7 +466,11 @@ __all__ = [
     "CitizenPayload",
     "Destination",
     "DigestPayload",
+    "Document",
+    "DocumentPayload",
+    "DocumentRenderer",
     "Kind",
+    "MonthlyReportTimerPayload",
     "Payload",
     "Priority",
     "RelayPayload",
@@ -402,5 +479,6 @@ __all__ = [
     "TimerPayload",
     "Where",
     "enqueue",
+    "enqueue_once",
     "payload_of",
 ]

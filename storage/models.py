@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from storage.stats_rollup import MEASURES
+from storage.stats_rollup import MEASURES, PERIOD, STATE_TABLE
 from storage.types import BigIntKey, JSONType, UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -436,16 +436,17 @@ class ZaloInbox(Base):
 
 
 # --------------------------------------------------------------------------- statistics rollups
-# Kept by triggers on ``reports`` (migration 0011, :mod:`storage.stats_rollup`); read by
-# :mod:`admin.stats`. Months are local (Vietnam) calendar months as ``yyyymm``; an absent unit,
-# queue or category is ``''``. One row per month and key; the counts are columns.
+# Kept by triggers on ``reports`` (migration 0013, :mod:`storage.stats_rollup`); read by
+# :mod:`admin.stats`. Months are local calendar months as ``yyyymm`` (``yyyy00``: the whole
+# year), days local days as ``yyyymmdd``, in the zone of ``stats_rollup_state``; an absent unit,
+# queue or category is ``''``. One row per period and key; the counts are columns.
 
 
 def _stats_table(name: str) -> Table:
     return Table(
         name,
         Base.metadata,
-        Column("month", Integer, primary_key=True),
+        Column(PERIOD[name], Integer, primary_key=True),
         Column("unit_code", String(16), primary_key=True),
         Column("queue_key", String(64), primary_key=True),
         Column("kind", String(16), primary_key=True),
@@ -458,6 +459,17 @@ def _stats_table(name: str) -> Table:
 stats_received = _stats_table("stats_received")
 #: Resolved reports by the month they were resolved: outcomes, subjects, assisted arrests.
 stats_resolved = _stats_table("stats_resolved")
+#: The same by local day (``day = yyyymmdd``), without the duration histograms.
+stats_received_daily = _stats_table("stats_received_daily")
+stats_resolved_daily = _stats_table("stats_resolved_daily")
+#: One row (``id = 1``): the zone the rollups count in (``minutes``: its fixed offset, if any).
+stats_rollup_state = Table(
+    STATE_TABLE,
+    Base.metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("zone", String(64), nullable=False),
+    Column("minutes", Integer, nullable=True),
+)
 
 
 class UpdateArrival(Base):

@@ -450,6 +450,42 @@ class Outbox:
         self.session.add(message)
         return message
 
+    async def enqueue_absent(
+        self,
+        *,
+        kind: str,
+        destination: str,
+        payload: dict[str, Any],
+        dedupe_key: str,
+        due: datetime | None = None,
+        priority: int = 0,
+    ) -> bool:
+        """Add a row unless one with ``dedupe_key`` exists (``ON CONFLICT DO NOTHING``: two
+        transactions at once add one); True when added."""
+        now = utcnow()
+        dialect = self.session.get_bind().dialect.name
+        insert_ = pg_insert if dialect == "postgresql" else sqlite_insert
+        result = await self.session.execute(
+            insert_(OutboxMessage)
+            .values(
+                kind=kind,
+                destination=destination,
+                payload=payload,
+                dedupe_key=dedupe_key,
+                status="pending",
+                attempts=0,
+                next_attempt_at=due or now,
+                created_at=now,
+                priority=priority,
+                message_count=0,
+            )
+            .on_conflict_do_nothing()
+        )
+        added = bool(getattr(result, "rowcount", 0))
+        if added:
+            self.session.info[OUTBOX_ENQUEUED] = True
+        return added
+
 
 class Units:
     def __init__(self, session: AsyncSession) -> None:

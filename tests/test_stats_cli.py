@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRET = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 
-def _tinbao(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _tinbao(
+    tmp_path: Path, db_url: str, *args: str, zone: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINBAO_")}
     env.update(
         PYTHONPATH=str(ROOT),
@@ -27,6 +29,8 @@ def _tinbao(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProc
         TINBAO_DATABASE_URL=db_url,
         TINBAO_SECRET_KEY=SECRET,
     )
+    if zone is not None:
+        env["TINBAO_TIMEZONE"] = zone
     return subprocess.run(  # noqa: S603 (our own command, fixed arguments)
         [sys.executable, "-m", "bot", *args],
         capture_output=True,
@@ -71,6 +75,7 @@ async def test_check_finds_a_tampered_count_and_rebuild_repairs_it(
     async with engine.begin() as connection:
         await connection.execute(text("UPDATE stats_received SET reports = reports + 5"))
         await connection.execute(text("DELETE FROM stats_resolved"))
+        await connection.execute(text("UPDATE stats_resolved_daily SET oc_clarified = 0"))
     wrong = _tinbao(tmp_path, db_url, "stats", "check")
     assert wrong.returncode == 1, wrong.stderr
     # The month's row and the year's (202500) row were both altered.
@@ -78,10 +83,15 @@ async def test_check_finds_a_tampered_count_and_rebuild_repairs_it(
     assert "202503 - - tip theft reports: 8, 3" in wrong.stdout  # no unit, no queue
     assert "202500 - - tip theft reports: 8, 3" in wrong.stdout
     assert "stats_resolved:" in wrong.stdout and "tinbao stats rebuild" in wrong.stdout
+    # Resolved on 11 March (03:00 UTC + 1 day): the day's row lost its outcome.
+    assert "stats_resolved_daily: 1 counts disagree" in wrong.stdout
+    assert "20250311 - - tip theft oc_clarified: 0, 1" in wrong.stdout
     rebuilt = _tinbao(tmp_path, db_url, "stats", "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "stats_received: 2 rows" in rebuilt.stdout  # March 2025, and 2025
     assert "stats_resolved: 2 rows" in rebuilt.stdout
+    assert "stats_received_daily: 1 rows" in rebuilt.stdout  # 10 March 2025
+    assert "stats_resolved_daily: 1 rows" in rebuilt.stdout
     async with engine.connect() as connection:
         rows = await connection.execute(text("SELECT month, reports FROM stats_received"))
         assert sorted(tuple(row) for row in rows) == [(202500, 3), (202503, 3)]
@@ -95,3 +105,41 @@ def test_stats_without_an_action_shows_help(tmp_path: Path) -> None:
     result = _tinbao(tmp_path, "sqlite+aiosqlite:///unused.db", "stats")
     assert "usage: tinbao stats" in result.stdout
     assert "check" in result.stdout and "rebuild" in result.stdout
+
+
+async def test_check_names_another_zone_and_rebuild_moves_to_it(
+    tmp_path: Path, db_url: str, engine: AsyncEngine
+) -> None:
+    """TINBAO_TIMEZONE=UTC against rollups counted in Vietnam's time: ``check`` says so (exit 1,
+    the 8 reports at 20:00 UTC on 9 March are the 10th in Vietnam); ``rebuild`` counts in UTC."""
+    async with create_session_factory(engine)() as db, db.begin():
+        late = datetime(2025, 3, 9, 20, 0, tzinfo=UTC)
+        db.add_all(
+            Report(
+                code=f"UTC{i}",
+                kind="tip",
+                category="drugs",
+                contact_mode="relay",
+                pin_hash="x",
+                locale="vi",
+                channel="telegram",
+                status="new",
+                created_at=late,
+                updated_at=late,
+            )
+            for i in range(8)
+        )
+    wrong = _tinbao(tmp_path, db_url, "stats", "check", zone="UTC")
+    assert wrong.returncode == 1, wrong.stderr
+    assert "count in Asia/Ho_Chi_Minh, TINBAO_TIMEZONE is UTC" in wrong.stdout
+    assert "20250310 - - tip drugs reports: 8, 0" in wrong.stdout
+    rebuilt = _tinbao(tmp_path, db_url, "stats", "rebuild", zone="UTC")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "(days and months in UTC)" in rebuilt.stdout
+    async with engine.connect() as connection:
+        days = await connection.execute(text("SELECT day, reports FROM stats_received_daily"))
+        assert list(days) == [(20250309, 8)]
+        zone = await connection.execute(text("SELECT zone, minutes FROM stats_rollup_state"))
+        assert list(zone) == [("UTC", 0)]
+    agree = _tinbao(tmp_path, db_url, "stats", "check", zone="UTC")
+    assert agree.returncode == 0 and "agree" in agree.stdout

@@ -3,14 +3,17 @@ and the figures read from them equal a direct count, on SQLite and PostgreSQL.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from admin.queries import Period, summary
 from admin.queries import stats as direct_stats
-from admin.stats.check import differences
+from admin.stats.check import differences, stored
+from admin.stats.maintenance import rollup_zone, stored_zone, sync_zone
 from admin.stats.queries import (
     Figures,
     adapt,
@@ -21,9 +24,12 @@ from admin.stats.queries import (
     period_months,
 )
 from config.catalogue import load_catalogue
-from storage.models import Report, stats_received
+from handlers import localtime
+from handlers.retention import RetentionPolicy, apply_retention
+from storage.db import create_session_factory
+from storage.models import Report, ReportEvent, stats_received
 from storage.repositories import Units
-from storage.stats_rollup import rebuild_statements
+from storage.stats_rollup import DEFAULT_ZONE, rebuild_statements
 
 Factory = async_sessionmaker[AsyncSession]
 # 16:59:59 UTC on 31 January is still January in Vietnam; 17:00:00 is 1 February.
@@ -132,6 +138,27 @@ async def test_rollups_follow_every_change(session_factory: Factory) -> None:
         )
         await db.execute(delete(Report).where(Report.code == "FEB3"))
     await _assert_agrees(session_factory)
+    # the retention run redacts closed reports' texts (no counted column): nothing moves
+    async with session_factory() as db, db.begin():
+        db.add(
+            ReportEvent(
+                report_id=ids["FEB1"],
+                at=datetime(2025, 3, 1, tzinfo=UTC),
+                actor_kind="system",
+                action="resolved",
+                to_status="resolved",
+            )
+        )
+        await db.execute(update(Report).values(description="chi tiết"))
+    async with session_factory() as db:
+        before = await stored(db)
+    policy = RetentionPolicy.from_days(route_days=0, evidence_days=0, text_years=1, audit_days=0)
+    async with session_factory() as db, db.begin():
+        done = await apply_retention(db, policy, now=datetime(2027, 1, 1, tzinfo=UTC))
+    assert done.texts == 1
+    async with session_factory() as db:
+        assert await stored(db) == before
+    await _assert_agrees(session_factory)
     # a rolled-back change leaves nothing behind
     async with session_factory() as db, db.begin():
         await db.execute(update(Report).values(status="new"))
@@ -140,7 +167,7 @@ async def test_rollups_follow_every_change(session_factory: Factory) -> None:
     # and a rebuild gives the same tables
     async with session_factory() as db, db.begin():
         dialect = db.get_bind().dialect.name
-        for statement in rebuild_statements(dialect):
+        for statement in rebuild_statements(dialect, DEFAULT_ZONE):
             await db.execute(text(statement))
     await _assert_agrees(session_factory)
 
@@ -229,20 +256,84 @@ def direct_total_by_unit(parts: list[Figures]) -> dict[str, int]:
     return out
 
 
-async def test_the_days_of_a_month_follow_the_configured_zone(session_factory: Factory) -> None:
-    """``daily`` reads the local day in ``TINBAO_TIMEZONE``, not a hard-coded Vietnam."""
-    from handlers import localtime
+async def _rezoned(engine: AsyncEngine, name: str) -> bool:
+    """The service's start with ``TINBAO_TIMEZONE=name``: the rollups follow, and so does
+    everything shown (:mod:`handlers.localtime`)."""
+    localtime.configure(name)
+    return await sync_zone(engine, name)
 
-    # 15:30 UTC on 31 March: 22:30 on the 31st in Vietnam, 00:30 on 1 April in Tokyo.
-    async with session_factory() as db, db.begin():
-        db.add(_report("TOKYO1", datetime(2025, 3, 31, 15, 30, tzinfo=UTC)))
-    localtime.configure("Asia/Tokyo")
-    try:
-        async with session_factory() as db:
-            days = await daily(db, Period(2025, 4), None)
-    finally:
-        localtime.configure(localtime.DEFAULT_TIMEZONE)
-    assert days[0] == (datetime(2025, 4, 1).date(), 1)
-    async with session_factory() as db:
+
+@pytest.fixture
+def _zone_restored() -> Iterator[None]:
+    yield
+    localtime.configure(localtime.DEFAULT_TIMEZONE)
+
+
+@pytest.mark.usefixtures("_zone_restored")
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata", "Asia/Tokyo"])
+async def test_the_rollups_count_in_the_configured_zone(engine: AsyncEngine, zone: str) -> None:
+    """With another TINBAO_TIMEZONE the start re-creates the triggers and rebuilds: the rollups
+    (months, years and days) equal a recount in that zone, before and after changes, and the
+    month by day counts that zone's days. Kolkata is +05:30 (minutes, not hours)."""
+    factory = create_session_factory(engine)
+    units = await _units(factory)
+    ids = await _seed(factory, units)
+    # 15:30 UTC on 31 March: 22:30 on the 31st in Vietnam, 21:00 in Kolkata, 00:30 on 1 April
+    # in Tokyo; 23:59 UTC on 31 December 2024 is 2025 everywhere east of UTC.
+    async with factory() as db, db.begin():
+        db.add(_report("EDGE1", datetime(2025, 3, 31, 15, 30, tzinfo=UTC), unit_code=units[1]))
+        db.add(_report("EDGE2", datetime(2024, 12, 31, 23, 59, tzinfo=UTC), kind="emergency"))
+    assert await _rezoned(engine, zone) is True
+    assert await sync_zone(engine, zone) is False  # already counting there: nothing to do
+    async with factory() as db:
+        assert await stored_zone(db) == rollup_zone(zone)
+        assert await differences(db) == {}
+    # The triggers count in the new zone too.
+    await _change(
+        factory,
+        ids["FEB1"],
+        status="resolved",
+        outcome="clarified",
+        subjects_handled=2,
+        resolved_at=datetime(2025, 2, 28, 18, 0, tzinfo=UTC),  # 1 March in Asia, not in UTC
+    )
+    await _change(factory, ids["JAN1"], unit_code=units[2], claimed_at=START_OF_FEBRUARY)
+    async with factory() as db, db.begin():
+        await db.execute(delete(Report).where(Report.code == "FEB2"))
+    async with factory() as db:
+        assert await differences(db) == {}
         march = await daily(db, Period(2025, 3), None)
-    assert march[-1][1] == 1 and sum(n for _, n in march) == 1
+        april = await daily(db, Period(2025, 4), None)
+        year_2024 = await figures(db, period_months(Period(2024)), None)
+    tokyo = zone == "Asia/Tokyo"
+    assert march[-1][1] == (0 if tokyo else 1)
+    assert april[0][1] == (1 if tokyo else 0)
+    # The emergency at 23:59 UTC on New Year's Eve is 2024's only in UTC.
+    assert year_2024.emergencies == (1 if zone == "UTC" else 0)
+
+
+@pytest.mark.usefixtures("_zone_restored")
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_sqlite_refuses_a_zone_with_daylight_saving(engine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match="daylight saving"):
+        await sync_zone(engine, "Europe/Berlin")
+    async with create_session_factory(engine)() as db:  # nothing changed
+        assert await stored_zone(db) == DEFAULT_ZONE
+
+
+@pytest.mark.usefixtures("_zone_restored")
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_postgresql_counts_across_daylight_saving(engine: AsyncEngine) -> None:
+    """PostgreSQL converts with the zone's name: 22:30 UTC is the next day in Berlin in summer
+    (+02:00) and in winter (+01:00) alike, and the recount agrees."""
+    factory = create_session_factory(engine)
+    async with factory() as db, db.begin():
+        db.add(_report("BER1", datetime(2025, 7, 31, 22, 30, tzinfo=UTC)))  # 00:30 1 Aug
+        db.add(_report("BER2", datetime(2025, 1, 31, 22, 30, tzinfo=UTC)))  # 23:30 31 Jan
+        db.add(_report("BER3", datetime(2025, 1, 31, 23, 30, tzinfo=UTC)))  # 00:30 1 Feb
+    assert await _rezoned(engine, "Europe/Berlin") is True
+    async with factory() as db:
+        assert await differences(db) == {}
+        assert (await daily(db, Period(2025, 8), None))[0][1] == 1
+        assert (await daily(db, Period(2025, 1), None))[-1][1] == 1
+        assert (await daily(db, Period(2025, 2), None))[0][1] == 1

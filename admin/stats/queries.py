@@ -1,9 +1,10 @@
-"""Statistics read from the monthly rollups (``stats_*``, kept by triggers, migration 0010).
+"""Statistics read from the rollups (``stats_*``, kept by triggers, :mod:`storage.stats_rollup`).
 
-A period is a range of local calendar months (``yyyymm``). The viewer's scope and the page's
-filters are conditions on :class:`~storage.models.Report` columns, as everywhere in the panel;
-they are rewritten onto the rollup's columns (an absent unit, queue or category is ``''`` there).
-Only the month-by-day chart reads ``reports`` directly (one month, by the created_at index).
+A period is a range of local calendar months (``yyyymm``), read from the monthly and yearly rows;
+a view by day (the month by day) reads the daily rows (``yyyymmdd``). The viewer's scope and the
+page's filters are conditions on :class:`~storage.models.Report` columns, as everywhere in the
+panel; they are rewritten onto the rollup's columns (an absent unit, queue or category is ``''``
+there). Nothing here reads ``reports``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Table, and_, func, select, true
+from sqlalchemy import ColumnElement, Table, and_, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.schema import Column
 
-from admin.queries import Period, _dialect
-from handlers.localtime import to_local, utc_offset, zone_name
-from storage.models import Report, stats_received, stats_resolved
+from admin.queries import Period
+from storage.models import Report, stats_received, stats_received_daily, stats_resolved
 from storage.stats_rollup import (
     ACK_COLUMNS,
     BUCKET_EDGES,
@@ -32,6 +32,7 @@ from storage.stats_rollup import (
 
 RECEIVED: Table = stats_received
 RESOLVED: Table = stats_resolved
+RECEIVED_DAILY: Table = stats_received_daily
 NULLABLE = ("unit_code", "queue_key", "category")
 
 
@@ -304,31 +305,19 @@ async def unit_months(
 async def daily(
     session: AsyncSession, period: Period, where: ColumnElement[bool] | None
 ) -> list[tuple[date, int]]:
-    """Reports per local day of a month, read from ``reports`` (every day, zeros included)."""
+    """Reports per local day of a month, from the daily rollup (every day, zeros included)."""
     assert period.month is not None
-    day: Any
-    offset = utc_offset(period.start)
-    if _dialect(session) == "postgresql":
-        name = zone_name()
-        local = (
-            func.timezone(name, Report.created_at)
-            if name is not None
-            else func.timezone("UTC", Report.created_at) + offset
-        )
-        day = func.extract("day", local)
-    else:  # SQLite keeps UTC text: shifted by the zone's offset in that month
-        minutes = f"{int(offset.total_seconds() // 60):+d} minutes"
-        day = func.cast(func.strftime("%d", Report.created_at, minutes), Integer())
-    stmt = (
-        select(day, func.count())
-        .where(Report.created_at >= period.start, Report.created_at < period.end)
-        .group_by(day)
-    )
-    if where is not None:
-        stmt = stmt.where(where)
-    counts = {int(d): int(n) for d, n in await session.execute(stmt)}
     first = date(period.year, period.month, 1)
-    days = (to_local(period.end).date() - first).days
+    following = date(period.year + period.month // 12, period.month % 12 + 1, 1)
+    days = (following - first).days
+    base = month_key(period.year, period.month) * 100
+    d = RECEIVED_DAILY.c
+    rows = await session.execute(
+        select(d.day, func.sum(d.reports))
+        .where(d.day > base, d.day <= base + days, adapt(where, RECEIVED_DAILY))
+        .group_by(d.day)
+    )
+    counts = {int(day) - base: int(n or 0) for day, n in rows}
     return [(date(period.year, period.month, i), counts.get(i, 0)) for i in range(1, days + 1)]
 
 

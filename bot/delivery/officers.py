@@ -28,7 +28,7 @@ from telegram import (
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, ChatMigrated, Forbidden, TelegramError
 
-from bot.delivery.rows import Job
+from bot.delivery.rows import Job, RenderFailed
 from handlers.cards import Card, CardMedia, alert_card, digest_card, reminder_card, report_card
 from handlers.events import Button
 from handlers.i18n import t
@@ -37,6 +37,8 @@ from handlers.outbox import (
     CardPayload,
     ChatTextPayload,
     DigestPayload,
+    DocumentPayload,
+    DocumentRenderer,
     Kind,
     RelayPayload,
     ReminderPayload,
@@ -134,11 +136,13 @@ class OfficerSender:
         *,
         locale: str,
         keyring: Keyring | None,
+        documents: DocumentRenderer | None = None,
     ) -> None:
         self.bot = bot
         self.session_factory = session_factory
         self.locale = locale
         self.keyring = keyring
+        self.documents = documents
 
     async def send(self, job: Job, parts: Parts) -> None:
         """Send the row; ``LookupError`` when its report (or relay) is gone or its kind is not
@@ -162,6 +166,8 @@ class OfficerSender:
             await self._chat_text(job, payload, parts)
         elif isinstance(payload, RelayPayload):
             await self._relay(job, payload, parts)
+        elif isinstance(payload, DocumentPayload):
+            await self._document(job, payload, parts)
         else:
             raise LookupError(f"outbox kind {job.row.kind!r} is not sent to officers")
 
@@ -436,6 +442,32 @@ class OfficerSender:
             finish=True,
         )
 
+    async def _document(self, job: Job, payload: DocumentPayload, parts: Parts) -> None:
+        """A file (the monthly statistics report), rendered now from what the row names and
+        uploaded (``sendDocument``, multipart). Not rendered again once sent."""
+        if "doc" in job.done:
+            await parts.finish(job)
+            return
+        if self.documents is None:
+            raise LookupError("no document renderer in this process")
+        try:
+            document = await self.documents.render(payload, self.locale)
+        except LookupError:
+            raise
+        except Exception as exc:
+            raise RenderFailed(f"{payload.document} {payload.period}") from exc
+        upload = InputFile(document.content, filename=document.file_name)
+        common = self.common(job)
+        await parts.part(
+            job,
+            "doc",
+            1,
+            lambda: self.bot.send_document(
+                document=upload, caption=document.caption[:1024], **common
+            ),
+            finish=True,
+        )
+
 
 #: The kinds :class:`OfficerSender` takes.
 SENT_KINDS: Final = tuple(
@@ -447,6 +479,7 @@ SENT_KINDS: Final = tuple(
         Kind.ALERT,
         Kind.CHAT_TEXT,
         Kind.RELAY_TO_OFFICERS,
+        Kind.DOCUMENT,
     )
 )
 

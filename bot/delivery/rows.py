@@ -89,6 +89,11 @@ class Blocked(Exception):
         self.reason = reason
 
 
+class RenderFailed(Exception):
+    """A row's document could not be rendered (its cause attached): retried later with
+    backoff, without pausing the chat (other rows to it go on)."""
+
+
 class LeaseLost(Exception):
     """Another worker took the row over (our lease lapsed)."""
 

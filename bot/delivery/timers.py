@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -38,6 +38,17 @@ class TimerHandler(Protocol):
     """
 
     async def fire(self, session: AsyncSession, row: OutboxMessage) -> None: ...
+
+
+class TimerRouter:
+    """One :class:`TimerHandler` per timer kind (the rest to ``default``)."""
+
+    def __init__(self, default: TimerHandler, by_kind: Mapping[str, TimerHandler]) -> None:
+        self.default = default
+        self.by_kind = dict(by_kind)
+
+    async def fire(self, session: AsyncSession, row: OutboxMessage) -> None:
+        await self.by_kind.get(row.kind, self.default).fire(session, row)
 
 
 def is_timer() -> ColumnElement[bool]:
@@ -199,4 +210,4 @@ class TimerWorker:
         return fired
 
 
-__all__ = ["TimerHandler", "TimerWorker", "is_timer"]
+__all__ = ["TimerHandler", "TimerRouter", "TimerWorker", "is_timer"]

@@ -42,7 +42,7 @@ from bot.delivery.folding import Planner
 from bot.delivery.leases import Leases, claimable, enqueue_once, insert_ignoring
 from bot.delivery.officers import SENT_KINDS, Call, OfficerSender, is_chat_gone
 from bot.delivery.pacing import FloodLimits, Pacer
-from bot.delivery.rows import Blocked, Job, LeaseLost, Row, Target, error_text
+from bot.delivery.rows import Blocked, Job, LeaseLost, RenderFailed, Row, Target, error_text
 from bot.delivery.timers import TimerHandler, TimerWorker
 from bot.outage import DatabaseWatch, paused
 from config.queues import QueueMap
@@ -51,6 +51,7 @@ from handlers.outbox import (
     AlertPayload,
     CardPayload,
     Destination,
+    DocumentRenderer,
     Kind,
     Priority,
     Status,
@@ -134,6 +135,7 @@ class DeliveryWorker:
         limits: FloodLimits | None = None,
         timers: TimerHandler | None = None,
         keyring: Keyring | None = None,
+        documents: DocumentRenderer | None = None,
         clock: Callable[[], datetime] = utcnow,
         retry_base: float = 1.0,
         retry_cap: float = 300.0,
@@ -159,7 +161,9 @@ class DeliveryWorker:
         self.max_lanes = max_lanes
         self.scan_limit = scan_limit
         self.stats = DeliveryStats()
-        self.sender = OfficerSender(bot, session_factory, locale=locale, keyring=keyring)
+        self.sender = OfficerSender(
+            bot, session_factory, locale=locale, keyring=keyring, documents=documents
+        )
         self.leases = Leases(session_factory, clock, lease_seconds)
         self.pacer = Pacer(self.limits, session_factory, clock)
         self.planner = Planner(self.pacer, self.leases, plan_size=plan_size)
@@ -455,6 +459,17 @@ class DeliveryWorker:
                 await self._fail(job, exc, chat_gone=False)
                 return "settled"
             return await self._transient(job, exc)
+        except RenderFailed as exc:
+            delay = self._backoff(job.attempts + 1)
+            log.error(
+                "outbox row %d: rendering %s failed; retrying in %.0fs",
+                row.id,
+                exc,
+                delay,
+                exc_info=exc.__cause__,
+            )
+            await self._release(job, delay, error=error_text(exc.__cause__ or exc), failed=True)
+            return "skipped"
         except LookupError as exc:  # the report was deleted meanwhile
             await self._fail(job, exc, chat_gone=False)
             return "settled"

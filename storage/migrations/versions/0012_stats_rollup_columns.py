@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import storage.stats_rollup_0010 as old
-from storage.stats_rollup import MEASURES, drop_trigger_statements, fill, trigger_statements
+from storage.stats_rollup_0012 import MEASURES, drop_trigger_statements, fill, trigger_statements
 
 revision = "0012"
 down_revision = "0011"
