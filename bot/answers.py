@@ -61,9 +61,16 @@ def retry_after_seconds(exc: RetryAfter, floor: float = 1.0) -> float:
     return max(floor, seconds)
 
 
-def _before_sending(exc: TimedOut) -> bool:
-    """A time-out waiting for a free connection: nothing was sent yet."""
-    return str(exc).startswith("Pool timeout")
+def sent_nothing(exc: TimedOut) -> bool:
+    """A time-out before the request left: waiting for a free connection of the pool, or
+    opening a connection (:mod:`bot.http` says which)."""
+    return str(exc).startswith(("Pool timeout", "Connect timeout"))
+
+
+def maybe_delivered(exc: BaseException) -> bool:
+    """A time-out after the request left: Telegram may have carried it out (a message created)
+    although its answer never came."""
+    return isinstance(exc, TimedOut) and not sent_nothing(exc)
 
 
 def wait_for(exc: BaseException, *, idempotent: bool = False) -> float | None:
@@ -71,7 +78,7 @@ def wait_for(exc: BaseException, *, idempotent: bool = False) -> float | None:
     or could send a message twice (a time-out, unless ``idempotent``)."""
     if isinstance(exc, RetryAfter):
         return retry_after_seconds(exc, floor=0.05)
-    if isinstance(exc, TimedOut) and not idempotent and not _before_sending(exc):
+    if not idempotent and maybe_delivered(exc):
         return None  # the message may have been delivered: never sent twice
     if isinstance(exc, BadRequest):  # a NetworkError in PTB, but retrying changes nothing
         return None
