@@ -26,6 +26,7 @@ from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.ordering import ChatOrder, purge_arrivals
 from bot.outage import DatabaseWatch
+from bot.queued_answers import AnswerQueue
 from bot.roles import PollingLock, Role, SendOnlyTelegram, startup_turn
 from bot.spool import Spool, SpoolIntake
 from bot.telegram import TelegramChannel
@@ -244,6 +245,14 @@ class Service:
         )
         dispatcher.after_commit.append(service.messenger.kick)
         service.messenger.watch = watch
+        # An answer a channel would not take waits in the outbox, in order (bot.queued_answers).
+        answers = AnswerQueue(session_factory, keyring, cache=flow.conversation_cache)
+        answers.after_commit.append(service.messenger.kick)
+        if service.telegram is not None:
+            service.telegram.renderer.queue = answers
+        for citizen_channel in service.channels:
+            if hasattr(citizen_channel, "answers"):
+                citizen_channel.answers = answers
         return service
 
     # --- what the web panel needs (admin.runtime.PanelRuntime) ---------------------------------
