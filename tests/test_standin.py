@@ -374,7 +374,8 @@ async def test_the_probe_answers_of_a_no_op_keyboard_edit(
         await bot.edit_message_reply_markup(-100555, prompt.message_id)
     with pytest.raises(BadRequest, match=r"^Message to edit not found$"):
         await bot.edit_message_reply_markup(-100555, prompt.message_id + 1)
-    assert standin.message(-100555, mine.message_id)["reply_markup"] == KEYBOARD.to_dict()
+    stored = standin.message(-100555, mine.message_id)
+    assert stored is not None and stored["reply_markup"] == KEYBOARD.to_dict()
 
 
 async def test_a_held_back_answer_times_out_the_client_but_the_message_exists(
