@@ -31,6 +31,7 @@ from bot.roles import PollingLock, Role, SendOnlyTelegram, startup_turn
 from bot.spool import Spool, SpoolIntake
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
+from bot.wakeup import OutboxListener
 from bot.web.inbox import WebInbox
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
@@ -95,6 +96,8 @@ class Service:
     watch: DatabaseWatch | None = None
     #: Webhook and Zalo updates on disk until handled (bot.spool).
     spool: SpoolIntake | None = None
+    #: PostgreSQL: wakes this process's delivery loops when another process enqueues.
+    listener: OutboxListener | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -213,6 +216,7 @@ class Service:
                 limits=FloodLimits.from_settings(settings),
                 timers=Timers(queues),
                 keyring=keyring,
+                poll_interval=settings.outbox_poll_seconds or 5.0,
             )
             dispatcher.after_commit.append(service.delivery.kick)
             if shared:
@@ -241,7 +245,11 @@ class Service:
                 use_spool(service.spool)
         # Messages to tipsters go through whichever channel their route names.
         service.messenger = CitizenMessenger(
-            session_factory, service.channels, keyring, officer_locale=settings.officer_locale
+            session_factory,
+            service.channels,
+            keyring,
+            officer_locale=settings.officer_locale,
+            poll_interval=settings.outbox_poll_seconds or 2.0,
         )
         dispatcher.after_commit.append(service.messenger.kick)
         service.messenger.watch = watch
@@ -296,6 +304,12 @@ class Service:
             details["spool_pending"] = self.spool.size()
         if self.telegram is not None:
             details["telegram_metrics"] = self.telegram.metrics.as_dict()
+        if self.listener is not None:
+            details["outbox_wakeups"] = {
+                "listening": self.listener.listening.is_set(),
+                "notified": self.listener.notified,
+                "connections": self.listener.connections,
+            }
         return details
 
     def bot_username(self) -> str | None:
@@ -363,6 +377,16 @@ class Service:
             await self.delivery.start()
         if self.messenger is not None and self.role.receives:
             await self.messenger.start()
+        if self.engine.dialect.name == "postgresql":
+            self.listener = OutboxListener(self.engine, self._kick_delivery)
+            self.listener.start()
+
+    def _kick_delivery(self) -> None:
+        """Another process committed outbox rows: this process's running loops look now."""
+        if self.delivery is not None and self.delivery.running:
+            self.delivery.kick()
+        if self.messenger is not None:
+            self.messenger.kick()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -371,6 +395,9 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
         if self.spool is not None:
             await self.spool.stop()
         if self.messenger is not None:

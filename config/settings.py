@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     delivery_group_per_minute: int = Field(default=20, ge=1)
     delivery_chat_per_second: float = Field(default=1.0, gt=0)
     delivery_global_per_second: int = Field(default=30, ge=1)
+    #: How often the delivery loops look at the outbox when nothing woke them (the officers'
+    #: worker and the timers 5 s, the citizen messenger 2 s when unset). On PostgreSQL they are
+    #: woken by LISTEN/NOTIFY as rows are committed; this is the fallback.
+    outbox_poll_seconds: float | None = Field(default=None, gt=0)
 
     # --- retention (0 = kept; see the README for each default) ------------------------------
     #: The route back to a tipster (and a phone they left) this many days after closing.
