@@ -39,8 +39,8 @@ from bot.http import AiohttpRequest
 from bot.outage import DatabaseDown
 from bot.queued_answers import SETTLE_SECONDS, AnswerQueue
 from bot.spool import SpoolError, SpoolIntake
-from bot.telegram_citizen import reply_markup as _markup
 from bot.telegram_intake import ResilientBot, TelegramMetrics, UpdateIntake
+from bot.telegram_markup import reply_markup as _markup
 from bot.telegram_polling import ConfirmingPoller
 from config.settings import Settings
 from handlers.channels import CAPABILITIES, ChannelName

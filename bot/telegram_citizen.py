@@ -14,18 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from telegram import (
-    Bot,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    KeyboardButton,
-    ReplyKeyboardMarkup,
-    ReplyKeyboardRemove,
-)
+from telegram import Bot
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from bot.answers import retry_after_seconds
 from bot.channel import SendError
+from bot.telegram_markup import reply_markup
 from handlers.channels import CAPABILITIES, Capabilities, ChannelName
 from handlers.events import Reply
 
@@ -35,30 +29,6 @@ if TYPE_CHECKING:
 
 #: The longest caption of a photo on Telegram.
 CAPTION_MAX = 1024
-
-
-def reply_markup(
-    reply: Reply,
-) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None:
-    """A neutral reply's buttons, reply keyboard or keyboard removal, as Telegram markup."""
-    if reply.buttons:
-        return InlineKeyboardMarkup(
-            [
-                [InlineKeyboardButton(b.label, callback_data=b.data) for b in row]
-                for row in reply.buttons
-            ]
-        )
-    if reply.keyboard is not None:
-        rows: list[list[KeyboardButton]] = []
-        if reply.keyboard.request_location:
-            rows.append([KeyboardButton(reply.keyboard.request_location, request_location=True)])
-        if reply.keyboard.request_contact:
-            rows.append([KeyboardButton(reply.keyboard.request_contact, request_contact=True)])
-        rows += [[KeyboardButton(label)] for label in reply.keyboard.labels]
-        return ReplyKeyboardMarkup(rows, resize_keyboard=True, one_time_keyboard=False)
-    if reply.remove_keyboard:
-        return ReplyKeyboardRemove()
-    return None
 
 
 class TelegramCitizenSender:
