@@ -34,9 +34,9 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("chat_id", name=op.f("pk_chat_marks")),
     )
-    if op.get_bind().dialect.name == "postgresql":  # SQLite does not enforce VARCHAR lengths
-        op.alter_column(
-            "outbox",
+    # PostgreSQL widens in place; SQLite (which never enforces the length) copies the table.
+    with op.batch_alter_table("outbox") as batch:
+        batch.alter_column(
             "destination",
             existing_type=sa.String(length=64),
             type_=sa.String(length=96),
@@ -45,9 +45,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.alter_column(
-            "outbox",
+    with op.batch_alter_table("outbox") as batch:
+        batch.alter_column(
             "destination",
             existing_type=sa.String(length=96),
             type_=sa.String(length=64),
