@@ -2,13 +2,13 @@
 
 The answer to a citizen's message is sent while their update is handled (their chat's next
 update waits). A 429 is waited out, honouring ``retry_after``; a 5xx or a connection error is
-tried again after 0.5, 1, 2, 4 s. A time-out is not, for a send: the request may have reached
-Telegram and the message been delivered, and sending it again would show it twice (only a wait
-for a free connection in the pool, before anything was sent, or an idempotent call such as an
-edit, is tried again). Only then, or for a refusal that retrying cannot
-change (blocked bot, bad request), does the error reach the caller, which logs it as a WARNING
-without traceback: the conversation's state is committed either way, so the citizen sees the
-next prompt again with their next message.
+tried again after 0.5, 1, 2, 4 s. A time-out is not tried again at once, for a send: the request
+may have reached Telegram and the message been delivered (only a wait for a free connection or
+for a connection, before anything was sent, or an idempotent call such as an edit, is tried
+again). What still fails then, or timed out, is not dropped: the adapter queues the rest of the
+answer in the outbox (:mod:`bot.queued_answers`), in order with the chat's later answers. Only a
+refusal that retrying cannot change (blocked bot, bad request) ends there, logged as a WARNING
+without traceback; the conversation's state is committed either way.
 
 Counters for ``/metrics``: :data:`STATS` (``retried``, ``waited_429``, ``given_up``).
 """
@@ -36,6 +36,8 @@ T = TypeVar("T")
 ATTEMPTS = 5
 #: A 429 asking to wait longer than this is not waited out here.
 LONGEST_WAIT = 60.0
+#: The first wait after a 5xx or a connection error; it doubles with each try.
+BACKOFF = 0.5
 
 
 @dataclass
@@ -61,9 +63,16 @@ def retry_after_seconds(exc: RetryAfter, floor: float = 1.0) -> float:
     return max(floor, seconds)
 
 
-def _before_sending(exc: TimedOut) -> bool:
-    """A time-out waiting for a free connection: nothing was sent yet."""
-    return str(exc).startswith("Pool timeout")
+def sent_nothing(exc: TimedOut) -> bool:
+    """A time-out before the request left: waiting for a free connection of the pool, or
+    opening a connection (:mod:`bot.http` says which)."""
+    return str(exc).startswith(("Pool timeout", "Connect timeout"))
+
+
+def maybe_delivered(exc: BaseException) -> bool:
+    """A time-out after the request left: Telegram may have carried it out (a message created)
+    although its answer never came."""
+    return isinstance(exc, TimedOut) and not sent_nothing(exc)
 
 
 def wait_for(exc: BaseException, *, idempotent: bool = False) -> float | None:
@@ -71,7 +80,7 @@ def wait_for(exc: BaseException, *, idempotent: bool = False) -> float | None:
     or could send a message twice (a time-out, unless ``idempotent``)."""
     if isinstance(exc, RetryAfter):
         return retry_after_seconds(exc, floor=0.05)
-    if isinstance(exc, TimedOut) and not idempotent and not _before_sending(exc):
+    if not idempotent and maybe_delivered(exc):
         return None  # the message may have been delivered: never sent twice
     if isinstance(exc, BadRequest):  # a NetworkError in PTB, but retrying changes nothing
         return None
@@ -85,7 +94,7 @@ def wait_for(exc: BaseException, *, idempotent: bool = False) -> float | None:
 async def patiently(call: Callable[[], Awaitable[T]], *, idempotent: bool = False) -> T:
     """``await call()``, tried again after a 429 (as long as asked) or a passing error; after a
     time-out only when the call is ``idempotent`` (an edit: doing it twice changes nothing)."""
-    backoff = 0.5
+    backoff = BACKOFF
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return await call()

@@ -13,7 +13,9 @@
 * Timeouts: each argument equal to ``BaseRequest.DEFAULT_NONE`` means "this instance's
   default", ``None`` means "no timeout". The default write timeout of a request that uploads
   files is ``media_write_timeout`` instead of ``write_timeout``.
-* Errors: any timeout raises ``telegram.error.TimedOut``; connection failures and every other
+* Errors: any timeout raises ``telegram.error.TimedOut`` (one opening the connection says
+  ``Connect timeout``, one waiting for the pool ``Pool timeout``: nothing was sent; any other
+  may have reached Telegram); connection failures and every other
   ``aiohttp.ClientError`` raise ``telegram.error.NetworkError``; the aiohttp exception is
   chained as ``__cause__``. HTTP error statuses are returned, and ``BaseRequest`` turns them
   into ``BadRequest``/``Forbidden``/``RetryAfter``/... as usual.
@@ -294,6 +296,11 @@ class AiohttpRequest(BaseRequest):
                 body = await response.read()
                 metrics.bot_api_call(url, response.status)
                 return response.status, body
+        except aiohttp.ConnectionTimeoutError as err:  # no connection: nothing was sent
+            metrics.bot_api_call(url, None)
+            raise TimedOut(
+                message="Connect timeout: no connection to Telegram. Request was *not* sent."
+            ) from err
         except TimeoutError as err:  # also aiohttp's ServerTimeoutError family
             metrics.bot_api_call(url, None)
             raise TimedOut from err

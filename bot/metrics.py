@@ -7,13 +7,17 @@ Counted where they happen, per process:
   ready (stored and committed; the send itself is in ``tinbao_sends_total``);
 - ``tinbao_reports_total{kind}``, ``tinbao_escalations_total``: counted from committed
   transactions (a rolled-back one counts nothing);
-- ``tinbao_sends_total{channel,result}``: every Bot API send call, ``result`` one of ``ok``,
-  ``429``, ``5xx``, ``4xx``, ``error`` (network or timeout);
-- ``tinbao_token_refreshes_total{channel,result}``, ``tinbao_database_errors_total``,
+- ``tinbao_sends_total{channel,result}``: every call that sends to a channel (Telegram's Bot
+  API, the Zalo bot's ``sendMessage``/``sendPhoto``, the Zalo OA's messages and image uploads),
+  ``result`` one of ``ok``, ``429`` (Zalo OA: ``-32``), ``5xx``, ``4xx`` (any other refusal),
+  ``error`` (network or timeout);
+- ``tinbao_token_refreshes_total{channel,result}``: each call that spends a refresh token (the
+  Zalo OA's), ``result`` ``ok`` or ``failed``; ``tinbao_database_errors_total``,
   ``tinbao_malformed_updates_total{channel}``.
 
 Read from the database at each scrape (the same figure from every process: take ``max``):
-``tinbao_outbox_backlog{queue}``, ``tinbao_outbox_oldest_age_seconds{queue}``,
+``tinbao_outbox_backlog{queue}``, ``tinbao_outbox_oldest_age_seconds{queue}`` (``queue`` is the
+row's destination; every message to a citizen counts under ``citizens``),
 ``tinbao_timer_lag_seconds``; ``tinbao_database_up`` is 0 when that read fails or when the
 process knows the database is down. ``tinbao_spool_size`` is the webhook spool's size.
 
@@ -179,6 +183,11 @@ def bot_api_call(url: str, status: int | None, channel: str = "telegram") -> Non
         SENDS.labels(channel=channel, result=send_result(status)).inc()
 
 
+def channel_send(channel: str, result: str) -> None:
+    """Count one send to a channel other than Telegram's Bot API (its ``result`` as above)."""
+    SENDS.labels(channel=channel, result=result).inc()
+
+
 def token_refresh(channel: str, ok: bool) -> None:
     TOKEN_REFRESHES.labels(channel=channel, result="ok" if ok else "failed").inc()
 
@@ -248,12 +257,27 @@ async def _read_database(service: Scraped) -> None:
                 waiting, OutboxMessage.kind.in_(TIMER_KINDS), OutboxMessage.next_attempt_at <= now
             )
         )
+    backlog: dict[str, int] = {}
+    oldest_by: dict[str, float] = {}
+    for destination, count, oldest in rows:
+        queue = _queue_label(str(destination))
+        backlog[queue] = backlog.get(queue, 0) + int(count)
+        oldest_by[queue] = max(oldest_by.get(queue, 0.0), _age(now, oldest))
     OUTBOX_BACKLOG.clear()
     OUTBOX_OLDEST.clear()
-    for queue, count, oldest in rows:
-        OUTBOX_BACKLOG.labels(queue=str(queue)).set(int(count))
-        OUTBOX_OLDEST.labels(queue=str(queue)).set(_age(now, oldest))
+    for queue, count in backlog.items():
+        OUTBOX_BACKLOG.labels(queue=queue).set(count)
+        OUTBOX_OLDEST.labels(queue=queue).set(oldest_by[queue])
     TIMER_LAG.set(_age(now, overdue) if overdue is not None else 0.0)
+
+
+#: Destinations that name a citizen (by report or keyed sender hash): one label for them all.
+_CITIZEN_DESTINATIONS = ("report:", "answer:")
+
+
+def _queue_label(destination: str) -> str:
+    """The ``queue`` label of a destination: never a report or a citizen."""
+    return "citizens" if destination.startswith(_CITIZEN_DESTINATIONS) else destination
 
 
 def _age(now: datetime, then: datetime | None) -> float:
@@ -318,6 +342,7 @@ __all__ = [
     "allowed",
     "answered",
     "bot_api_call",
+    "channel_send",
     "collect",
     "install",
     "metrics_handler",

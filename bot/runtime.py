@@ -29,10 +29,12 @@ from bot.housekeeping import retention_policy, run_retention
 from bot.logs import install_scrubber, quiet_library_loggers
 from bot.ordering import ChatOrder, purge_arrivals
 from bot.outage import DatabaseWatch
+from bot.queued_answers import AnswerQueue
 from bot.roles import PollingLock, Role, SendOnlyTelegram, startup_turn
 from bot.spool import Spool, SpoolIntake
 from bot.telegram import TelegramChannel
 from bot.telegram_citizen import TelegramCitizenChannel
+from bot.wakeup import OutboxListener
 from bot.web.inbox import WebInbox
 from config.catalogue import Catalogue, load_catalogue
 from config.queues import QueueMap, load_queue_map
@@ -101,6 +103,8 @@ class Service:
     spool: SpoolIntake | None = None
     #: The monthly statistics report's timers (with the delivery worker).
     schedule: MonthlyReportSchedule | None = None
+    #: PostgreSQL: wakes this process's delivery loops when another process enqueues.
+    listener: OutboxListener | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -225,6 +229,7 @@ class Service:
                 timers=TimerRouter(Timers(queues), {Kind.TIMER_MONTHLY_REPORT: service.schedule}),
                 keyring=keyring,
                 documents=MonthlyReports(session_factory, catalogue, queues),
+                poll_interval=settings.outbox_poll_seconds or 5.0,
             )
             dispatcher.after_commit.append(service.delivery.kick)
             if shared:
@@ -253,10 +258,22 @@ class Service:
                 use_spool(service.spool)
         # Messages to tipsters go through whichever channel their route names.
         service.messenger = CitizenMessenger(
-            session_factory, service.channels, keyring, officer_locale=settings.officer_locale
+            session_factory,
+            service.channels,
+            keyring,
+            officer_locale=settings.officer_locale,
+            poll_interval=settings.outbox_poll_seconds or 2.0,
         )
         dispatcher.after_commit.append(service.messenger.kick)
         service.messenger.watch = watch
+        # An answer a channel would not take waits in the outbox, in order (bot.queued_answers).
+        answers = AnswerQueue(session_factory, keyring, cache=flow.conversation_cache)
+        answers.after_commit.append(service.messenger.kick)
+        if service.telegram is not None:
+            service.telegram.renderer.queue = answers
+        for citizen_channel in service.channels:
+            if hasattr(citizen_channel, "answers"):
+                citizen_channel.answers = answers
         return service
 
     # --- what the web panel needs (admin.runtime.PanelRuntime) ---------------------------------
@@ -300,6 +317,12 @@ class Service:
             details["spool_pending"] = self.spool.size()
         if self.telegram is not None:
             details["telegram_metrics"] = self.telegram.metrics.as_dict()
+        if self.listener is not None:
+            details["outbox_wakeups"] = {
+                "listening": self.listener.listening.is_set(),
+                "notified": self.listener.notified,
+                "connections": self.listener.connections,
+            }
         return details
 
     def bot_username(self) -> str | None:
@@ -367,6 +390,16 @@ class Service:
             await self.delivery.start()
         if self.messenger is not None and self.role.receives:
             await self.messenger.start()
+        if self.engine.dialect.name == "postgresql":
+            self.listener = OutboxListener(self.engine, self._kick_delivery)
+            self.listener.start()
+
+    def _kick_delivery(self) -> None:
+        """Another process committed outbox rows: this process's running loops look now."""
+        if self.delivery is not None and self.delivery.running:
+            self.delivery.kick()
+        if self.messenger is not None:
+            self.messenger.kick()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -375,6 +408,9 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
         if self.spool is not None:
             await self.spool.stop()
         if self.messenger is not None:

@@ -25,11 +25,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from telegram import (
     Bot,
-    InlineKeyboardButton,
     InlineKeyboardMarkup,
-    KeyboardButton,
-    ReplyKeyboardMarkup,
-    ReplyKeyboardRemove,
     Update,
 )
 from telegram import Message as TgMessage
@@ -37,12 +33,14 @@ from telegram.constants import ChatType
 from telegram.error import BadRequest, Forbidden, TelegramError
 from telegram.ext import Application, BaseUpdateProcessor, ContextTypes, TypeHandler
 
-from bot.answers import patiently
+from bot.answers import maybe_delivered, patiently
 from bot.dispatch import Dispatcher
 from bot.http import AiohttpRequest
 from bot.outage import DatabaseDown
+from bot.queued_answers import SETTLE_SECONDS, AnswerQueue
 from bot.spool import SpoolError, SpoolIntake
 from bot.telegram_intake import ResilientBot, TelegramMetrics, UpdateIntake
+from bot.telegram_markup import reply_markup as _markup
 from bot.telegram_polling import ConfirmingPoller
 from config.settings import Settings
 from handlers.channels import CAPABILITIES, ChannelName
@@ -228,29 +226,6 @@ def to_officer_message(update: Update, bot_id: int) -> OfficerMessage | None:
     )
 
 
-def _markup(
-    reply: Reply,
-) -> InlineKeyboardMarkup | ReplyKeyboardMarkup | ReplyKeyboardRemove | None:
-    if reply.buttons:
-        return InlineKeyboardMarkup(
-            [
-                [InlineKeyboardButton(b.label, callback_data=b.data) for b in row]
-                for row in reply.buttons
-            ]
-        )
-    if reply.keyboard is not None:
-        rows: list[list[KeyboardButton]] = []
-        if reply.keyboard.request_location:
-            rows.append([KeyboardButton(reply.keyboard.request_location, request_location=True)])
-        if reply.keyboard.request_contact:
-            rows.append([KeyboardButton(reply.keyboard.request_contact, request_contact=True)])
-        rows += [[KeyboardButton(label)] for label in reply.keyboard.labels]
-        return ReplyKeyboardMarkup(rows, resize_keyboard=True, one_time_keyboard=False)
-    if reply.remove_keyboard:
-        return ReplyKeyboardRemove()
-    return None
-
-
 class CardRefresher(Protocol):
     async def refresh(self, item: CardRefresh) -> None: ...
 
@@ -340,10 +315,20 @@ class Renderer:
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
+        #: Where an answer Telegram would not take waits, in order (set by the composition
+        #: root; without it such an answer is only logged).
+        self.queue: AnswerQueue | None = None
 
-    async def send(self, chat_id: str, outcome: Outcome, update: Update | None = None) -> None:
+    async def send(self, sender: Sender, outcome: Outcome, update: Update | None = None) -> None:
         replies = merge_replies(render(outcome.replies, CAPABILITIES[ChannelName.TELEGRAM]))
         query = update.callback_query if update is not None else None
+        if outcome.behind and self.queue is not None:
+            # Earlier answers wait in the outbox: these go behind them, never before.
+            if query is not None and outcome.clear_buttons and query.message is not None:
+                await self._clear(query.message.chat.id, query.message.message_id)
+            await self.queue.enqueue(sender, replies)
+            return
+        chat_id = sender.chat_id
         if query is not None and outcome.clear_buttons and query.message is not None:
             first = replies[0] if replies else None
             label = _pressed_label(update) if update is not None else None
@@ -372,7 +357,7 @@ class Renderer:
                     log.warning("a pressed message was not edited (%s)", type(exc).__name__)
             else:
                 await self._clear(query.message.chat.id, query.message.message_id)
-        for reply in replies:
+        for index, reply in enumerate(replies):
             try:
                 await patiently(
                     lambda reply=reply: self.bot.send_message(  # type: ignore[misc]
@@ -382,9 +367,22 @@ class Renderer:
             except Forbidden:
                 log.info("a citizen has blocked the bot; reply dropped")
                 return
-            except TelegramError as exc:  # tried patiently (bot.answers); state is committed
-                log.warning("an answer to a citizen was not delivered (%s)", type(exc).__name__)
+            except BadRequest as exc:  # refused as it is: sending it again cannot help
+                log.warning("an answer to a citizen was refused (%s)", exc.message[:200])
                 return
+            except TelegramError as exc:  # tried patiently (bot.answers); state is committed
+                await self._queue(sender, replies[index:], exc)
+                return
+
+    async def _queue(self, sender: Sender, replies: list[Reply], exc: TelegramError) -> None:
+        """Still failing after the retries, or timed out (it may have been delivered): the rest
+        of the answer waits in the outbox (bot.queued_answers), never dropped after one try."""
+        if self.queue is None:
+            log.warning("an answer to a citizen was not delivered (%s)", type(exc).__name__)
+            return
+        delay = SETTLE_SECONDS if maybe_delivered(exc) else 0.0
+        if await self.queue.enqueue(sender, replies, delay=delay):
+            log.warning("an answer to a citizen waits in the outbox (%s)", type(exc).__name__)
 
     async def _clear(self, chat_id: int, message_id: int) -> None:
         with contextlib.suppress(BadRequest):
@@ -575,7 +573,7 @@ class TelegramChannel:
         if isinstance(event, ButtonPress):
             await answer.answer_outcome(outcome)
         if outcome is not None:
-            await self.renderer.send(event.sender.chat_id, outcome, update)
+            await self.renderer.send(event.sender, outcome, update)
 
     async def _handle_officer(self, press: OfficerPress, answer: PressAnswer) -> None:
         outcome = await self.dispatcher.process_officer(press)

@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyKeyboardRemove
+from telegram import Bot
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from bot.answers import retry_after_seconds
 from bot.channel import SendError
+from bot.telegram_markup import reply_markup
 from handlers.channels import CAPABILITIES, Capabilities, ChannelName
 from handlers.events import Reply
 
@@ -47,16 +48,7 @@ class TelegramCitizenSender:
     async def send(self, chat_id: str, replies: Sequence[Reply]) -> list[str]:
         sent: list[str] = []
         for reply in replies:
-            markup: InlineKeyboardMarkup | ReplyKeyboardRemove | None = None
-            if reply.buttons:
-                markup = InlineKeyboardMarkup(
-                    [
-                        [InlineKeyboardButton(b.label, callback_data=b.data) for b in row]
-                        for row in reply.buttons
-                    ]
-                )
-            elif reply.remove_keyboard:
-                markup = ReplyKeyboardRemove()
+            markup = reply_markup(reply)
             try:
                 if reply.photo is not None:
                     fits = len(reply.text) <= CAPTION_MAX

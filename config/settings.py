@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     #: Where the monthly statistics report (PDF) is posted on the first of each month: ``duty``
     #: (the duty queue's chat), ``off``, or a chat id (``-1001234567890``, ``.../<topic id>``).
     stats_report_chat: str = Field(default="duty", pattern=r"(?i)^\s*(duty|off|-?\d+(/\d+)?)\s*$")
+    #: How often the delivery loops look at the outbox when nothing woke them (the officers'
+    #: worker and the timers 5 s, the citizen messenger 2 s when unset). On PostgreSQL they are
+    #: woken by LISTEN/NOTIFY as rows are committed; this is the fallback.
+    outbox_poll_seconds: float | None = Field(default=None, gt=0)
 
     # --- retention (0 = kept; see the README for each default) ------------------------------
     #: The route back to a tipster (and a phone they left) this many days after closing.

@@ -117,3 +117,6 @@ class Outcome:
     alert: bool = False
     #: Remove the buttons from the message whose button was pressed.
     clear_buttons: bool = False
+    #: Earlier answers to this chat still wait in the outbox (the channel failed): these go
+    #: behind them, through the outbox too, so that the citizen reads them in order.
+    behind: bool = False

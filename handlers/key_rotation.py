@@ -64,6 +64,8 @@ ENCRYPTED_FIELDS: list[EncryptedField] = [
     EncryptedField("contact_routes", "phone"),
     # A reward's claim code, until it is delivered to the tipster.
     EncryptedField("outbox", "payload", path=("secret",)),
+    # The route of an answer waiting in the outbox (bot/queued_answers.py).
+    EncryptedField("outbox", "payload", path=("route",)),
     # A phone number left in a draft that is not yet submitted.
     EncryptedField("conversations", "data", key="key", path=("draft", "phone")),
     # A web tipster's inbox: each message from the police, sealed (bot/web/inbox.py).

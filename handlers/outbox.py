@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers.events import Button, Keyboard, Reply
 from storage.models import OutboxMessage
 from storage.repositories import Outbox
 
@@ -44,6 +45,9 @@ class Kind(StrEnum):
     CITIZEN_MESSAGE = "citizen_message"
     #: A file for an officers' chat (the monthly statistics report), rendered when sent.
     DOCUMENT = "document"
+    #: The answer to a citizen's message that could not be sent at once (the channel failed
+    #: after the retries, or a send timed out): it waits here, in order with the chat's others.
+    CITIZEN_ANSWER = "citizen_answer"
     #: Timers: fired once by the timer worker, never sent.
     TIMER_ESCALATE = "timer.escalate"
     TIMER_REMIND_UNCLAIMED = "timer.remind_unclaimed"
@@ -110,6 +114,8 @@ class Where(StrEnum):
     CHAT = "chat"
     #: The tipster of a report, through their route (decrypted only when sending).
     REPORT = "report"
+    #: A citizen's chat by the keyed hash of the sender (their answers waiting in order).
+    ANSWER = "answer"
     #: Not sent: a timer.
     TIMER = "timer"
 
@@ -119,7 +125,8 @@ class Destination:
     """Where a row goes, as stored in its ``destination`` column.
 
     ``duty``, ``timer``, ``unit:<code>``, ``queue:<key>``, ``chat:<chat_id>[/<thread_id>]``,
-    ``report:<id>``. :meth:`parse` raises ``ValueError`` on anything else.
+    ``report:<id>``, ``answer:<sender key>``. :meth:`parse` raises ``ValueError`` on anything
+    else. A citizen is never named by a chat id: by report, or by the keyed sender hash.
     """
 
     where: Where
@@ -128,6 +135,7 @@ class Destination:
     chat_id: int | None = None
     thread_id: int | None = None
     report_id: int | None = None
+    sender_key: str | None = None
 
     @classmethod
     def duty(cls) -> Destination:
@@ -154,6 +162,11 @@ class Destination:
     def citizen(cls, report_id: int) -> Destination:
         return cls(Where.REPORT, report_id=report_id)
 
+    @classmethod
+    def answer(cls, sender_key: str) -> Destination:
+        """A citizen's chat, by the keyed hash that stands for them (never a chat id)."""
+        return cls(Where.ANSWER, sender_key=sender_key)
+
     @property
     def chat_key(self) -> str | None:
         """``<chat_id>`` or ``<chat_id>/<thread_id>`` for a chat destination."""
@@ -171,6 +184,8 @@ class Destination:
                 return f"chat:{self.chat_key}"
             case Where.REPORT:
                 return f"report:{self.report_id}"
+            case Where.ANSWER:
+                return f"answer:{self.sender_key}"
             case _:
                 return self.where.value
 
@@ -189,6 +204,8 @@ class Destination:
             return cls(Where.QUEUE, queue=rest)
         if head == Where.REPORT:
             return cls(Where.REPORT, report_id=int(rest))
+        if head == Where.ANSWER:
+            return cls.answer(rest)
         if head == Where.CHAT:
             chat, _, thread = rest.partition("/")
             return cls.chat(int(chat), int(thread) if thread else None)
@@ -326,6 +343,59 @@ class CitizenPayload(Payload):
         return data
 
 
+def reply_to_json(reply: Reply) -> dict[str, Any]:
+    """A neutral reply as JSON (no photo: a direct answer never carries one)."""
+    data: dict[str, Any] = {"text": reply.text}
+    if reply.buttons:
+        data["buttons"] = [
+            [{"label": b.label, "data": b.data} for b in row] for row in reply.buttons
+        ]
+    if reply.keyboard is not None:
+        data["keyboard"] = {
+            "request_location": reply.keyboard.request_location,
+            "request_contact": reply.keyboard.request_contact,
+            "labels": list(reply.keyboard.labels),
+        }
+    if reply.remove_keyboard:
+        data["remove_keyboard"] = True
+    return data
+
+
+def reply_from_json(data: dict[str, Any]) -> Reply:
+    keyboard = data.get("keyboard")
+    return Reply(
+        text=str(data.get("text") or ""),
+        buttons=[
+            [Button(str(b["label"]), str(b["data"])) for b in row]
+            for row in data.get("buttons") or []
+        ],
+        keyboard=Keyboard(
+            request_location=keyboard.get("request_location"),
+            request_contact=keyboard.get("request_contact"),
+            labels=tuple(keyboard.get("labels") or ()),
+        )
+        if isinstance(keyboard, dict)
+        else None,
+        remove_keyboard=bool(data.get("remove_keyboard")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerPayload(Payload):
+    """The answer to a citizen's message that waits in the outbox: ``route`` is the channel and
+    chat, encrypted (as a report's route back is); ``replies`` what to send, in order, as the
+    channel would have sent them (:func:`reply_to_json`)."""
+
+    KIND: ClassVar[Kind] = Kind.CITIZEN_ANSWER
+    PRIORITY: ClassVar[Priority] = Priority.CHAT
+
+    route: str
+    replies: list[dict[str, Any]] = field(default_factory=list)
+
+    def messages(self) -> list[Reply]:
+        return [reply_from_json(r) for r in self.replies if isinstance(r, dict)]
+
+
 @dataclass(frozen=True, slots=True)
 class DocumentPayload(Payload):
     """A file for an officers' chat, named by what it is, not held in the row: the sender renders
@@ -383,6 +453,7 @@ PAYLOADS: Final[dict[Kind, type[Payload]]] = {
     Kind.RELAY_TO_OFFICERS: RelayPayload,
     Kind.CITIZEN_MESSAGE: CitizenPayload,
     Kind.DOCUMENT: DocumentPayload,
+    Kind.CITIZEN_ANSWER: AnswerPayload,
     Kind.TIMER_ESCALATE: TimerPayload,
     Kind.TIMER_REMIND_UNCLAIMED: TimerPayload,
     Kind.TIMER_MONTHLY_REPORT: MonthlyReportTimerPayload,
@@ -460,6 +531,7 @@ __all__ = [
     "TIMER_KINDS",
     "TIMER_PREFIX",
     "AlertPayload",
+    "AnswerPayload",
     "CardPayload",
     "ChatButton",
     "ChatTextPayload",
@@ -481,4 +553,6 @@ __all__ = [
     "enqueue",
     "enqueue_once",
     "payload_of",
+    "reply_from_json",
+    "reply_to_json",
 ]

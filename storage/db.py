@@ -204,6 +204,10 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 #: ``session.info`` keys of :class:`TrackedSession`.
 CONNECTION_BEGUN = "connection_begun"
 LONE_WRITE_DONE = "lone_write_done"
+#: Set in ``session.info`` when a transaction enqueued an outbox message.
+OUTBOX_ENQUEUED = "outbox_enqueued"
+#: The PostgreSQL notification channel of outbox wake-ups (:func:`_notify_outbox`).
+OUTBOX_CHANNEL = "tinbao_outbox"
 
 
 class TrackedSession(Session):
@@ -233,6 +237,18 @@ def _after_lone_write(state: Any) -> None:
 def _flush_after_lone_write(session: Session, _context: Any, _instances: Any) -> None:
     if session.info.get(LONE_WRITE_DONE):
         raise RuntimeError("a flush after the transaction's lone write would not be atomic")
+
+
+@event.listens_for(TrackedSession, "before_commit")
+def _notify_outbox(session: Session) -> None:
+    """On PostgreSQL, a transaction that enqueued outbox rows notifies ``tinbao_outbox`` in
+    itself: the notification is delivered when (and only if) it commits, to every process
+    listening (``bot/wakeup.py``), so a worker in another process wakes at once instead of at
+    its next poll. SQLite is one process: the in-process wake-ups do it."""
+    if not session.info.get(OUTBOX_ENQUEUED) or session.info.get(LONE_WRITE_DONE):
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
 
 
 async def begin_lone_write(session: AsyncSession) -> bool:

@@ -232,8 +232,9 @@ class OutboxMessage(Base):
     report_id: Mapped[int | None] = mapped_column(
         ForeignKey("reports.id", ondelete="CASCADE"), index=True
     )
-    #: Where it goes, e.g. ``unit:30307`` (resolved to a queue when delivered) or ``duty``.
-    destination: Mapped[str] = mapped_column(String(64))
+    #: Where it goes, e.g. ``unit:30307`` (resolved to a queue when delivered) or ``duty``; a
+    #: tipster only ever by report (``report:<id>``) or keyed hash (``answer:<sender key>``).
+    destination: Mapped[str] = mapped_column(String(96))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -484,6 +485,21 @@ class UpdateArrival(Base):
     channel: Mapped[str] = mapped_column(String(16), primary_key=True)
     update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     arrived_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ChatMark(Base):
+    """What the delivery knows of an officers' chat (:mod:`bot.delivery.landing`): the highest
+    message id the Bot API gave back for the bot's own messages there, and the outbox row whose
+    send timed out and may have landed (``unsure_row_id``; its message, if any, is above
+    ``unsure_after``). Officers' groups only: never a tipster's chat."""
+
+    __tablename__ = "chat_marks"
+
+    chat_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    last_message_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    unsure_row_id: Mapped[int | None] = mapped_column(BigInteger)
+    unsure_after: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SendSlot(Base):

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from storage.db import begin_lone_write, lone_write_done
+from storage.db import OUTBOX_ENQUEUED, begin_lone_write, lone_write_done
 from storage.models import (
     ContactRoute,
     Conversation,
@@ -38,8 +38,6 @@ from storage.types import utcnow
 if TYPE_CHECKING:
     from config.catalogue import Catalogue
 
-#: Set in ``session.info`` when a transaction enqueued an outbox message.
-OUTBOX_ENQUEUED = "outbox_enqueued"
 #: In ``session.info``: conversation states written by the transaction, for the cache once it
 #: has committed (:func:`publish_conversations`).
 CONVERSATIONS_WRITTEN = "conversations_written"

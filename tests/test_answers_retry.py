@@ -44,6 +44,12 @@ async def test_a_pool_time_out_sent_nothing_and_is_tried_again() -> None:
     assert send.calls == 2
 
 
+async def test_a_connect_time_out_sent_nothing_and_is_tried_again() -> None:
+    send = Sends(TimedOut("Connect timeout: no connection to Telegram. Request was *not* sent."))
+    assert await patiently(send) == "sent"
+    assert send.calls == 2
+
+
 async def test_a_connection_error_and_a_429_are_tried_again() -> None:
     send = Sends(NetworkError("httpx.ConnectError: refused"), RetryAfter(timedelta(seconds=0)))
     assert await patiently(send) == "sent"

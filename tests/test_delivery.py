@@ -494,7 +494,9 @@ async def test_two_workers_on_one_database_never_send_a_row_twice(session_factor
             counts = code_counts(standin, UNIT_CHAT)
             assert all(counts[code] == 1 for _, code in reports)
             assert len(standin.calls_for("sendLocation", ok_only=True)) == 40
-            assert one.stats.rows_sent > 0 and two.stats.rows_sent > 0
+            # One sender per chat at a time (bot.delivery.landing): the two took turns, or one
+            # kept the chat; each row went once either way.
+            assert one.stats.rows_sent + two.stats.rows_sent == 40
     finally:
         await second_engine.dispose()
 

@@ -14,12 +14,20 @@ from aiohttp import web
 from telegram import (
     Bot,
     BotCommand,
+    ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     InputMediaPhoto,
     Update,
 )
-from telegram.error import BadRequest, Conflict, EndPointNotFound, Forbidden, RetryAfter
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    EndPointNotFound,
+    Forbidden,
+    RetryAfter,
+    TimedOut,
+)
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -28,6 +36,7 @@ from telegram.ext import (
     MessageHandler,
     filters,
 )
+from telegram.request import HTTPXRequest
 
 from tests.standin import (
     DEFAULT_TOKEN,
@@ -343,6 +352,48 @@ async def test_telegram_validation_errors(standin: BotAPIStandIn, bot: Bot) -> N
     with pytest.raises(BadRequest, match=r"(?i)query ID is invalid"):
         await bot.answer_callback_query("123")
     assert standin.stats.sent == 1
+
+
+async def test_the_probe_answers_of_a_no_op_keyboard_edit(
+    standin: BotAPIStandIn, bot: Bot
+) -> None:
+    """What bot.delivery.landing reads: the bot's own message with that markup, someone
+    else's message, a message Telegram never lets a bot edit (force_reply), no message."""
+    mine = await bot.send_message(-100555, "thẻ", reply_markup=KEYBOARD)
+    with pytest.raises(BadRequest, match=r"^Message is not modified"):
+        await bot.edit_message_reply_markup(-100555, mine.message_id, reply_markup=KEYBOARD)
+    factory = UpdateFactory(standin)
+    theirs = standin.push_update(
+        factory.group_text(factory.new_user(), "ok", group=Group(-100555))
+    )
+    [update] = [u for u in standin.pending_updates if u["update_id"] == theirs]
+    with pytest.raises(BadRequest, match=r"^Message can't be edited$"):
+        await bot.edit_message_reply_markup(-100555, update["message"]["message_id"])
+    prompt = await bot.send_message(-100555, "lý do?", reply_markup=ForceReply())
+    with pytest.raises(BadRequest, match=r"^Message can't be edited$"):
+        await bot.edit_message_reply_markup(-100555, prompt.message_id)
+    with pytest.raises(BadRequest, match=r"^Message to edit not found$"):
+        await bot.edit_message_reply_markup(-100555, prompt.message_id + 1)
+    stored = standin.message(-100555, mine.message_id)
+    assert stored is not None and stored["reply_markup"] == KEYBOARD.to_dict()
+
+
+async def test_a_held_back_answer_times_out_the_client_but_the_message_exists(
+    standin: BotAPIStandIn,
+) -> None:
+    impatient = Bot(
+        DEFAULT_TOKEN,
+        base_url=standin.base_url,
+        request=HTTPXRequest(read_timeout=0.2),
+    )
+    standin.delay_response("sendMessage", 0.8, chat_id=-100556)
+    async with impatient:
+        with pytest.raises(TimedOut):
+            await impatient.send_message(-100556, "đến nơi")
+        again = await impatient.send_message(-100556, "lần sau")
+    assert [m["text"] for m in standin.messages(-100556)] == ["đến nơi", "lần sau"]
+    assert again.message_id == 2
+    assert standin.stats.delayed_responses == 1
 
 
 async def test_unknown_method_is_404(standin: BotAPIStandIn, bot: Bot) -> None:

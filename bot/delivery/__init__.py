@@ -4,6 +4,8 @@
   citizen messenger);
 - :mod:`~bot.delivery.pacing`: Telegram's flood limits as budgets;
 - :mod:`~bot.delivery.folding`: a chat's next sends, its tip backlog folded into digests;
+- :mod:`~bot.delivery.landing`: one sender per officers' chat, and a send that timed out found
+  in the chat (adopted) instead of posted twice;
 - :mod:`~bot.delivery.officers`: the Telegram sender for officers' chats;
 - :mod:`~bot.delivery.timers`: the timer worker (escalation, reminders);
 - :mod:`~bot.delivery.worker`: the officers' delivery worker that ties them together;

@@ -17,6 +17,12 @@ has waited ``hold_seconds``. Each channel is paced at its own rate (:data:`CHANN
 A row whose channel is not running in this process waits (parked). A claim code travels
 encrypted in the row and is wiped once delivered or dropped. Rows are taken and settled with the
 same leases as the officers' worker (:mod:`bot.delivery.leases`).
+
+It also sends the answers that could not go at once (``citizen_answer`` rows under
+``answer:<sender key>``, :mod:`bot.queued_answers`): their route travels encrypted in the row,
+a chat's answers go one at a time in id order (a row is taken only when no earlier one of its
+chat waits), and one that cannot be delivered (blocked, refused) or is older than
+:data:`ANSWER_MAX_AGE` is dropped; anything else is tried again with backoff.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.channel import ChannelRegistry, SendError
 from bot.delivery.leases import Claim, Leases, claimable
@@ -41,7 +49,15 @@ from handlers.citizen.relay import SENT_MESSAGE_ID, question_reply
 from handlers.events import Reply
 from handlers.i18n import t
 from handlers.intake import officers_destination
-from handlers.outbox import ChatTextPayload, CitizenPayload, Kind, Priority, enqueue
+from handlers.outbox import (
+    AnswerPayload,
+    ChatTextPayload,
+    CitizenPayload,
+    Kind,
+    Priority,
+    Status,
+    enqueue,
+)
 from handlers.outbox import Destination as Dest
 from handlers.render import render
 from handlers.security import Keyring, format_code
@@ -52,7 +68,11 @@ from storage.types import utcnow
 log = logging.getLogger(__name__)
 
 KIND = Kind.CITIZEN_MESSAGE.value
+ANSWER_KIND = Kind.CITIZEN_ANSWER.value
 BATCH = 50
+#: An answer that could not be delivered for this long is stale: dropped, not sent.
+ANSWER_MAX_AGE = 24 * 3600.0
+STALE_ANSWER = "an answer that waited too long"
 NO_ROUTE = "no route back to the tipster"
 BLOCKED = "the tipster has blocked the bot"
 HELD = "held until the tipster writes again"
@@ -72,6 +92,23 @@ class Outgoing:
     channel: str
     chat_id: str
     replies: list[Reply]
+    #: A queued direct answer (no report, no route to mark).
+    answer: bool = False
+
+
+def in_turn() -> ColumnElement[bool]:
+    """A queued answer goes only when no earlier one to the same chat waits (order per chat,
+    across processes); other rows are not held back."""
+    earlier = aliased(OutboxMessage)
+    return or_(
+        OutboxMessage.kind != ANSWER_KIND,
+        ~exists().where(
+            earlier.kind == ANSWER_KIND,
+            earlier.destination == OutboxMessage.destination,
+            earlier.id < OutboxMessage.id,
+            earlier.status.in_((Status.PENDING, Status.SENDING)),
+        ),
+    )
 
 
 class CitizenMessenger:
@@ -143,7 +180,7 @@ class CitizenMessenger:
         for row_id in await self._due():
             if self._stopping:
                 break
-            claim = await self.leases.claim(row_id)
+            claim = await self.leases.claim(row_id, where=in_turn())
             if claim is None:
                 continue
             # Shielded: a stop never loses track of a message that went out.
@@ -157,7 +194,7 @@ class CitizenMessenger:
         async with self.session_factory() as session:
             found = await session.scalars(
                 select(OutboxMessage.id)
-                .where(OutboxMessage.kind == KIND, claimable(now))
+                .where(OutboxMessage.kind.in_((KIND, ANSWER_KIND)), claimable(now), in_turn())
                 .order_by(OutboxMessage.priority.desc(), OutboxMessage.id)
                 .limit(BATCH)
             )
@@ -191,6 +228,8 @@ class CitizenMessenger:
         try:
             message_ids = await sender.send(outgoing.chat_id, replies)
         except SendError as exc:
+            if outgoing.answer:
+                return await self._answer_failed(claim, exc)
             return await self._failed(claim, exc, outgoing.channel)
         self.sent += 1
         payload = self._wiped(claim)
@@ -203,6 +242,8 @@ class CitizenMessenger:
     async def _prepare(self, session: AsyncSession, claim: Claim) -> Outgoing | str:
         """The message and where it goes, or why it cannot go (a string)."""
         row = await session.get(OutboxMessage, claim.row_id)
+        if row is not None and row.kind == ANSWER_KIND:
+            return self._answer(row, claim)
         report = await session.get(Report, row.report_id) if row and row.report_id else None
         if row is None or report is None or report.contact_mode == "none":
             return NO_ROUTE
@@ -220,6 +261,15 @@ class CitizenMessenger:
         payload = CitizenPayload.from_json(claim.payload)
         reply = await self._message(session, payload, report, capabilities(channel))
         return Outgoing(channel=channel, chat_id=str(where["chat_id"]), replies=[reply])
+
+    def _answer(self, row: OutboxMessage, claim: Claim) -> Outgoing | str:
+        """A queued answer: its route is in the row, encrypted; too old, it is dropped."""
+        if (self.clock() - row.created_at).total_seconds() >= ANSWER_MAX_AGE:
+            return STALE_ANSWER
+        payload = AnswerPayload.from_json(claim.payload)
+        where = self.keyring.decrypt(payload.route)
+        channel = str(where.get("channel") or ChannelName.TELEGRAM)
+        return Outgoing(channel, str(where["chat_id"]), payload.messages(), answer=True)
 
     async def _message(
         self, session: AsyncSession, payload: CitizenPayload, report: Report, caps: Capabilities
@@ -274,6 +324,19 @@ class CitizenMessenger:
             await self.leases.fail(
                 claim, f"refused: {exc.reason[:200]}", payload=self._wiped(claim)
             )
+            return True
+        if exc.retry_after is not None:
+            delay = max(1.0, exc.retry_after)
+        else:
+            delay = float(min(self.retry_cap, 2.0 ** min(claim.attempts + 1, 8)))
+        await self.leases.release(claim, delay, error=exc.reason[:200], failed=True)
+        return False
+
+    async def _answer_failed(self, claim: Claim, exc: SendError) -> bool:
+        """A queued answer the channel refused: dropped when it cannot be delivered there
+        (blocked, refused as it is), else tried again with backoff."""
+        if exc.gone or exc.permanent:
+            await self._drop(claim, f"refused: {exc.reason[:200]}")
             return True
         if exc.retry_after is not None:
             delay = max(1.0, exc.retry_after)

@@ -43,6 +43,7 @@ def foldable(row: Row) -> bool:
         and not row.urgent
         and row.status == Status.PENDING
         and not row.partial
+        and not row.in_doubt
         and row.priority <= Priority.TIP
         and not row.destination.startswith(f"{Where.CHAT}:")
         and row.target is not None
@@ -109,7 +110,8 @@ class Planner:
             digests += made
             folded |= ids
         ordered = [r for r in rows if r.id not in folded and r.id not in held] + digests
-        ordered.sort(key=lambda r: (not r.urgent, -r.priority, r.partial, r.id))
+        # A row in doubt holds its chat until it is resolved: it goes first.
+        ordered.sort(key=lambda r: (not r.in_doubt, not r.urgent, -r.priority, r.partial, r.id))
         plan = Plan(folded=len(folded))
         for row in ordered:
             if len(plan.rows) >= self.plan_size:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -48,6 +48,8 @@ class Claim:
     lease: datetime
     payload: dict[str, Any]
     attempts: int
+    #: Taken over from a worker whose lease lapsed while it was sending the row.
+    taken_over: bool = False
 
 
 def rowcount(result: Any) -> int:
@@ -110,15 +112,36 @@ class Leases:
             OutboxMessage.claimed_until == claim.lease,
         )
 
-    async def claim(self, row_id: int, **values: Any) -> Claim | None:
-        """Take the row if it is still claimable; ``values`` are written with the claim."""
+    async def claim(
+        self,
+        row_id: int,
+        *,
+        where: ColumnElement[bool] | None = None,
+        lock: int | None = None,
+        then: Callable[[AsyncSession, Claim], Awaitable[None]] | None = None,
+        **values: Any,
+    ) -> Claim | None:
+        """Take the row if it is still claimable (and ``where`` holds); ``values`` are written
+        with the claim. ``lock``: on PostgreSQL, claims with the same key take turns (an
+        advisory lock held to the commit), so that ``where`` sees the other claims' commits.
+        ``then`` runs in the claim's transaction. With ``where``, the claim says whether it took
+        the row over from a worker whose lease lapsed mid-send (``taken_over``)."""
         now = self.clock()
         lease = self._lease()
 
         async def claim(session: AsyncSession) -> Claim | None:
+            if lock is not None and session.get_bind().dialect.name == "postgresql":
+                await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
+            terms = [OutboxMessage.id == row_id, claimable(now)]
+            before = None
+            if where is not None:
+                terms.append(where)
+                before = await session.scalar(
+                    select(OutboxMessage.status).where(OutboxMessage.id == row_id)
+                )
             result = await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id == row_id, claimable(now))
+                .where(*terms)
                 .values(status=Status.SENDING, claimed_until=lease, **values)
                 .execution_options(synchronize_session=False)
             )
@@ -131,12 +154,21 @@ class Leases:
                     )
                 )
             ).one()
-            return Claim(row_id, lease, dict(found.payload or {}), int(found.attempts))
+            taken = Claim(
+                row_id,
+                lease,
+                dict(found.payload or {}),
+                int(found.attempts),
+                taken_over=before == Status.SENDING,
+            )
+            if then is not None:
+                await then(session, taken)
+            return taken
 
         return await self.write(claim)
 
-    async def save(self, claim: Claim, **values: Any) -> bool:
-        """Record progress and renew the lease."""
+    async def save(self, claim: Claim, *, then: Then | None = None, **values: Any) -> bool:
+        """Record progress and renew the lease; ``then`` runs in the same transaction."""
         lease = self._lease()
 
         async def save(session: AsyncSession) -> int:
@@ -146,7 +178,11 @@ class Leases:
                 .values(claimed_until=lease, **values)
                 .execution_options(synchronize_session=False)
             )
-            return rowcount(result)
+            if rowcount(result) != 1:
+                return 0
+            if then is not None:
+                await then(session)
+            return 1
 
         if await self.write(save) != 1:
             return False
@@ -184,9 +220,17 @@ class Leases:
         )
 
     async def release(
-        self, claim: Claim, delay: float, *, error: str | None, failed: bool, **values: Any
+        self,
+        claim: Claim,
+        delay: float,
+        *,
+        error: str | None,
+        failed: bool,
+        then: Then | None = None,
+        **values: Any,
     ) -> None:
-        """Back to the queue, due again after ``delay`` seconds."""
+        """Back to the queue, due again after ``delay`` seconds; ``then`` runs in the same
+        transaction."""
         changes: dict[str, Any] = {
             "status": Status.PENDING,
             "claimed_until": None,
@@ -197,7 +241,7 @@ class Leases:
             changes["attempts"] = OutboxMessage.attempts + 1
         if error is not None:
             changes["last_error"] = error
-        await self._settle(claim, changes, None)
+        await self._settle(claim, changes, then)
 
     async def _settle(self, claim: Claim, values: dict[str, Any], then: Then | None) -> bool:
         async def settle(session: AsyncSession) -> int:

@@ -83,6 +83,8 @@ class Parts(Protocol):
         *,
         optional: bool = False,
         finish: bool = False,
+        markup: InlineKeyboardMarkup | None = None,
+        probeable: bool = True,
     ) -> None: ...
 
     async def finish(self, job: Job) -> None: ...
@@ -210,6 +212,7 @@ class OfficerSender:
 
     async def _html(self, job: Job, parts: Parts, name: str, card: Card, **extra: Any) -> None:
         common = self.common(job)
+        keyboard = markup(card.buttons)
         await parts.part(
             job,
             name,
@@ -217,12 +220,13 @@ class OfficerSender:
             lambda: self.bot.send_message(
                 text=card.text,
                 parse_mode=ParseMode.HTML,
-                reply_markup=markup(card.buttons),
+                reply_markup=keyboard,
                 link_preview_options=_NO_PREVIEW,
                 **extra,
                 **common,
             ),
             finish=True,
+            markup=keyboard,
         )
 
     # -------------------------------------------------------------------------- kinds
@@ -239,6 +243,7 @@ class OfficerSender:
             )
         )
         common = self.common(job)
+        keyboard = markup(card.buttons)  # it names the report: no other message has it
         await parts.part(
             job,
             "card",
@@ -246,10 +251,11 @@ class OfficerSender:
             lambda: self.bot.send_message(
                 text=card.text,
                 parse_mode=ParseMode.HTML,
-                reply_markup=markup(card.buttons),
+                reply_markup=keyboard,
                 link_preview_options=_NO_PREVIEW,
                 **common,
             ),
+            markup=keyboard,
         )
         reply = ReplyParameters(
             message_id=int(job.payload["msg"]), allow_sending_without_reply=True
@@ -380,6 +386,9 @@ class OfficerSender:
                 text=text, reply_markup=reply_markup, reply_parameters=reply, **common
             ),
             finish=True,
+            markup=reply_markup if isinstance(reply_markup, InlineKeyboardMarkup) else None,
+            # Telegram never lets a bot edit a message sent with force_reply: no probe for it.
+            probeable=not isinstance(reply_markup, ForceReply),
         )
 
     async def _relay(self, job: Job, payload: RelayPayload, parts: Parts) -> None:

@@ -1,13 +1,26 @@
-"""What the delivery worker handles: a due row, its resolved target, a claimed job, and the
-signals between the scheduler and the senders."""
+"""What the delivery worker handles: the due rows (:func:`due_rows`), each resolved to its
+target chat (:func:`resolve`), a claimed job, and the signals between the scheduler and the
+senders."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from bot.delivery.leases import Claim
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.delivery.leases import Claim, claimable
+from config.queues import QueueMap
+from handlers.domain import REPORT_KIND_EMERGENCY
+from handlers.outbox import OFFICER_KINDS, Destination, Kind, Priority, Where
+from storage.models import OutboxMessage, Report, ReportMedia
+
+#: ``priority`` at or above which a row is urgent (an emergency's card, its reminder); an
+#: emergency's row enqueued lower is raised to it when claimed.
+EMERGENCY_PRIORITY: Final = int(Priority.EMERGENCY)
+_OFFICER_KIND_NAMES: Final = tuple(kind.value for kind in OFFICER_KINDS)
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,12 @@ class Row:
     def partial(self) -> bool:
         return bool(self.payload.get("done"))
 
+    @property
+    def in_doubt(self) -> bool:
+        """A send of it timed out and may have landed, or its worker died while sending it:
+        it goes before anything else to its chat (:mod:`bot.delivery.landing`)."""
+        return "unsure" in self.payload or self.status == "sending"
+
 
 @dataclass
 class Job:
@@ -59,6 +78,8 @@ class Job:
     claim: Claim
     #: Messages sent under this claim.
     sent_now: int = 0
+    #: Message ids the Bot API gave back since the last record (for the chat's mark).
+    fresh_ids: list[int] = field(default_factory=list)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -96,6 +117,98 @@ class RenderFailed(Exception):
 
 class LeaseLost(Exception):
     """Another worker took the row over (our lease lapsed)."""
+
+
+def resolve(queue_map: QueueMap, destination: str) -> Target | None:
+    """The chat ``destination`` goes to; ``None`` when no queue serves it (no duty queue).
+
+    Raises ``ValueError`` for a destination that cannot be parsed or is not an officers' chat.
+    """
+    where = Destination.parse(destination)
+    queue = None
+    if where.where == Where.DUTY:
+        queue = queue_map.duty
+    elif where.where == Where.UNIT:
+        queue = queue_map.resolve(where.unit)
+    elif where.where == Where.QUEUE:
+        assert where.queue is not None
+        queue = queue_map.by_key(where.queue)
+    elif where.where == Where.CHAT:
+        assert where.chat_id is not None
+        chat_id, thread_id = where.chat_id, where.thread_id
+        known = queue_map.by_chat(chat_id, thread_id)
+        duty = queue_map.duty
+        is_duty = duty is not None and (duty.chat_id, duty.thread_id) == (chat_id, thread_id)
+        name = known.name if known is not None else (where.chat_key or "")
+        return Target(chat_id, thread_id, name, is_duty)
+    else:
+        raise ValueError(f"not an officers' destination: {destination!r}")
+    if queue is None:
+        return None
+    return Target(queue.chat_id, queue.thread_id, queue.name, queue.is_duty)
+
+
+async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> list[Row]:
+    """The officers' rows that may be claimed now, most urgent first (at most ``scan_limit``);
+    an emergency's row counts as urgent whatever priority it was enqueued with."""
+    emergency = and_(
+        Report.kind == REPORT_KIND_EMERGENCY, OutboxMessage.priority < EMERGENCY_PRIORITY
+    )
+    priority = case((emergency, EMERGENCY_PRIORITY), else_=OutboxMessage.priority)
+    media = (
+        select(func.count(ReportMedia.id))
+        .where(ReportMedia.report_id == OutboxMessage.report_id)
+        .correlate(OutboxMessage)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            OutboxMessage.id,
+            OutboxMessage.kind,
+            OutboxMessage.destination,
+            OutboxMessage.status,
+            OutboxMessage.payload,
+            OutboxMessage.report_id,
+            OutboxMessage.attempts,
+            OutboxMessage.created_at,
+            priority.label("effective_priority"),
+            Report.kind.label("report_kind"),
+            Report.latitude,
+            Report.longitude,
+            media.label("media"),
+        )
+        .outerjoin(Report, Report.id == OutboxMessage.report_id)
+        .where(claimable(now), OutboxMessage.kind.in_(_OFFICER_KIND_NAMES))
+        .order_by(priority.desc(), OutboxMessage.id)
+        .limit(scan_limit)
+    )
+    rows: list[Row] = []
+    for r in await session.execute(stmt):
+        payload = dict(r.payload or {})
+        urgent = (
+            r.report_kind == REPORT_KIND_EMERGENCY or r.effective_priority >= EMERGENCY_PRIORITY
+        )
+        cost = 1
+        if r.kind == Kind.REPORT_CARD:
+            has_pin = r.latitude is not None and r.longitude is not None
+            total = 1 + int(has_pin) + int(r.media or 0)
+            cost = max(1, total - int(payload.get("sent", 0)))
+        rows.append(
+            Row(
+                id=r.id,
+                kind=r.kind,
+                destination=r.destination,
+                status=r.status,
+                payload=payload,
+                report_id=r.report_id,
+                attempts=r.attempts,
+                priority=int(r.effective_priority),
+                urgent=urgent,
+                cost=cost,
+                created_at=r.created_at,
+            )
+        )
+    return rows
 
 
 def error_text(exc: BaseException) -> str:

@@ -10,9 +10,12 @@ shielded from cancellation: :meth:`DeliveryWorker.stop` mid-burst finishes the c
 and never duplicates a message.
 
 Errors: 5xx, timeouts and network errors are retried with exponential backoff (1 s, 2 s, 4 s …
-5 min) and never give up. A 429 pauses the chat for ``retry_after``. A chat that is gone (bot
-removed, chat not found, no right to post) fails the row, alerts the duty queue once an hour
-per chat, and re-routes the report there. A destination with no queue and no duty queue stays
+5 min) and never give up. A send that timed out may have landed: before it is sent again, the
+chat is probed for it and the message that landed is adopted (:mod:`bot.delivery.landing`); so
+is a row taken over from a worker that died mid-send. One worker sends to a chat at a time. A
+429 pauses the chat for ``retry_after``. A chat that is gone (bot removed, chat not found, no
+right to post) fails the row, alerts the duty queue once an hour per chat, and re-routes the
+report there. A destination with no queue and no duty queue stays
 pending. Timers are fired by their own :class:`~bot.delivery.timers.TimerWorker`.
 
 Anonymity: log lines carry outbox and report ids, chat ids of officers' groups and error
@@ -31,22 +34,41 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
-from telegram import Bot, Message
+from telegram import Bot, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
 
-from bot.answers import retry_after_seconds
+from bot.answers import maybe_delivered, retry_after_seconds
 from bot.delivery.folding import Planner
-from bot.delivery.leases import Leases, claimable, enqueue_once, insert_ignoring
+from bot.delivery.landing import (
+    UNSURE,
+    claim_lock_key,
+    claim_terms,
+    landed,
+    last_known,
+    message_ids,
+)
+from bot.delivery.landing import note as note_chat
+from bot.delivery.leases import Claim, Leases, enqueue_once, insert_ignoring
 from bot.delivery.officers import SENT_KINDS, Call, OfficerSender, is_chat_gone
 from bot.delivery.pacing import FloodLimits, Pacer
-from bot.delivery.rows import Blocked, Job, LeaseLost, RenderFailed, Row, Target, error_text
+from bot.delivery.rows import (
+    EMERGENCY_PRIORITY,
+    Blocked,
+    Job,
+    LeaseLost,
+    RenderFailed,
+    Row,
+    Target,
+    due_rows,
+    error_text,
+    resolve,
+)
 from bot.delivery.timers import TimerHandler, TimerWorker
 from bot.outage import DatabaseWatch, paused
 from config.queues import QueueMap
-from handlers.domain import REPORT_KIND_EMERGENCY
 from handlers.outbox import (
     AlertPayload,
     CardPayload,
@@ -55,9 +77,8 @@ from handlers.outbox import (
     Kind,
     Priority,
     Status,
-    Where,
 )
-from storage.models import CardPost, OutboxMessage, Report, ReportMedia
+from storage.models import CardPost, OutboxMessage
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -67,14 +88,14 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: ``priority`` at or above which a row is urgent (an emergency's card, its reminder); an
-#: emergency's row enqueued lower is raised to it when claimed.
-EMERGENCY_PRIORITY: Final = int(Priority.EMERGENCY)
 #: A digest goes before the tips still waiting, after emergencies.
 DIGEST_PRIORITY: Final = int(Priority.DIGEST)
 NO_DUTY_ERROR: Final = (
     "no queue serves this destination and there is no duty queue: set TINBAO_DUTY_CHAT_ID"
 )
+#: Seconds a chat is left alone when its next row cannot be claimed (another worker sends to
+#: it, or a row of it is in doubt and not due yet).
+BUSY_PAUSE: Final = 1.0
 
 
 @dataclass
@@ -89,35 +110,10 @@ class DeliveryStats:
     timers_fired: int = 0
     rate_limited: int = 0
     transient_errors: int = 0
-
-
-def resolve(queue_map: QueueMap, destination: str) -> Target | None:
-    """The chat ``destination`` goes to; ``None`` when no queue serves it (no duty queue).
-
-    Raises ``ValueError`` for a destination that cannot be parsed or is not an officers' chat.
-    """
-    where = Destination.parse(destination)
-    queue = None
-    if where.where == Where.DUTY:
-        queue = queue_map.duty
-    elif where.where == Where.UNIT:
-        queue = queue_map.resolve(where.unit)
-    elif where.where == Where.QUEUE:
-        assert where.queue is not None
-        queue = queue_map.by_key(where.queue)
-    elif where.where == Where.CHAT:
-        assert where.chat_id is not None
-        chat_id, thread_id = where.chat_id, where.thread_id
-        known = queue_map.by_chat(chat_id, thread_id)
-        duty = queue_map.duty
-        is_duty = duty is not None and (duty.chat_id, duty.thread_id) == (chat_id, thread_id)
-        name = known.name if known is not None else (where.chat_key or "")
-        return Target(chat_id, thread_id, name, is_duty)
-    else:
-        raise ValueError(f"not an officers' destination: {destination!r}")
-    if queue is None:
-        return None
-    return Target(queue.chat_id, queue.thread_id, queue.name, queue.is_duty)
+    #: Parts whose send timed out (or whose worker died) and that were found to have landed.
+    adopted: int = 0
+    #: Parts in doubt found not to have landed, sent again.
+    resent: int = 0
 
 
 class DeliveryWorker:
@@ -139,6 +135,7 @@ class DeliveryWorker:
         clock: Callable[[], datetime] = utcnow,
         retry_base: float = 1.0,
         retry_cap: float = 300.0,
+        settle_seconds: float = 3.0,
         lease_seconds: float = 120.0,
         poll_interval: float = 5.0,
         park_seconds: float = 60.0,
@@ -154,6 +151,9 @@ class DeliveryWorker:
         self.clock = clock
         self.retry_base = retry_base
         self.retry_cap = retry_cap
+        #: The least wait before a part in doubt is probed for (its send may still be on its
+        #: way through Telegram).
+        self.settle_seconds = settle_seconds
         self.poll_interval = poll_interval
         #: The process's database watch: a pass that fails during an outage is only paused.
         self.watch: DatabaseWatch | None = None
@@ -261,67 +261,8 @@ class DeliveryWorker:
         return OutboxMessage.kind.in_(SENT_KINDS)
 
     async def _due_rows(self, now: datetime) -> list[Row]:
-        emergency = and_(
-            Report.kind == REPORT_KIND_EMERGENCY, OutboxMessage.priority < EMERGENCY_PRIORITY
-        )
-        priority = case((emergency, EMERGENCY_PRIORITY), else_=OutboxMessage.priority)
-        media = (
-            select(func.count(ReportMedia.id))
-            .where(ReportMedia.report_id == OutboxMessage.report_id)
-            .correlate(OutboxMessage)
-            .scalar_subquery()
-        )
-        stmt = (
-            select(
-                OutboxMessage.id,
-                OutboxMessage.kind,
-                OutboxMessage.destination,
-                OutboxMessage.status,
-                OutboxMessage.payload,
-                OutboxMessage.report_id,
-                OutboxMessage.attempts,
-                OutboxMessage.created_at,
-                priority.label("effective_priority"),
-                Report.kind.label("report_kind"),
-                Report.latitude,
-                Report.longitude,
-                media.label("media"),
-            )
-            .outerjoin(Report, Report.id == OutboxMessage.report_id)
-            .where(claimable(now), self._mine_kinds())
-            .order_by(priority.desc(), OutboxMessage.id)
-            .limit(self.scan_limit)
-        )
         async with self.session_factory() as session:
-            result = await session.execute(stmt)
-            rows: list[Row] = []
-            for r in result:
-                payload = dict(r.payload or {})
-                urgent = (
-                    r.report_kind == REPORT_KIND_EMERGENCY
-                    or r.effective_priority >= EMERGENCY_PRIORITY
-                )
-                cost = 1
-                if r.kind == Kind.REPORT_CARD:
-                    has_pin = r.latitude is not None and r.longitude is not None
-                    total = 1 + int(has_pin) + int(r.media or 0)
-                    cost = max(1, total - int(payload.get("sent", 0)))
-                rows.append(
-                    Row(
-                        id=r.id,
-                        kind=r.kind,
-                        destination=r.destination,
-                        status=r.status,
-                        payload=payload,
-                        report_id=r.report_id,
-                        attempts=r.attempts,
-                        priority=int(r.effective_priority),
-                        urgent=urgent,
-                        cost=cost,
-                        created_at=r.created_at,
-                    )
-                )
-            return rows
+            return await due_rows(session, now, self.scan_limit)
 
     async def _round(self, *, wait: bool) -> int:
         now = self.clock()
@@ -414,6 +355,11 @@ class DeliveryWorker:
                     settled += 1
                 elif outcome == "stop":
                     break
+                elif outcome == "skipped":
+                    # Another worker sends to this chat, or a row of it is in doubt: one
+                    # sender at a time per chat (bot.delivery.landing).
+                    self.pacer.pause(chat_id, BUSY_PAUSE)
+                    break
         except Exception:
             log.exception("delivery to chat %s failed unexpectedly", chat_id)
         finally:
@@ -426,7 +372,13 @@ class DeliveryWorker:
         assert row.target is not None
         target = row.target
         claim = await self.leases.claim(
-            row.id, chat_key=target.chat_key, message_count=row.cost, priority=row.priority
+            row.id,
+            where=claim_terms(target.chat_id, row.id),
+            lock=claim_lock_key(target.chat_id),
+            then=lambda session, claim: self._taken_over(session, claim, target.chat_id),
+            chat_key=target.chat_key,
+            message_count=row.cost,
+            priority=row.priority,
         )
         if claim is None:
             return "skipped"
@@ -478,8 +430,18 @@ class DeliveryWorker:
             return await self._transient(job, exc)
         return "settled"
 
+    @staticmethod
+    async def _taken_over(session: AsyncSession, claim: Claim, chat_id: int) -> None:
+        """A row taken over from a worker that died while sending it: its next part may have
+        landed, above what the chat's mark says now."""
+        if claim.taken_over and UNSURE not in claim.payload:
+            after = await last_known(session, chat_id)
+            claim.payload[UNSURE] = {"part": None, "after": after}
+
     async def _transient(self, job: Job, exc: BaseException) -> str:
         delay = self._backoff(job.attempts + 1)
+        if UNSURE in job.payload:  # give a send that may have landed time to show
+            delay = max(delay, self.settle_seconds)
         self.stats.transient_errors += 1
         log.warning(
             "outbox row %d to chat %s: %s; retrying in %.1fs",
@@ -503,14 +465,20 @@ class DeliveryWorker:
         *,
         optional: bool = False,
         finish: bool = False,
+        markup: InlineKeyboardMarkup | None = None,
+        probeable: bool = True,
     ) -> None:
         """Send one message (or album) of a row unless already sent, then record it.
 
         The call and the record run shielded, so a stop or cancellation never loses track of
         a message that went out. ``optional`` parts (evidence) are skipped on a request error
-        that is not about the chat.
+        that is not about the chat. ``markup`` is the inline keyboard the call sends (the
+        probe for a part in doubt edits it to itself); a part Telegram never lets the bot edit
+        (``force_reply``) is not ``probeable`` and is sent again when in doubt.
         """
         if name in job.done:
+            return
+        if await self._resolve(job, name, weight, markup if probeable else False, finish):
             return
         target, urgent = job.target, job.row.urgent
         admitted = await self.pacer.admit(
@@ -538,14 +506,17 @@ class DeliveryWorker:
                 )
                 job.payload.setdefault("skipped", []).append(name)
                 result = None
-            except BaseException:
+            except BaseException as exc:
                 self.pacer.landed(target, urgent=urgent, weight=weight, admitted=admitted)
+                if maybe_delivered(exc):  # it may have landed: probed for before a retry
+                    job.payload[UNSURE] = {"part": name, "after": await self._mark(target)}
                 raise
             else:
                 self.pacer.landed(target, urgent=urgent, weight=weight, admitted=admitted)
                 job.payload["sent"] = job.sent + weight
                 job.sent_now += weight
                 self.stats.messages += weight
+                job.fresh_ids += message_ids(result)
                 if "msg" not in job.payload:
                     first = result[0] if isinstance(result, tuple | list) else result
                     if isinstance(first, Message):
@@ -558,9 +529,67 @@ class DeliveryWorker:
 
         await self._shielded(send_and_record())
 
+    async def _resolve(
+        self,
+        job: Job,
+        name: str,
+        weight: int,
+        markup: InlineKeyboardMarkup | bool | None,
+        finish: bool,
+    ) -> bool:
+        """A part in doubt: probe the chat for it (:mod:`bot.delivery.landing`). ``True`` when
+        it had landed and is now recorded as sent; ``False`` when it is to be sent (again). A
+        failing probe raises, and the part stays in doubt."""
+        unsure = job.payload.get(UNSURE)
+        if not isinstance(unsure, dict) or unsure.get("part") not in (None, name):
+            return False
+        after = unsure.get("after")
+        found: list[int] = []
+        if markup is not False and isinstance(after, int):
+            keyboard = markup if isinstance(markup, InlineKeyboardMarkup) else None
+            found = await self._shielded(
+                landed(self.bot, job.target.chat_id, after, markup=keyboard, expect=weight)
+            )
+        del job.payload[UNSURE]
+        if not found:
+            self.stats.resent += 1
+            log.info("outbox row %d: part %s had not landed; sending it", job.row.id, name)
+            return False
+        self.stats.adopted += 1
+        log.info(
+            "outbox row %d: part %s had landed (message %d in chat %s); not sent again",
+            job.row.id,
+            name,
+            found[0],
+            job.target.chat_key,
+        )
+        job.fresh_ids += found
+        job.payload["sent"] = job.sent + weight
+        job.payload.setdefault("msg", found[0])
+        job.done.append(name)
+        await self._shielded(self.finish(job) if finish else self._save(job))
+        return True
+
+    async def _mark(self, target: Target) -> int | None:
+        async with self.session_factory() as session:
+            return await last_known(session, target.chat_id)
+
+    def _noting(self, job: Job, *, settled: bool = False) -> Callable[[AsyncSession], Any]:
+        """Raise the chat's mark to the ids just sent, and hold the chat while the row is in
+        doubt (free it otherwise, and always once the row is ``settled``)."""
+        ids = list(job.fresh_ids)
+        unsure = None if settled else job.payload.get(UNSURE)
+
+        async def note(session: AsyncSession) -> None:
+            await note_chat(session, job.target.chat_id, job.row.id, ids, unsure)
+            del job.fresh_ids[: len(ids)]
+
+        return note
+
     async def _save(self, job: Job) -> None:
         saved = await self.leases.save(
             job.claim,
+            then=self._noting(job),
             payload=job.payload,
             message_count=max(job.row.cost, job.sent_now),
         )
@@ -587,8 +616,10 @@ class DeliveryWorker:
             reports = [job.row.report_id]
             kind = "note"
         target = job.target
+        note = self._noting(job, settled=True)
 
         async def record_posts(session: AsyncSession) -> None:
+            await note(session)
             if not isinstance(message_id, int):
                 return
             for report_id in reports:
@@ -624,6 +655,7 @@ class DeliveryWorker:
                 delay,
                 error=error,
                 failed=failed,
+                then=self._noting(job),
                 payload=job.payload,
                 message_count=job.sent,
             )
@@ -642,7 +674,10 @@ class DeliveryWorker:
             elif job.row.kind == Kind.DIGEST:
                 reroute = [i for i in job.payload.get("report_ids", []) if isinstance(i, int)]
 
+        note = self._noting(job, settled=True)
+
         async def alert_and_reroute(session: AsyncSession) -> None:
+            await note(session)
             if not chat_gone or target.is_duty:
                 return
             duty = str(Destination.duty())

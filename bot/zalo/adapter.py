@@ -25,6 +25,7 @@ from bot.answers import patiently
 from bot.channel import SendError
 from bot.dispatch import Dispatcher
 from bot.outage import DatabaseDown
+from bot.queued_answers import AnswerQueue
 from bot.spool import SpoolIntake
 from bot.zalo.inbox import Inbox
 from bot.zalo.text import render_messages, render_texts
@@ -55,6 +56,8 @@ class ZaloAdapter(ABC):
         self._handled = asyncio.Condition()
         #: The spool updates are written to first (set by the composition root).
         self.spool: SpoolIntake | None = None
+        #: Where an answer Zalo would not take waits, in order (set by the composition root).
+        self.answers: AnswerQueue | None = None
 
     def use_spool(self, spool: SpoolIntake) -> None:
         """Updates go to ``spool`` first (fsync'd), and are handled from it."""
@@ -193,13 +196,25 @@ class ZaloAdapter(ABC):
         outcome = await self.dispatcher.process(message, self.fetcher)
         if outcome is None or not outcome.replies:
             return
-        try:  # each text tried again after a 429 or a passing error (bot.answers)
-            for text in render_texts(outcome.replies, self.capabilities):
+        texts = render_texts(outcome.replies, self.capabilities)
+        if outcome.behind and self.answers is not None:
+            # Earlier answers wait in the outbox: these go behind them, never before.
+            await self.answers.enqueue(message.sender, [Reply(text=text) for text in texts])
+            return
+        for index, text in enumerate(texts):
+            try:  # tried again after a 429 or a passing error (bot.answers)
                 await patiently(functools.partial(self.send_text, message.sender.chat_id, text))
-        except SendError as exc:
-            # The flow's state is committed; the citizen sees the next prompt on their next
-            # message. Never log the chat id.
-            log.warning("%s: a reply was not delivered: %s", self.channel_name, exc.reason)
+            except SendError as exc:
+                # The flow's state is committed. Never log the chat id.
+                if exc.gone or exc.permanent or self.answers is None:
+                    log.warning("%s: a reply was not delivered: %s", self.channel_name, exc.reason)
+                    return
+                rest = [Reply(text=t) for t in texts[index:]]
+                if await self.answers.enqueue(message.sender, rest):
+                    log.warning(
+                        "%s: a reply waits in the outbox: %s", self.channel_name, exc.reason
+                    )
+                return
 
     async def wait_handled(self, count: int, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Wait until ``count`` updates in all have been handled (tests)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from bot import metrics
 from bot.channel import SendError
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 NO_UPDATE = 408
 #: The longest text of one message.
 MAX_TEXT = 2000
+#: Methods that send to a citizen (counted in ``tinbao_sends_total{channel="zalo_bot"}``).
+SENDING = frozenset({"sendMessage", "sendPhoto"})
 
 
 class ZaloBotApiError(Exception):
@@ -54,6 +57,19 @@ class ZaloBotClient:
         self, method: str, payload: dict[str, Any] | None = None, *, seconds: float | None = None
     ) -> Any:
         """Call ``method`` (waiting at most ``seconds``); its ``result``, or an error."""
+        try:
+            result = await self._call(method, payload, seconds)
+        except ZaloBotApiError as exc:
+            if method in SENDING:
+                metrics.channel_send("zalo_bot", metrics.send_result(exc.error_code))
+            raise
+        if method in SENDING:
+            metrics.channel_send("zalo_bot", "ok")
+        return result
+
+    async def _call(
+        self, method: str, payload: dict[str, Any] | None, seconds: float | None
+    ) -> Any:
         wait = aiohttp.ClientTimeout(total=seconds or self.request_timeout)
         try:
             async with self.session.post(

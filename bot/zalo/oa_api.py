@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from bot import metrics
 from bot.channel import SendError
 from bot.zalo.oa_tokens import TokenPair, TokenRefreshError, TokenStore
 from storage.types import utcnow
@@ -83,6 +84,15 @@ class ZaloOAClient:
             "grant_type": "refresh_token",
             "refresh_token": refresh_token,
         }
+        try:
+            pair = await self._refresh(form)
+        except TokenRefreshError:
+            metrics.token_refresh("zalo_oa", ok=False)
+            raise
+        metrics.token_refresh("zalo_oa", ok=True)
+        return pair
+
+    async def _refresh(self, form: dict[str, str]) -> TokenPair:
         try:
             async with self.session.post(
                 f"{self.oauth_url}/v4/oa/access_token",
@@ -168,20 +178,33 @@ class ZaloOAClient:
         return await self._post(f"{self.api_url}/v2.0/oa/upload/image", token, data=form)
 
     async def _post(self, url: str, token: str, **body: Any) -> tuple[int, dict[str, Any]]:
+        """One call; counted in ``tinbao_sends_total{channel="zalo_oa"}`` by its result."""
+        status: int | None = None
         try:
             async with self.session.post(
                 url, headers={"access_token": token}, timeout=self.timeout, **body
             ) as response:
                 status = response.status
                 answer = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if not isinstance(answer, dict):
+                raise ValueError("not a JSON object")
+            code = int(answer.get("error", 0))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.channel_send("zalo_oa", "error")
             raise SendError(f"zalo_oa: unreachable ({type(exc).__name__})") from None
-        if not isinstance(answer, dict):
-            raise SendError(f"zalo_oa: HTTP {status}, not a JSON object")
-        try:
-            return int(answer.get("error", 0)), answer
         except (TypeError, ValueError):
-            raise SendError("zalo_oa: malformed answer") from None
+            failed = status is not None and status >= 300
+            metrics.channel_send("zalo_oa", metrics.send_result(status) if failed else "error")
+            raise SendError(f"zalo_oa: HTTP {status}, not a Zalo answer") from None
+        metrics.channel_send("zalo_oa", _result(code))
+        return code, answer
+
+
+def _result(code: int) -> str:
+    """A Zalo OA error code as a ``tinbao_sends_total`` result."""
+    if code == 0:
+        return "ok"
+    return "429" if code == RATE_LIMITED else "4xx"
 
 
 def send_error(code: int) -> SendError:

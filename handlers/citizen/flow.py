@@ -39,6 +39,7 @@ from handlers.citizen.base import (
 from handlers.citizen.core import FlowCore, Step
 from handlers.citizen.draft import check_description, check_short_text
 from handlers.citizen.menu import STEPS as MENU_STEPS
+from handlers.citizen.queued import answers_waiting
 from handlers.citizen.reachable import wake_held
 from handlers.citizen.relay import (
     RELAY_STATES,
@@ -174,6 +175,7 @@ class CitizenFlow(FlowCore):
             await self.press(turn, event.data)
         else:
             await self._on_message(turn, event, prepared or {})
+        turn.outcome.behind = await answers_waiting(turn)
         self._save(turn)
         await conversations.save(conversation, now)
         return turn.outcome

@@ -25,11 +25,17 @@ Behaviour that mirrors Telegram (so tests catch real bugs):
   400 "can't parse entities"), MarkdownV2 unescaped reserved characters are rejected, length is
   counted in UTF-16 units after parsing (4096 text / 1024 caption), ``callback_data`` over 64
   bytes is ``BUTTON_DATA_INVALID``.
-* Edits: ``message to edit not found``, ``message can't be edited`` (not the bot's),
-  ``message is not modified``; editing text without ``reply_markup`` removes the inline keyboard.
+* Edits: ``message to edit not found``, ``message can't be edited`` (not the bot's, or sent with
+  a reply keyboard or ``force_reply``, which Telegram never lets a bot edit),
+  ``message is not modified`` (same content and markup: for ``editMessageReplyMarkup``, the same
+  markup); editing text without ``reply_markup`` removes the inline keyboard.
   ``deleteMessage`` of an unknown message and replies to unknown messages are 400.
 * Sent messages get per-chat increasing ``message_id`` (shared with messages pushed as updates),
   ``from`` = the bot, the chat object, and echo an *inline* ``reply_markup`` only.
+
+A response can be held back (``delay_response``): the call is carried out at once (a message is
+created and recorded) and only its answer waits, as when Telegram did the work and the answer
+was lost or came after the client's read timeout.
 
 Choices that are deliberately lenient: chats the server has never seen are synthesised (positive
 id = private chat, ``-100...`` = supergroup, other negative = group) unless
@@ -424,6 +430,7 @@ class StandInStats:
     sent: int = 0
     rate_limited: int = 0
     injected_failures: int = 0
+    delayed_responses: int = 0
     sent_per_chat: Counter[ChatKey] = field(default_factory=Counter)
 
 
@@ -441,6 +448,19 @@ class _Injection:
     error_code: int
     description: str
     retry_after: int | None
+    remaining: int
+    chat_id: ChatKey | None
+
+    def matches(self, call: ApiCall) -> bool:
+        if self.method not in ("*", call.method):
+            return False
+        return self.chat_id is None or call.chat_id == self.chat_id
+
+
+@dataclass
+class _Delay:
+    method: str
+    seconds: float
     remaining: int
     chat_id: ChatKey | None
 
@@ -819,6 +839,9 @@ class BotAPIStandIn:
         self._commands: dict[tuple[str, str], list[JSON]] = {}
         self._blocked: dict[ChatKey, str] = {}
         self._injections: list[_Injection] = []
+        self._delays: list[_Delay] = []
+        #: Bot messages sent with a reply keyboard or force_reply: Telegram refuses to edit them.
+        self._not_editable: set[tuple[ChatKey, int]] = set()
         self._overrides: dict[str, MethodHandler] = {}
         self._flood = _FloodGate(self.flood_limits)
 
@@ -1141,6 +1164,14 @@ class BotAPIStandIn:
             _Injection(method, error_code, description, retry_after, count, chat_id)
         )
 
+    def delay_response(
+        self, method: str, seconds: float, count: int = 1, *, chat_id: ChatKey | None = None
+    ) -> None:
+        """Carry out the next ``count`` calls of ``method`` ("*" = any) at once, optionally only
+        those to ``chat_id``, but hold their answers back for ``seconds``: a client with a
+        shorter read timeout gives up although the message was created."""
+        self._delays.append(_Delay(method, seconds, count, chat_id))
+
     def block_chat(
         self, chat_id: ChatKey, description: str = "Forbidden: bot was blocked by the user"
     ) -> None:
@@ -1285,7 +1316,19 @@ class BotAPIStandIn:
         call.status = status
         call.response = body
         self._record(call)
+        delay = self._take_delay(call)
+        if delay > 0:
+            self.stats.delayed_responses += 1
+            await asyncio.sleep(delay)
         return web.json_response(body, status=status)
+
+    def _take_delay(self, call: ApiCall) -> float:
+        for delay in self._delays:
+            if delay.remaining > 0 and delay.matches(call):
+                delay.remaining -= 1
+                self._delays = [d for d in self._delays if d.remaining > 0]
+                return delay.seconds
+        return 0.0
 
     def _serve_file(self, token: str, file_path: str) -> web.StreamResponse:
         stored = self._files_by_path.get(file_path)
@@ -1935,6 +1978,11 @@ class BotAPIStandIn:
             message["has_protected_content"] = True
         message["message_id"] = self.allocate_message_id(key)
         self._messages[(key, message["message_id"])] = copy.deepcopy(message)
+        raw_markup = params.get("reply_markup")
+        if isinstance(raw_markup, dict) and (
+            raw_markup.get("keyboard") is not None or raw_markup.get("force_reply")
+        ):
+            self._not_editable.add((key, message["message_id"]))
         return message
 
     def _reply_target(self, key: ChatKey, params: JSON) -> JSON | None:
@@ -2269,6 +2317,8 @@ class BotAPIStandIn:
         if stored is None:
             raise bad_request("message to edit not found")
         if stored.get("from", {}).get("id") != self._bot_user_for(call)["id"]:
+            raise bad_request("message can't be edited")
+        if (key, message_id) in self._not_editable:
             raise bad_request("message can't be edited")
         return (key, message_id), stored
 

@@ -6,6 +6,8 @@ answers ``{"ok": false, "error_code": 408}`` when none arrives within the call's
 citizen "sends" are served from ``/files/<name>`` so the service downloads them by URL.
 ``sendPhoto`` takes ``photo`` as a URL and, as Zalo does, fetches it: a link that does not
 answer 200 with an image is refused (400); the fetched bytes are kept in :attr:`photos`.
+:meth:`fail_next` answers the next calls of a method with an error (a 5xx by default), recorded
+like any call.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class ZaloBotStandIn:
         #: Images delivered by ``sendPhoto``, as fetched from their URL.
         self.photos: list[SentPhoto] = []
         self._ids = itertools.count(1)
+        #: Errors to answer next, by method: (HTTP status, calls left).
+        self._failures: dict[str, list[int]] = {}
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._changed = asyncio.Condition()
@@ -98,6 +102,13 @@ class ZaloBotStandIn:
             params = None
         if not isinstance(params, dict):
             return web.json_response({"ok": False, "error_code": 400, "description": "bad JSON"})
+        failing = self._failures.get(method)
+        if failing is not None and failing[1] > 0:
+            failing[1] -= 1
+            status = failing[0]
+            answer = {"ok": False, "error_code": status, "description": "Internal Server Error"}
+            self.calls.append(ZaloCall(method, params, answer))
+            return web.json_response(answer, status=status)
         if method == "getUpdates":
             answer = await self._get_updates(params)
         elif method == "sendPhoto" and not await self._fetch_photo(params):
@@ -166,6 +177,10 @@ class ZaloBotStandIn:
         return {"ok": False, "error_code": 404, "description": f"no method {method}"}
 
     # ------------------------------------------------------------------ for tests
+
+    def fail_next(self, method: str, count: int = 1, status: int = 500) -> None:
+        """Answer the next ``count`` calls of ``method`` with HTTP ``status``."""
+        self._failures[method] = [status, count]
 
     def sent(self, chat_id: str | None = None) -> list[str]:
         """Texts sent with ``sendMessage`` (to ``chat_id``)."""

@@ -58,6 +58,10 @@ class ZaloOAStandIn:
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._counter = itertools.count(1)
+        #: ``cs`` calls still to answer with a bad gateway (a proxy's HTML page, not JSON).
+        self.failing_sends = 0
+        #: ``cs`` calls answered that way.
+        self.failed_sends = 0
 
     async def __aenter__(self) -> ZaloOAStandIn:
         app = web.Application()
@@ -100,6 +104,10 @@ class ZaloOAStandIn:
 
     async def _cs(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if self.failing_sends > 0:
+            self.failing_sends -= 1
+            self.failed_sends += 1
+            return web.Response(status=502, text="<html>502 Bad Gateway</html>")
         user_id = str(body.get("recipient", {}).get("user_id", ""))
         message = body.get("message", {})
         text = str(message.get("text", ""))
