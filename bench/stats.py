@@ -85,7 +85,7 @@ FROM (
              ELSE drawn END AS status
     FROM (
         SELECT translate(lpad(g::text, 10, '0'), '0123456789', $5) AS code,
-            $3::timestamptz + make_interval(secs => (g - 1) * $4) AS created,
+            $3::timestamptz + make_interval(secs => (g - 1) * $4::float8) AS created,
             CASE WHEN e THEN 'emergency' ELSE 'tip' END AS kind,
             CASE WHEN e THEN NULL
                  ELSE ($6::text[])[1 + floor(r1 * cardinality($6::text[]))::int] END AS category,

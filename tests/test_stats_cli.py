@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -107,6 +108,7 @@ def test_stats_without_an_action_shows_help(tmp_path: Path) -> None:
     assert "check" in result.stdout and "rebuild" in result.stdout
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL's: test_stats_rollup
 async def test_check_names_another_zone_and_rebuild_moves_to_it(
     tmp_path: Path, db_url: str, engine: AsyncEngine
 ) -> None:
