@@ -70,7 +70,7 @@ class Chat:
         start = len(self.standin.calls)
         target = self.channel.updates_handled + 1
         self.standin.push_update(update)
-        await self.channel.wait_handled(target)
+        await self.channel.wait_handled(target, timeout=30)
         return [c for c in self.standin.calls[start:] if c.chat_id in (self.user.id, None)]
 
     async def command(self, name: str, args: str | None = None) -> list[ApiCall]:

@@ -991,7 +991,7 @@ class BotAPIStandIn:
     async def wait_for(
         self,
         predicate: Predicate,
-        timeout: float = 5.0,  # noqa: ASYNC109 - part of the helper's contract
+        timeout: float = 20.0,  # noqa: ASYNC109 - part of the helper's contract
         *,
         start: int = 0,
     ) -> ApiCall:
@@ -1012,7 +1012,7 @@ class BotAPIStandIn:
         self,
         method: str,
         count: int = 1,
-        timeout: float = 5.0,  # noqa: ASYNC109 - part of the helper's contract
+        timeout: float = 20.0,  # noqa: ASYNC109 - part of the helper's contract
         *,
         ok_only: bool = False,
     ) -> list[ApiCall]:
