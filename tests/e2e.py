@@ -38,12 +38,12 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     await service.start()
     try:
         assert service.telegram is not None
-        for _ in range(500):
-            if service.telegram.state in ("polling", "webhook"):
-                break
+        # A generous limit: parallel test workers share the cores.
+        deadline = asyncio.get_running_loop().time() + 30
+        while service.telegram.state not in ("polling", "webhook"):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"telegram did not start: {service.telegram.state}")
             await asyncio.sleep(0.01)
-        else:
-            raise AssertionError(f"telegram did not start: {service.telegram.state}")
         yield service
     finally:
         await service.stop()
