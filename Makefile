@@ -10,9 +10,10 @@ BIN := $(VENV)/bin
 TINBAO_TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/tinbao_test
 export TINBAO_TEST_POSTGRES_URL
 # pytest runs its tests in parallel worker processes (pytest-xdist; each worker has its own
-# PostgreSQL database): "auto" is one per CPU core. PYTEST_WORKERS=0 runs them all in one
-# process (for pdb, or -s). Kept apart from PYTEST_ARGS, which CI sets to -q.
-PYTEST_WORKERS ?= auto
+# PostgreSQL database): one per CPU core plus one, since much of an end-to-end test is waiting
+# on servers and timers. PYTEST_WORKERS=0 runs them all in one process (for pdb, or -s). Kept
+# apart from PYTEST_ARGS, which CI sets to -q.
+PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 
 .PHONY: run test install install-test lint bench lock
 

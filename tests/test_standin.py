@@ -369,11 +369,19 @@ async def test_commands_round_trip(standin: BotAPIStandIn, bot: Bot) -> None:
 # ---------------------------------------------------------------------------- flood limits
 
 
+def frozen_clock() -> float:
+    """The stand-in's clock for the flood-limit tests: every send at the same instant, however
+    long a busy machine takes between them (a moving clock refills the allowance meanwhile)."""
+    return 1000.0
+
+
 async def test_flood_limits_per_chat_burst(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     limits = FloodLimits(per_chat_per_second=1.0, per_chat_burst=3)
     async with (
-        BotAPIStandIn(enforce_flood_limits=True, flood_limits=limits) as standin,
+        BotAPIStandIn(
+            enforce_flood_limits=True, flood_limits=limits, clock=frozen_clock
+        ) as standin,
         standin.bot() as tg_bot,
     ):
         for i in range(3):
@@ -394,7 +402,9 @@ async def test_flood_limits_group_shared_by_topics(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     limits = FloodLimits(per_chat_burst=100, group_per_minute=20)
     async with (
-        BotAPIStandIn(enforce_flood_limits=True, flood_limits=limits) as standin,
+        BotAPIStandIn(
+            enforce_flood_limits=True, flood_limits=limits, clock=frozen_clock
+        ) as standin,
         standin.bot() as tg_bot,
     ):
         for i in range(20):
@@ -410,7 +420,7 @@ async def test_flood_limits_group_shared_by_topics(monkeypatch: pytest.MonkeyPat
 async def test_flood_limits_global_30_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     async with (
-        BotAPIStandIn(enforce_flood_limits=True) as standin,
+        BotAPIStandIn(enforce_flood_limits=True, clock=frozen_clock) as standin,
         standin.bot() as tg_bot,
     ):
         for chat in range(30):
