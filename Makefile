@@ -9,6 +9,11 @@ BIN := $(VENV)/bin
 # Set it empty (make test TINBAO_TEST_POSTGRES_URL=) to skip the PostgreSQL variants locally.
 TINBAO_TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/tinbao_test
 export TINBAO_TEST_POSTGRES_URL
+# pytest runs its tests in parallel worker processes (pytest-xdist; each worker has its own
+# PostgreSQL database): one per CPU core plus one, since much of an end-to-end test is waiting
+# on servers and timers. PYTEST_WORKERS=0 runs them all in one process (for pdb, or -s). Kept
+# apart from PYTEST_ARGS, which CI sets to -q.
+PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 1) + 1 )))
 
 .PHONY: run test install install-test lint bench lock
 
@@ -44,7 +49,7 @@ lint: install-test
 
 test: lint
 	$(BIN)/python -m tests.pg_setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: install-test
 	$(BIN)/python -m bench.tip_flow

@@ -31,7 +31,7 @@ CHROMIUM_ARGS = (
     "--no-first-run",
 )
 #: Milliseconds Playwright waits for a page, a selector or a download before failing.
-TIMEOUT_MS = 10_000
+TIMEOUT_MS = 30_000
 
 
 def require_browser() -> None:

@@ -38,12 +38,12 @@ async def running_service(settings: Settings) -> AsyncIterator[Service]:
     await service.start()
     try:
         assert service.telegram is not None
-        for _ in range(500):
-            if service.telegram.state in ("polling", "webhook"):
-                break
+        # A generous limit: parallel test workers share the cores.
+        deadline = asyncio.get_running_loop().time() + 30
+        while service.telegram.state not in ("polling", "webhook"):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"telegram did not start: {service.telegram.state}")
             await asyncio.sleep(0.01)
-        else:
-            raise AssertionError(f"telegram did not start: {service.telegram.state}")
         yield service
     finally:
         await service.stop()
@@ -70,7 +70,7 @@ class Chat:
         start = len(self.standin.calls)
         target = self.channel.updates_handled + 1
         self.standin.push_update(update)
-        await self.channel.wait_handled(target)
+        await self.channel.wait_handled(target, timeout=30)
         return [c for c in self.standin.calls[start:] if c.chat_id in (self.user.id, None)]
 
     async def command(self, name: str, args: str | None = None) -> list[ApiCall]:

@@ -143,7 +143,7 @@ async def test_an_edited_description_replaces_the_text_in_the_draft(standin, ser
     assert not chat.texts(await chat.send(factory.edited_text(hello, "bỏ qua nhé")))
 
 
-async def until(predicate, seconds: float = 10.0):
+async def until(predicate, seconds: float = 30.0):
     async with asyncio.timeout(seconds):
         while not await predicate():  # noqa: ASYNC110 - state lives in the database
             await asyncio.sleep(0.05)

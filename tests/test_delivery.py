@@ -140,7 +140,7 @@ def code_counts(standin: BotAPIStandIn, chat: int) -> Counter[str]:
     return counts
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -46,7 +46,7 @@ async def service(standin, db_url, engine, tmp_path: Path):
         yield running
 
 
-async def until(predicate, seconds: float = 10.0):
+async def until(predicate, seconds: float = 30.0):
     async with asyncio.timeout(seconds):
         while not await predicate():  # noqa: ASYNC110 - state lives in the database
             await asyncio.sleep(0.05)

@@ -284,7 +284,7 @@ async def test_application_long_polling_handler_replies(standin: BotAPIStandIn) 
         await asyncio.sleep(0.2)  # the first poll is waiting on the server
         standin.push_update(factory.command(user, "start"))
         reply = await standin.wait_for(
-            lambda c: c.method == "sendMessage" and c.chat_id == user.id, timeout=5
+            lambda c: c.method == "sendMessage" and c.chat_id == user.id
         )
         await app.updater.stop()
         await app.stop()

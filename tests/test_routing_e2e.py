@@ -63,7 +63,7 @@ async def service(standin, db_url, engine, tmp_path, ack_minutes):
         yield running
 
 
-async def wait_until(predicate, seconds: float = 10.0):
+async def wait_until(predicate, seconds: float = 30.0):
     """Poll the database until ``predicate`` holds (the worker writes after it sends)."""
     async with asyncio.timeout(seconds):
         while not await predicate():  # noqa: ASYNC110 - the state is in the database

@@ -215,14 +215,14 @@ async def test_polling_application_handles_pushed_updates(standin: BotAPIStandIn
 
         standin.push_update(factory.command(user, "start"))
         reply = await standin.wait_for(
-            lambda c: c.method == "sendMessage" and c.chat_id == user.id, timeout=3
+            lambda c: c.method == "sendMessage" and c.chat_id == user.id
         )
         greeting = reply.result
         standin.push_update(factory.callback(user, "kind:acc", message=greeting))
-        await standin.wait_calls("editMessageText", 1, timeout=3)
+        await standin.wait_calls("editMessageText", 1)
         jpeg = make_jpeg(32, 32)
         standin.push_update(factory.photo(user, jpeg))
-        await standin.wait_for(lambda c: c.text == f"{len(jpeg)} bytes", timeout=3)
+        await standin.wait_for(lambda c: c.text == f"{len(jpeg)} bytes")
 
         await app.updater.stop()
         await app.stop()
@@ -420,11 +420,19 @@ async def test_commands_round_trip(standin: BotAPIStandIn, bot: Bot) -> None:
 # ---------------------------------------------------------------------------- flood limits
 
 
+def frozen_clock() -> float:
+    """The stand-in's clock for the flood-limit tests: every send at the same instant, however
+    long a busy machine takes between them (a moving clock refills the allowance meanwhile)."""
+    return 1000.0
+
+
 async def test_flood_limits_per_chat_burst(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     limits = FloodLimits(per_chat_per_second=1.0, per_chat_burst=3)
     async with (
-        BotAPIStandIn(enforce_flood_limits=True, flood_limits=limits) as standin,
+        BotAPIStandIn(
+            enforce_flood_limits=True, flood_limits=limits, clock=frozen_clock
+        ) as standin,
         standin.bot() as tg_bot,
     ):
         for i in range(3):
@@ -445,7 +453,9 @@ async def test_flood_limits_group_shared_by_topics(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     limits = FloodLimits(per_chat_burst=100, group_per_minute=20)
     async with (
-        BotAPIStandIn(enforce_flood_limits=True, flood_limits=limits) as standin,
+        BotAPIStandIn(
+            enforce_flood_limits=True, flood_limits=limits, clock=frozen_clock
+        ) as standin,
         standin.bot() as tg_bot,
     ):
         for i in range(20):
@@ -461,7 +471,7 @@ async def test_flood_limits_group_shared_by_topics(monkeypatch: pytest.MonkeyPat
 async def test_flood_limits_global_30_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PTB_TIMEDELTA", "true")  # silence PTB's retry_after deprecation warning
     async with (
-        BotAPIStandIn(enforce_flood_limits=True) as standin,
+        BotAPIStandIn(enforce_flood_limits=True, clock=frozen_clock) as standin,
         standin.bot() as tg_bot,
     ):
         for chat in range(30):
@@ -503,13 +513,12 @@ async def test_webhook_delivery_sends_secret_header(standin: BotAPIStandIn, bot:
 
         # push_update with a webhook set delivers like Telegram does
         update_id = standin.push_update(factory.text(factory.vi_user, "qua webhook"))
-        await asyncio.wait_for(arrived.wait(), 2)
+        await asyncio.wait_for(arrived.wait(), 20)
         assert received[0][0] == "s3cret"
         assert json.loads(received[0][1])["update_id"] == update_id
-        for _ in range(50):
-            if not standin.pending_updates:
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(20):  # the hook's 200 reaches the stand-in
+            while standin.pending_updates:  # noqa: ASYNC110 - the queue lives in the stand-in
+                await asyncio.sleep(0.01)
         assert standin.pending_updates == []
 
         # explicit deliveries: registered secret by default, none, a wrong one, bad JSON

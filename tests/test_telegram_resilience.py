@@ -48,7 +48,7 @@ def malformed_photo(factory: UpdateFactory, user) -> dict[str, Any]:
     return update
 
 
-async def until(predicate, seconds: float = 10.0) -> None:
+async def until(predicate, seconds: float = 30.0) -> None:
     async with asyncio.timeout(seconds):
         while not predicate():  # noqa: ASYNC110 - the state lives in the stand-in
             await asyncio.sleep(0.02)

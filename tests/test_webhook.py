@@ -49,10 +49,9 @@ async def webhook_service(standin, db_url, engine, tmp_path):
     await web.TCPSite(runner, "127.0.0.1", port).start()
     await service.start()
     try:
-        for _ in range(500):
-            if service.telegram is not None and service.telegram.state == "webhook":
-                break
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):  # generous: parallel test workers share the cores
+            while service.telegram is None or service.telegram.state != "webhook":  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         yield service, url
     finally:
         await service.stop()

@@ -1014,7 +1014,7 @@ class BotAPIStandIn:
     async def wait_for(
         self,
         predicate: Predicate,
-        timeout: float = 5.0,  # noqa: ASYNC109 - part of the helper's contract
+        timeout: float = 20.0,  # noqa: ASYNC109 - part of the helper's contract
         *,
         start: int = 0,
     ) -> ApiCall:
@@ -1035,7 +1035,7 @@ class BotAPIStandIn:
         self,
         method: str,
         count: int = 1,
-        timeout: float = 5.0,  # noqa: ASYNC109 - part of the helper's contract
+        timeout: float = 20.0,  # noqa: ASYNC109 - part of the helper's contract
         *,
         ok_only: bool = False,
     ) -> list[ApiCall]:
