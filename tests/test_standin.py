@@ -473,6 +473,55 @@ async def test_webhook_delivery_sends_secret_header(standin: BotAPIStandIn, bot:
         await runner.cleanup()
 
 
+async def test_webhook_deliveries_go_several_at_once_up_to_max_connections(bot: Bot) -> None:
+    """``webhook_connections=4`` with ``max_connections=3``: three updates are in flight
+    together (none waits for another's 200), never a fourth; a refused one is sent again."""
+    in_flight = 0
+    most = 0
+    three = asyncio.Event()
+    refused_once: set[int] = set()
+    answered: list[int] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        update_id = json.loads(await request.read())["update_id"]
+        in_flight += 1
+        most = max(most, in_flight)
+        if in_flight == 3:
+            three.set()
+        try:
+            await asyncio.wait_for(three.wait(), 5)
+            await asyncio.sleep(0.01)
+        finally:
+            in_flight -= 1
+        if update_id % 2 and update_id not in refused_once:
+            refused_once.add(update_id)
+            return web.Response(status=502)
+        answered.append(update_id)
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        async with BotAPIStandIn(webhook_connections=4, webhook_retry_delay=0.01) as standin:
+            async with Bot(DEFAULT_TOKEN, base_url=standin.base_url) as tg_bot:
+                assert await tg_bot.set_webhook(url, max_connections=3)
+            factory = UpdateFactory(standin)
+            ids = [standin.push_update(factory.text(factory.vi_user, f"{n}")) for n in range(9)]
+            async with asyncio.timeout(5):
+                while standin.pending_updates:  # noqa: ASYNC110 - the stand-in's own queue
+                    await asyncio.sleep(0.01)
+        assert most == 3
+        assert sorted(answered) == ids  # each once, the refused ones after a retry
+        assert refused_once == {i for i in ids if i % 2}
+    finally:
+        await runner.cleanup()
+
+
 # ---------------------------------------------------------------------------- factory
 
 

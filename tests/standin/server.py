@@ -21,6 +21,9 @@ Behaviour that mirrors Telegram (so tests catch real bugs):
   below it are confirmed and dropped, a negative offset keeps the last ``-offset``), ``limit``,
   ``timeout`` and the sticky ``allowed_updates`` setting, answers 409 while a webhook is set and
   409 to an older poll when a newer one arrives.
+* With a webhook set, queued updates are POSTed to it, oldest first, until a 2xx (anything else
+  is tried again after ``webhook_retry_delay``); ``webhook_connections`` of them in flight at
+  once, at most ``setWebhook``'s ``max_connections`` (default 40), as Telegram does.
 * Text and captions are checked: HTML is parsed (unknown tags, stray ``<`` and unbalanced tags are
   400 "can't parse entities"), MarkdownV2 unescaped reserved characters are rejected, length is
   counted in UTF-16 units after parsing (4096 text / 1024 caption), ``callback_data`` over 64
@@ -763,6 +766,7 @@ class BotAPIStandIn:
         strict_chats: bool = False,
         strict_media: bool = False,
         webhook_retry_delay: float = 0.2,
+        webhook_connections: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._bot_user: JSON = {
@@ -783,6 +787,11 @@ class BotAPIStandIn:
         self.strict_chats = strict_chats
         self.strict_media = strict_media
         self.webhook_retry_delay = webhook_retry_delay
+        #: Webhook deliveries in flight at once (capped by ``setWebhook``'s ``max_connections``,
+        #: 40 by default, as Telegram does). 1: one update at a time, each after the previous
+        #: one's 2xx; more: the next updates go out while earlier ones are still being answered,
+        #: so two updates of one chat may be in flight together, as with Telegram.
+        self.webhook_connections = max(1, webhook_connections)
         self.clock = clock
 
         self.calls: list[ApiCall] = []
@@ -802,7 +811,8 @@ class BotAPIStandIn:
         self._poll_generation = 0
 
         self._webhook: JSON = {}
-        self._webhook_task: asyncio.Task[None] | None = None
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
+        self._webhook_in_flight: set[int] = set()
         self._webhook_last_error: tuple[int, str] | None = None
 
         self._chats: dict[ChatKey, JSON] = {}
@@ -895,11 +905,12 @@ class BotAPIStandIn:
     async def stop(self) -> None:
         self._closing = True
         self._notify_updates()
-        if self._webhook_task is not None:
-            self._webhook_task.cancel()
+        for task in list(self._webhook_tasks):
+            task.cancel()
+        for task in list(self._webhook_tasks):
             with contextlib.suppress(asyncio.CancelledError):
-                await self._webhook_task
-            self._webhook_task = None
+                await task
+        self._webhook_tasks.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -1692,21 +1703,39 @@ class BotAPIStandIn:
     def _kick_webhook(self) -> None:
         if self._runner is None or self._closing or not self._webhook.get("url"):
             return
-        if self._webhook_task is None or self._webhook_task.done():
-            self._webhook_task = asyncio.get_running_loop().create_task(self._webhook_loop())
+        self._webhook_tasks = {task for task in self._webhook_tasks if not task.done()}
+        width = min(self.webhook_connections, max(1, int(self._webhook["max_connections"])))
+        waiting = len(self._updates) - len(self._webhook_in_flight)
+        loop = asyncio.get_running_loop()
+        for _ in range(min(width - len(self._webhook_tasks), max(waiting, 1))):
+            task = loop.create_task(self._webhook_loop())
+            self._webhook_tasks.add(task)
+
+    def _next_for_webhook(self) -> JSON | None:
+        """The oldest queued update not being delivered already (a copy)."""
+        kept = [u for u in self._updates if self._allowed(u)]
+        self._updates = kept  # Telegram never delivers updates of types not allowed
+        for update in kept:
+            if update["update_id"] not in self._webhook_in_flight:
+                return copy.deepcopy(update)
+        return None
 
     async def _webhook_loop(self) -> None:
         while not self._closing and self._webhook.get("url"):
-            pending = self._take_updates(1)
-            if not pending:
+            update = self._next_for_webhook()
+            if update is None:
                 return
-            update = pending[0]
+            update_id = update["update_id"]
             body = json.dumps(update, ensure_ascii=False).encode("utf-8")
-            status, error = await self._post_webhook(
-                self._webhook["url"], body, self._webhook.get("secret_token")
-            )
+            self._webhook_in_flight.add(update_id)
+            try:
+                status, error = await self._post_webhook(
+                    self._webhook["url"], body, self._webhook.get("secret_token")
+                )
+            finally:
+                self._webhook_in_flight.discard(update_id)
             if status is not None and 200 <= status < 300:
-                self._updates = [u for u in self._updates if u["update_id"] != update["update_id"]]
+                self._updates = [u for u in self._updates if u["update_id"] != update_id]
                 continue
             message = error or f"Wrong response from the webhook: {status}"
             self._webhook_last_error = (int(time.time()), message)
