@@ -38,7 +38,7 @@ CODE_RE = re.compile(r"[2-9A-Z]{5}-[2-9A-Z]{5}")
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_three_web_processes_and_two_workers(db_url, tmp_path):
-    async with BotAPIStandIn() as standin:
+    async with BotAPIStandIn(webhook_connections=40) as standin:
         factory = UpdateFactory(standin)
         env = {
             "TINBAO_DUTY_CHAT_ID": str(DUTY_CHAT_ID),
