@@ -16,6 +16,10 @@ echo Application on the same stand-in (one ``sendMessage`` per message, one
 ``answerCallbackQuery`` per press, the same per-chat-ordered processor with 64 concurrent
 updates as tinbao). The ratio tinbao / echo is what this measures; the target is >= 0.5.
 
+``--processes 1 2 3`` runs the flat-out mode in webhook mode on PostgreSQL instead, with N web
+processes and a worker behind one URL, for each N in turn, against a bare echo bot behind the
+same URL (``bench/tip_flow_processes.py``).
+
 ``--rate R`` offers a fixed load instead (P4): ``--citizens`` people (60) type at a human pace,
 each sending an update every ``citizens / R`` seconds, together R updates/s (30, Telegram's
 global sending ceiling), and the answer latency p50 / p95 / p99 is printed, with the echo bot
@@ -780,7 +784,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=CARD_SAMPLES,
         help=f"tips timed to their cards with an idle queue, one at a time (P6, {CARD_SAMPLES})",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        metavar="N",
+        default=None,
+        help="webhook mode on PostgreSQL with N web processes (and --workers) behind one URL, "
+        "each N in turn: --processes 1 2 3 (bench/tip_flow_processes.py)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes with --processes (1)"
+    )
     args = parser.parse_args(argv)
+    if args.processes is not None:
+        if args.rate is not None:
+            parser.error("--processes measures flat out; it does not take --rate")
+        if args.backend == "sqlite":
+            parser.error("--processes needs PostgreSQL (several processes share one database)")
+        if any(n < 1 for n in args.processes) or args.workers < 1:
+            parser.error("--processes and --workers must be at least 1")
     if args.tips is None:
         args.tips = 60 if args.rate else 50
     if args.tips < 1 or args.concurrency < 1 or args.cards < 1:
@@ -793,6 +816,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("WARNING")
+    if args.processes is not None:
+        from bench import tip_flow_processes
+
+        return tip_flow_processes.run(args.processes, args.tips, args.concurrency, args.workers)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     return asyncio.run(main_async(args.tips, backends, args.concurrency, args.rate, args.cards))
 

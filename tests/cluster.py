@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +160,12 @@ async def cluster(
     workers: int,
     duplicate_rate: float = 0.1,
     extra_env: dict[str, str] | None = None,
+    program: Sequence[str] = ("-m", "bot", "run"),
 ) -> AsyncIterator[tuple[Balancer, list[Process]]]:
-    """Migrate the database, start the balancer and the processes; stop them all at the end."""
+    """Migrate the database, start the balancer and the processes; stop them all at the end.
+
+    Each process is ``python <program> --role web|worker`` (``bench.echo_webhook`` stands in for
+    tinbao in the benchmark's baseline)."""
     engine = create_engine(db_url)
     try:
         await upgrade(engine)
@@ -193,7 +197,7 @@ async def cluster(
             env = {**base_env, "TINBAO_HTTP_PORT": str(port), "TINBAO_DATA_DIR": str(directory)}
             with log.open("wb") as out:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bot", "run", "--role", role,
+                    sys.executable, *program, "--role", role,
                     cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 )  # fmt: skip
             processes.append(Process(role, port, proc, log))
