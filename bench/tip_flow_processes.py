@@ -71,6 +71,10 @@ class Measured:
     load: float
     #: Wall seconds of the measured stretch per update answered.
     wall_per_update: float
+    #: PostgreSQL transactions per update, from the processes' start to their stop.
+    xacts_per_update: float
+    #: Statements per update, most first (only when the server has pg_stat_statements).
+    statements: list[tuple[str, float]]
 
 
 @dataclass
@@ -78,6 +82,60 @@ class ProcessesRow:
     processes: int
     tinbao: Measured
     echo: Measured
+
+
+async def transactions(db_url: str) -> int:
+    """Transactions committed and rolled back in ``db_url``'s database so far (the server's
+    statistics: a backend reports its own at the latest when it exits)."""
+    engine = create_async_engine(db_url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            found = await connection.scalar(
+                text(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    "WHERE datname = current_database()"
+                )
+            )
+            return int(found or 0)
+    finally:
+        await engine.dispose()
+
+
+async def reset_statements(db_url: str) -> bool:
+    """Start counting statements in ``db_url``'s database, when the server has
+    ``pg_stat_statements`` loaded (``shared_preload_libraries``); ``False`` otherwise."""
+    engine = create_async_engine(db_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
+            await connection.execute(
+                text(
+                    "SELECT pg_stat_statements_reset(0, "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database()), 0)"
+                )
+            )
+    except Exception:  # not loaded, or not allowed: the figures go without it
+        return False
+    finally:
+        await engine.dispose()
+    return True
+
+
+async def read_statements(db_url: str) -> list[tuple[str, int]]:
+    """Each statement run in ``db_url``'s database since the reset and how often, most first."""
+    engine = create_async_engine(db_url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT query, sum(calls) FROM pg_stat_statements WHERE dbid = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "GROUP BY query ORDER BY 2 DESC"
+                )
+            )
+            return [(str(query), int(calls)) for query, calls in rows]
+    finally:
+        await engine.dispose()
 
 
 async def backend_pids(db_url: str) -> list[int]:
@@ -117,6 +175,8 @@ async def measure(
     start = len(standin.calls)
     env = {"TINBAO_DUTY_CHAT_ID": str(DUTY_CHAT_ID)}
     program = ECHO_PROGRAM if echo else ("-m", "bot", "run")
+    before = 0 if echo else await transactions(db_url)
+    counting = not echo and await reset_statements(db_url)
     async with cluster(
         standin,
         db_url,
@@ -153,8 +213,13 @@ async def measure(
     await wait_confirmed(standin, label)
     if run.updates != tips * len(next(iter(steps_of.values()))):
         raise BenchFailure(f"{label}: {run.updates} updates answered")
+    xacts = 0
+    statements: list[tuple[str, int]] = []
     if not echo:
         await check_reports(db_url, codes, label)
+        xacts = await transactions(db_url) - before
+        if counting:
+            statements = await read_statements(db_url)
     return Measured(
         run,
         meter.shares(),
@@ -162,6 +227,8 @@ async def measure(
         meter.machine_busy,
         meter.load,
         meter.wall / max(run.updates, 1),
+        xacts / max(run.updates, 1),
+        [(query, calls / max(run.updates, 1)) for query, calls in statements],
     )
 
 
@@ -206,7 +273,7 @@ def print_rows(rows: Sequence[ProcessesRow], workers: int) -> None:
     )
     print(
         f"{'web':>4}{'bench':>8}{'web':>8}{'(cores each)':>20}{'worker':>8}{'postgres':>10}"
-        f"{'busy':>7}{'load':>6}{'ceiling upd/s':>15}"
+        f"{'busy':>7}{'load':>6}{'ceiling upd/s':>15}{'PG transactions/update':>24}"
     )
     for label, pick in (("tinbao", lambda r: r.tinbao), ("echo (no database)", lambda r: r.echo)):
         print(f"  {label}:")
@@ -220,7 +287,23 @@ def print_rows(rows: Sequence[ProcessesRow], workers: int) -> None:
                 f"{row.processes:>4}{per['bench']:>8.1f}{per['web']:>8.1f}{each:>20}"
                 f"{per['worker']:>8.1f}{per['postgres']:>10.1f}"
                 f"{m.machine_busy * 100:>6.0f}%{m.load:>6.1f}{ceiling:>15.0f}"
+                f"{m.xacts_per_update:>24.1f}"
             )
+
+
+def print_statements(rows: Sequence[ProcessesRow], top: int = 14) -> None:
+    for row in rows:
+        counted = row.tinbao.statements
+        if not counted:
+            continue
+        total = sum(calls for _, calls in counted)
+        print(
+            f"PostgreSQL statements per update with {row.processes} web (pg_stat_statements, "
+            f"from start to stop, BEGIN and COMMIT included): {total:.1f}"
+        )
+        for query, calls in counted[:top]:
+            shown = " ".join(query.split())
+            print(f"  {calls:6.2f}  {shown[:110]}")
 
 
 def figures(rows: Sequence[ProcessesRow]) -> list[str]:
@@ -277,6 +360,8 @@ async def main_async(
                 await answers.stop()
     print()
     print_rows(rows, workers)
+    print()
+    print_statements(rows)
     print()
     for line in figures(rows):
         print(line)
