@@ -204,6 +204,11 @@ async def cluster(
         deadline = asyncio.get_running_loop().time() + 60.0
         await asyncio.gather(*(_wait_healthy(p, deadline) for p in processes))
         yield balancer, processes
+    except BaseException:
+        for process in processes:  # what the processes said, for the failure's report
+            text = process.log.read_text(errors="replace") if process.log.exists() else ""
+            print(f"--- {process.role} on port {process.port} ({process.log}):\n{text[-4000:]}")
+        raise
     finally:
         for process in processes:
             if process.proc.returncode is None:
