@@ -40,7 +40,7 @@ async def _echo_press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await update.callback_query.answer()
 
 
-def build_application(token: str, api_url: str, file_url: str) -> Application:  # type: ignore[type-arg]
+def build_application(token: str, api_url: str, file_url: str) -> Application:
     application = (
         Application.builder()
         .token(token)
@@ -60,7 +60,9 @@ async def serve() -> None:
     webhook_url = env["TINBAO_WEBHOOK_URL"]
     secret = env["TINBAO_WEBHOOK_SECRET"].encode()
     application = build_application(
-        env["TINBAO_TELEGRAM_TOKEN"], env["TINBAO_TELEGRAM_API_URL"], env["TINBAO_TELEGRAM_FILE_URL"]
+        env["TINBAO_TELEGRAM_TOKEN"],
+        env["TINBAO_TELEGRAM_API_URL"],
+        env["TINBAO_TELEGRAM_FILE_URL"],
     )
     running = asyncio.Event()
 

@@ -310,6 +310,8 @@ class Driver:
         self.interval = 0.0
         #: Fixed-load mode: when each citizen (by user id) sends their first update.
         self.starts: dict[int, float] = {}
+        #: Seconds a citizen waits for one answer before the run is declared broken.
+        self.reply_timeout = REPLY_TIMEOUT
 
     async def pace(self, user: User, number: int) -> None:
         """In fixed-load mode, wait for the moment this citizen's ``number``-th update is due."""
@@ -329,7 +331,7 @@ class Driver:
         run.first_push = min(run.first_push, pushed)
         self.standin.push_update(update)
         try:
-            call = await asyncio.wait_for(future, REPLY_TIMEOUT)
+            call = await asyncio.wait_for(future, self.reply_timeout)
         except TimeoutError:
             mine = [
                 c
@@ -338,7 +340,7 @@ class Driver:
             ]
             recent = "\n  ".join(c.summary() for c in mine[-6:]) or "(none)"
             raise BenchFailure(
-                f"{run.label}: no answer to {what} within {REPLY_TIMEOUT:.0f}s; "
+                f"{run.label}: no answer to {what} within {self.reply_timeout:.0f}s; "
                 f"the last calls to this citizen:\n  {recent}"
             ) from None
         answered = time.perf_counter()

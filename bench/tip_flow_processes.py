@@ -59,6 +59,8 @@ DUTY_CHAT_ID = -1009000000001
 BENCH = "tip_flow"
 BACKEND = "postgresql"
 ECHO_PROGRAM = ("-m", "bench.echo_webhook")
+#: Seconds between two looks at what the PostgreSQL backends do.
+WAIT_SAMPLE = 0.1
 
 
 @dataclass
@@ -73,8 +75,11 @@ class Measured:
     wall_per_update: float
     #: PostgreSQL transactions per update, from the processes' start to their stop.
     xacts_per_update: float
-    #: Statements per update, most first (only when the server has pg_stat_statements).
-    statements: list[tuple[str, float]]
+    #: Statements per update and their mean time in ms, most first (only when the server has
+    #: pg_stat_statements).
+    statements: list[tuple[str, float, float]]
+    #: Backends running a statement, on average, by what they wait for (``CPU``: nothing).
+    waits: dict[str, float]
 
 
 @dataclass
@@ -121,21 +126,67 @@ async def reset_statements(db_url: str) -> bool:
     return True
 
 
-async def read_statements(db_url: str) -> list[tuple[str, int]]:
-    """Each statement run in ``db_url``'s database since the reset and how often, most first."""
+async def read_statements(db_url: str) -> list[tuple[str, int, float]]:
+    """Each statement run in ``db_url``'s database since the reset, how often, and its mean
+    time in ms (lock waits included), most first."""
     engine = create_async_engine(db_url, poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:
             rows = await connection.execute(
                 text(
-                    "SELECT query, sum(calls) FROM pg_stat_statements WHERE dbid = "
+                    "SELECT query, sum(calls), sum(total_exec_time) / greatest(sum(calls), 1) "
+                    "FROM pg_stat_statements WHERE dbid = "
                     "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-                    "GROUP BY query ORDER BY 2 DESC"
+                    "AND query NOT LIKE '%pg_stat_activity%' GROUP BY query ORDER BY 2 DESC"
                 )
             )
-            return [(str(query), int(calls)) for query, calls in rows]
+            return [(str(query), int(calls), float(mean)) for query, calls, mean in rows]
     finally:
         await engine.dispose()
+
+
+class Waits:
+    """Samples, every :data:`WAIT_SAMPLE` s, what the PostgreSQL backends of the run's database
+    are doing: on average how many run a statement, and how many of those wait for a lock
+    (a row another transaction holds: ``transactionid``/``tuple``; a chat's turn: ``advisory``)."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.samples = 0
+        self.counts: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bench-waits")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        engine = create_async_engine(self.db_url, poolclass=pool.NullPool)
+        query = text(
+            "SELECT coalesce(wait_event_type, 'CPU'), coalesce(wait_event, ''), count(*) "
+            "FROM pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+            "AND pid <> pg_backend_pid() GROUP BY 1, 2"
+        )
+        try:
+            async with engine.connect() as connection:
+                while True:
+                    rows = (await connection.execute(query)).all()
+                    await connection.rollback()
+                    self.samples += 1
+                    for kind, event, count in rows:
+                        name = f"{kind}:{event}" if kind == "Lock" else kind
+                        self.counts[name] = self.counts.get(name, 0) + int(count)
+                    await asyncio.sleep(WAIT_SAMPLE)
+        finally:
+            await engine.dispose()
+
+    def average(self) -> dict[str, float]:
+        return {k: v / max(self.samples, 1) for k, v in sorted(self.counts.items())}
 
 
 async def backend_pids(db_url: str) -> list[int]:
@@ -195,6 +246,9 @@ async def measure(
             "postgres": [] if echo else await backend_pids(db_url),
         }
         meter = CpuMeter(groups)
+        waits = Waits(db_url)
+        if not echo:
+            waits.start()
         meter.start()
         if echo:
             await drive(
@@ -208,13 +262,14 @@ async def measure(
             )
         late = {} if echo else {"postgres": await backend_pids(db_url)}
         meter.stop(late)
+        await waits.stop()
         per_web = [meter.seconds_of(pid) / max(meter.wall, 1e-9) for pid in web]
     check_calls(standin, start, label)
     await wait_confirmed(standin, label)
     if run.updates != tips * len(next(iter(steps_of.values()))):
         raise BenchFailure(f"{label}: {run.updates} updates answered")
     xacts = 0
-    statements: list[tuple[str, int]] = []
+    statements: list[tuple[str, int, float]] = []
     if not echo:
         await check_reports(db_url, codes, label)
         xacts = await transactions(db_url) - before
@@ -228,7 +283,8 @@ async def measure(
         meter.load,
         meter.wall / max(run.updates, 1),
         xacts / max(run.updates, 1),
-        [(query, calls / max(run.updates, 1)) for query, calls in statements],
+        [(query, calls / max(run.updates, 1), mean) for query, calls, mean in statements],
+        waits.average(),
     )
 
 
@@ -296,14 +352,32 @@ def print_statements(rows: Sequence[ProcessesRow], top: int = 14) -> None:
         counted = row.tinbao.statements
         if not counted:
             continue
-        total = sum(calls for _, calls in counted)
+        total = sum(calls for _, calls, _ in counted)
         print(
             f"PostgreSQL statements per update with {row.processes} web (pg_stat_statements, "
-            f"from start to stop, BEGIN and COMMIT included): {total:.1f}"
+            f"from start to stop, BEGIN and COMMIT included): {total:.1f}; per update, "
+            "mean ms, statement:"
         )
-        for query, calls in counted[:top]:
+        for query, calls, mean in counted[:top]:
             shown = " ".join(query.split())
-            print(f"  {calls:6.2f}  {shown[:110]}")
+            print(f"  {calls:6.2f} {mean:8.2f}  {shown[:100]}")
+        print("  ... and the statements that took the most time per update, ms:")
+        slowest = sorted(counted, key=lambda item: item[1] * item[2], reverse=True)
+        for query, calls, mean in slowest[:5]:
+            shown = " ".join(query.split())
+            print(f"  {calls * mean:6.2f} {mean:8.2f}  {shown[:100]}")
+
+
+def print_waits(rows: Sequence[ProcessesRow]) -> None:
+    print(
+        "PostgreSQL backends running a statement, on average while tinbao ran, by what they "
+        "wait for (CPU: nothing; Lock:transactionid: a row another transaction holds; "
+        "Lock:advisory: a chat's turn; Client/IO/LWLock: the rest):"
+    )
+    for row in rows:
+        waits = row.tinbao.waits
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in waits.items())
+        print(f"  {row.processes} web: {sum(waits.values()):.2f} in all: {shown}")
 
 
 def figures(rows: Sequence[ProcessesRow]) -> list[str]:
@@ -321,9 +395,7 @@ def figures(rows: Sequence[ProcessesRow]) -> list[str]:
     return lines
 
 
-async def main_async(
-    counts: Sequence[int], tips: int, concurrency: int, workers: int = 1
-) -> int:
+async def main_async(counts: Sequence[int], tips: int, concurrency: int, workers: int = 1) -> int:
     print(
         f"webhook mode on PostgreSQL: N web processes and {workers} worker"
         f"{'s' if workers > 1 else ''} behind one URL; {tips} tips of "
@@ -361,6 +433,7 @@ async def main_async(
     print()
     print_rows(rows, workers)
     print()
+    print_waits(rows)
     print_statements(rows)
     print()
     for line in figures(rows):

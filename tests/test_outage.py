@@ -83,7 +83,7 @@ class Seen:
     def __init__(self, standin: BotAPIStandIn) -> None:
         self.standin = standin
         self.cursor = 0
-        self.texts: dict[int | str, list[str]] = defaultdict(list)
+        self.texts: dict[int | str | None, list[str]] = defaultdict(list)
 
     def _catch_up(self) -> None:
         calls = self.standin.calls

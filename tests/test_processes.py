@@ -5,7 +5,7 @@ doubled, each chat's updates are handled in order, and every card is delivered o
 Real subprocesses of ``tinbao run --role web|worker`` (tests/cluster.py). The Bot API stand-in
 delivers like Telegram: up to 40 updates in flight, one chat's one after the other; the balancer
 sends one delivery in ten to a second process at the same time. 500 citizens file a complete tip
-each (10 updates), 50 at a time, each update after the answer to the previous one; meanwhile 40
+each (10 updates), 20 at a time, each update after the answer to the previous one; meanwhile 40
 more citizens each type a burst of 6 messages at once, which the processes take concurrently
 and the ordering (bot/ordering.py) must put back in order. This is the issue's figure, so the
 test is long (5,000 updates; see docs/performance.md for the time it takes).
@@ -28,8 +28,13 @@ from tests.cluster import cluster
 from tests.standin import ApiCall, BotAPIStandIn, UpdateFactory
 
 TIPS = 500
-#: Citizens in the middle of a tip at once.
-IN_FLIGHT = 50
+#: Citizens in the middle of a tip at once. More would not go faster (the processes and
+#: PostgreSQL share two cores), only wait longer for each answer.
+IN_FLIGHT = 20
+#: Seconds a citizen waits for an answer: CI runs other tests beside this one, and all tips
+#: are confirmed for one unit and one category, so their confirmations take turns on one row
+#: of the statistics (docs/performance.md). Correctness is checked here, never speed.
+REPLY_TIMEOUT = 120.0
 BURSTS = 40
 BURST_TEXTS = 5
 #: Seconds for everything to settle after the last tip's answer.
@@ -63,6 +68,7 @@ async def test_three_web_processes_and_two_workers(db_url, tmp_path):
             answers = Answers(standin)
             answers.start()
             driver = Driver(standin, answers, factory)
+            driver.reply_timeout = REPLY_TIMEOUT
             run = Run("cluster")
             users = new_users(factory, TIPS)
             steps = {user.id: tip_steps(description_for(n)) for n, user in enumerate(users)}
@@ -111,7 +117,7 @@ async def test_three_web_processes_and_two_workers(db_url, tmp_path):
     # 0 lost, 0 duplicated: one report per tip, the codes the citizens were shown.
     assert len(codes) == TIPS and len(set(codes)) == TIPS
     assert sorted(stored) == sorted(codes)
-    by_chat: dict[int | str, list[ApiCall]] = defaultdict(list)
+    by_chat: dict[int | str | None, list[ApiCall]] = defaultdict(list)
     for call in standin.calls:
         if call.ok and call.method in ("sendMessage", "editMessageText"):
             by_chat[call.chat_id].append(call)
