@@ -1,9 +1,10 @@
 """A bare python-telegram-bot echo bot behind a webhook, in a process of its own: the baseline of
 ``python -m bench.tip_flow --processes``.
 
-``python -m bench.echo_webhook`` reads the same settings as ``tinbao run`` (``TINBAO_TELEGRAM_TOKEN``,
-``TINBAO_TELEGRAM_API_URL``, ``TINBAO_WEBHOOK_URL``, ``TINBAO_WEBHOOK_SECRET``,
-``TINBAO_HTTP_HOST``, ``TINBAO_HTTP_PORT``), so that ``tests.cluster`` starts it like a web
+``python -m bench.echo_webhook`` reads the same settings as ``tinbao run``
+(``TINBAO_TELEGRAM_TOKEN``, ``TINBAO_TELEGRAM_API_URL``, ``TINBAO_TELEGRAM_FILE_URL``,
+``TINBAO_WEBHOOK_URL``, ``TINBAO_WEBHOOK_SECRET``, ``TINBAO_HTTP_HOST``, ``TINBAO_HTTP_PORT``),
+so that ``tests.cluster`` starts it like a web
 process (any ``--role`` argument is ignored). It registers the webhook, checks the secret header,
 and puts each update on the Application's queue (no spool, no database): one ``sendMessage`` per
 message, one ``answerCallbackQuery`` per press, the same per-chat-ordered processor with 64

@@ -18,6 +18,7 @@ seen by the stand-in, or the service's own state), so each mode costs little bey
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import defaultdict
@@ -103,18 +104,16 @@ class Seen:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"waited {STEP_LIMIT:.0f} s for {what}")
-            try:  # the next recorded call, whatever it is
+            with contextlib.suppress(TimeoutError):  # the next recorded call, whatever it is
                 await self.standin.wait_for(
                     lambda _call: True, timeout=min(remaining, 1.0), start=self.cursor
                 )
-            except TimeoutError:
-                pass
 
 
 async def until_state(condition: Callable[[], bool], what: str) -> None:
     """For the service's own state (the spool, the database watch): looked at every 20 ms."""
     deadline = time.monotonic() + STEP_LIMIT
-    while not condition():  # noqa: ASYNC110 - in-process state without an event of its own
+    while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"waited {STEP_LIMIT:.0f} s for {what}")
         await asyncio.sleep(0.02)
