@@ -155,6 +155,13 @@ async def _run_outage(
     assert service.telegram is not None and service.spool is not None
     assert service.watch is not None
     channel, spool, watch = service.telegram, service.spool, service.watch
+    clock = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - clock, 1)
+        print(f"{mode}: {phases}")
+
     await until_state(lambda: channel.state == mode, f"Telegram in {mode} mode")
     factory = UpdateFactory(standin)
     seen = Seen(standin)
@@ -171,6 +178,7 @@ async def _run_outage(
         lambda: all(any(when_asked in x for x in seen.to(u.id)) for u in users),
         "the first half of every tip",
     )
+    phase("first half")
 
     # The database stops; the citizens go on typing.
     before = {u.id: len(seen.to(u.id)) for u in users}
@@ -185,6 +193,7 @@ async def _run_outage(
         standin.push_update(factory.text(u, DURING[0].format(n=n))) for n, u in enumerate(users)
     ]
     await seen.until(lambda: all(noted in during(u.id) for u in users), "the outage notices")
+    phase("noticed")
     mark = len(standin.calls)
     for text in DURING[1:]:
         for n, user in enumerate(users):
@@ -221,14 +230,17 @@ async def _run_outage(
         assert during(user.id) == [noted]
     assert watch.down and watch.outages == 1
 
+    phase("checked during the outage")
     await asyncio.sleep(max(0.0, stopped + OUTAGE - time.monotonic()))
     await asyncio.to_thread(postgres.start)
+    phase("database started")
 
     # Every tip completes, once, in order: each citizen is shown a tracking code.
     def shown_code(user_id: int) -> bool:
         return any(CODE_RE.search(x) for x in during(user_id))
 
     await seen.until(lambda: all(shown_code(u.id) for u in users), "every tip's tracking code")
+    phase("tips completed")
     async with service.session_factory() as session:
         reports = list((await session.scalars(select(Report).order_by(Report.id))).all())
     assert len(reports) == CITIZENS
@@ -258,6 +270,7 @@ async def _run_outage(
     )
     assert watch.down_since is None
     assert watch.outages == 1
+    phase("cards and spool")
 
 
 async def test_a_pool_in_full_use_is_not_an_outage(engine) -> None:
