@@ -31,6 +31,9 @@ from tests.standin import DEFAULT_TOKEN, BotAPIStandIn
 WEBHOOK_SECRET = "cluster-test-webhook-secret-0123456789"
 WEBHOOK_PATH = "/telegram/webhook"
 ROOT = Path(__file__).resolve().parent.parent
+#: Seconds the processes may take to start: each imports ~3 s of CPU worth of modules, and CI
+#: runs other tests beside them on two cores.
+START_LIMIT = 180.0
 
 
 def free_port() -> int:
@@ -201,7 +204,7 @@ async def cluster(
                     cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 )  # fmt: skip
             processes.append(Process(role, port, proc, log))
-        deadline = asyncio.get_running_loop().time() + 60.0
+        deadline = asyncio.get_running_loop().time() + START_LIMIT
         await asyncio.gather(*(_wait_healthy(p, deadline) for p in processes))
         yield balancer, processes
     except BaseException:
