@@ -16,6 +16,10 @@ echo Application on the same stand-in (one ``sendMessage`` per message, one
 ``answerCallbackQuery`` per press, the same per-chat-ordered processor with 64 concurrent
 updates as tinbao). The ratio tinbao / echo is what this measures; the target is >= 0.5.
 
+``--processes 1 2 3`` runs the flat-out mode in webhook mode on PostgreSQL instead, with N web
+processes and a worker behind one URL, for each N in turn, against a bare echo bot behind the
+same URL (``bench/tip_flow_processes.py``).
+
 ``--rate R`` offers a fixed load instead (P4): ``--citizens`` people (60) type at a human pace,
 each sending an update every ``citizens / R`` seconds, together R updates/s (30, Telegram's
 global sending ceiling), and the answer latency p50 / p95 / p99 is printed, with the echo bot
@@ -306,6 +310,8 @@ class Driver:
         self.interval = 0.0
         #: Fixed-load mode: when each citizen (by user id) sends their first update.
         self.starts: dict[int, float] = {}
+        #: Seconds a citizen waits for one answer before the run is declared broken.
+        self.reply_timeout = REPLY_TIMEOUT
 
     async def pace(self, user: User, number: int) -> None:
         """In fixed-load mode, wait for the moment this citizen's ``number``-th update is due."""
@@ -325,7 +331,7 @@ class Driver:
         run.first_push = min(run.first_push, pushed)
         self.standin.push_update(update)
         try:
-            call = await asyncio.wait_for(future, REPLY_TIMEOUT)
+            call = await asyncio.wait_for(future, self.reply_timeout)
         except TimeoutError:
             mine = [
                 c
@@ -334,7 +340,7 @@ class Driver:
             ]
             recent = "\n  ".join(c.summary() for c in mine[-6:]) or "(none)"
             raise BenchFailure(
-                f"{run.label}: no answer to {what} within {REPLY_TIMEOUT:.0f}s; "
+                f"{run.label}: no answer to {what} within {self.reply_timeout:.0f}s; "
                 f"the last calls to this citizen:\n  {recent}"
             ) from None
         answered = time.perf_counter()
@@ -780,7 +786,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=CARD_SAMPLES,
         help=f"tips timed to their cards with an idle queue, one at a time (P6, {CARD_SAMPLES})",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        metavar="N",
+        default=None,
+        help="webhook mode on PostgreSQL with N web processes (and --workers) behind one URL, "
+        "each N in turn: --processes 1 2 3 (bench/tip_flow_processes.py)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes with --processes (1)"
+    )
     args = parser.parse_args(argv)
+    if args.processes is not None:
+        if args.rate is not None:
+            parser.error("--processes measures flat out; it does not take --rate")
+        if args.backend == "sqlite":
+            parser.error("--processes needs PostgreSQL (several processes share one database)")
+        if any(n < 1 for n in args.processes) or args.workers < 1:
+            parser.error("--processes and --workers must be at least 1")
     if args.tips is None:
         args.tips = 60 if args.rate else 50
     if args.tips < 1 or args.concurrency < 1 or args.cards < 1:
@@ -793,6 +818,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging("WARNING")
+    if args.processes is not None:
+        from bench import tip_flow_processes
+
+        return tip_flow_processes.run(args.processes, args.tips, args.concurrency, args.workers)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     return asyncio.run(main_async(args.tips, backends, args.concurrency, args.rate, args.cards))
 

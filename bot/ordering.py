@@ -19,6 +19,12 @@ Only an earlier update that reaches no process until after the later one was han
 one whose process stalls for more than :data:`HOLD_LIMIT`, comes after it; the conversation's
 version check still keeps the draft consistent then, and a duplicate is still dropped.
 
+The bookkeeping costs three statements per update besides the handling's own lock: the
+registration, the look for earlier ones, the removal. Each runs alone in autocommit (a single
+statement is its own transaction in PostgreSQL: one round trip, not ``BEGIN``, the statement and
+``COMMIT``), and an update this process registered at its webhook is not registered again when
+it is handled (``bench/tip_flow.py --processes`` counts them; docs/performance.md).
+
 SQLite is one process: the adapters' per-chat processing already orders a chat's updates, so
 :class:`ChatOrder` is only installed on PostgreSQL.
 """
@@ -29,10 +35,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import Executable, delete, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -50,6 +58,13 @@ HOLD_STEP = 0.02
 STALE_AFTER = timedelta(minutes=2)
 #: High bits of the per-chat lock keys ("tc"), apart from the polling lock's.
 CHAT_LOCK_CLASS = 0x7463
+#: Arrivals this process registered and has not handled yet, remembered so that handling them
+#: does not register them again; the oldest are forgotten beyond this (then registered twice,
+#: which changes nothing).
+REMEMBERED = 10_000
+
+#: (chat key, channel, update id)
+Arrival = tuple[int, str, int]
 
 
 def chat_lock_key(sender_hash: str) -> int:
@@ -71,50 +86,66 @@ class ChatOrder:
         #: Updates that waited for an earlier one, and waits that ran out (for tests and logs).
         self.held = 0
         self.gave_up = 0
+        self._registered: OrderedDict[Arrival, None] = OrderedDict()
 
     def key(self, event: Event) -> int:
         return chat_lock_key(self.sender_hash(str(event.sender.channel), event.sender.user_id))
 
+    def _arrival(self, event: Event) -> Arrival:
+        return (self.key(event), str(event.sender.channel), event.update_id)
+
+    async def _alone(self, statement: Executable) -> Any:
+        """Run ``statement`` as its own transaction (autocommit: one round trip); its first
+        value, if it returns rows."""
+        async with self.session_factory() as session:
+            connection = await session.connection(
+                execution_options={"isolation_level": "AUTOCOMMIT"}
+            )
+            result = await connection.execute(statement)
+            return result.scalar() if result.returns_rows else None
+
     async def arrived(self, event: Event) -> None:
         """Register ``event`` (idempotent). Best effort: a failure only weakens the order."""
+        chat, channel, update_id = arrival = self._arrival(event)
         try:
-            async with self.session_factory() as session, session.begin():
-                await session.execute(
-                    pg_insert(UpdateArrival)
-                    .values(
-                        chat=self.key(event),
-                        update_id=event.update_id,
-                        channel=str(event.sender.channel),
-                        arrived_at=utcnow(),
-                    )
-                    .on_conflict_do_nothing()
-                )
+            await self._alone(
+                pg_insert(UpdateArrival)
+                .values(chat=chat, update_id=update_id, channel=channel, arrived_at=utcnow())
+                .on_conflict_do_nothing()
+            )
         except Exception as exc:
             log.warning("update arrival not registered (%s)", type(exc).__name__)
+            return
+        self._registered[arrival] = None
+        while len(self._registered) > REMEMBERED:
+            self._registered.popitem(last=False)
 
-    async def _earlier_waiting(self, event: Event) -> bool:
-        async with self.session_factory() as session:
-            found = await session.scalar(
-                select(UpdateArrival.update_id)
-                .where(
-                    UpdateArrival.chat == self.key(event),
-                    UpdateArrival.channel == str(event.sender.channel),
-                    UpdateArrival.update_id < event.update_id,
-                    UpdateArrival.arrived_at > utcnow() - STALE_AFTER,
-                )
-                .limit(1)
+    async def _earlier_waiting(self, arrival: Arrival) -> bool:
+        chat, channel, update_id = arrival
+        result = await self._alone(
+            select(UpdateArrival.update_id)
+            .where(
+                UpdateArrival.chat == chat,
+                UpdateArrival.channel == channel,
+                UpdateArrival.update_id < update_id,
+                UpdateArrival.arrived_at > utcnow() - STALE_AFTER,
             )
-        return found is not None
+            .limit(1)
+        )
+        return result is not None
 
     @contextlib.asynccontextmanager
     async def turn(self, event: Event) -> AsyncIterator[None]:
-        """Register, wait for earlier updates of the chat, run the body, then deregister."""
-        await self.arrived(event)
+        """Register (unless this process did at its webhook), wait for earlier updates of the
+        chat, run the body, then deregister."""
+        arrival = self._arrival(event)
+        if arrival not in self._registered:
+            await self.arrived(event)
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + HOLD_LIMIT
             waited = False
-            while await self._earlier_waiting(event):
+            while await self._earlier_waiting(arrival):
                 if loop.time() >= deadline:
                     self.gave_up += 1
                     log.warning("an earlier update of a chat did not come in time; going on")
@@ -128,18 +159,19 @@ class ChatOrder:
         try:
             yield
         finally:
-            await self._done(event)
+            await self._done(arrival)
 
-    async def _done(self, event: Event) -> None:
+    async def _done(self, arrival: Arrival) -> None:
+        self._registered.pop(arrival, None)
+        chat, channel, update_id = arrival
         with contextlib.suppress(Exception):
-            async with self.session_factory() as session, session.begin():
-                await session.execute(
-                    delete(UpdateArrival).where(
-                        UpdateArrival.chat == self.key(event),
-                        UpdateArrival.channel == str(event.sender.channel),
-                        UpdateArrival.update_id == event.update_id,
-                    )
+            await self._alone(
+                delete(UpdateArrival).where(
+                    UpdateArrival.chat == chat,
+                    UpdateArrival.channel == channel,
+                    UpdateArrival.update_id == update_id,
                 )
+            )
 
     async def lock(self, session: AsyncSession, event: Event) -> None:
         """Inside the handling transaction: one process at a time per chat."""

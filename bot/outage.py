@@ -2,7 +2,9 @@
 
 One :class:`DatabaseWatch` per process. It is told about a failure by whoever meets one (the
 dispatcher, the delivery workers) and checks with ``SELECT 1`` before believing it: a single
-busy SQLite or a constraint error is not an outage. While the database is down it probes every
+busy SQLite or a constraint error is not an outage. The check opens a connection of its own
+(:func:`storage.db.probe_engine`), so a pool whose every connection is in use (a burst of
+citizens) is not taken for an outage either. While the database is down it probes every
 second; the moment the probe answers, everyone waiting in :meth:`DatabaseWatch.wait_up` resumes
 (the spool's replay, delivery, timers). No restart is needed.
 
@@ -26,7 +28,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import HEALTH_CHECK_TIMEOUT
+from storage.db import HEALTH_CHECK_TIMEOUT, probe_engine
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,12 @@ class DatabaseWatch:
         *,
         probe: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
+        self._probe_engine: AsyncEngine | None = None
         if probe is None:
             if engine is None:
                 raise ValueError("an engine or a probe is needed")
-            bound = engine
+            # Its own connections, not the pool's: a pool in full use is not an outage.
+            self._probe_engine = bound = probe_engine(engine)
 
             async def probe() -> bool:
                 return await _answers(bound)
@@ -158,6 +162,8 @@ class DatabaseWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._probe_engine is not None:
+            await self._probe_engine.dispose()
 
     async def _watch(self) -> None:
         while True:

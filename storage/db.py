@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, pool, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -162,6 +162,16 @@ def install_idle_ping(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE
             raise DisconnectionError("the idle connection is gone") from exc
         if alive is False:
             raise DisconnectionError("the idle connection is gone")
+
+
+def probe_engine(engine: AsyncEngine) -> AsyncEngine:
+    """An engine on ``engine``'s database without a pool (a fresh connection each time), for a
+    health probe: with every pooled connection in use (a burst of citizens), a probe waiting
+    its turn in the pool would take a busy database for one that cannot be reached."""
+    connect_args: dict[str, Any] = {}
+    if engine.dialect.name == "postgresql":
+        connect_args = {"server_settings": {"application_name": "tinbao-probe"}}
+    return create_async_engine(engine.url, poolclass=pool.NullPool, connect_args=connect_args)
 
 
 def connection_lost(exc: BaseException) -> bool:

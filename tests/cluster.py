@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,9 @@ from tests.standin import DEFAULT_TOKEN, BotAPIStandIn
 WEBHOOK_SECRET = "cluster-test-webhook-secret-0123456789"
 WEBHOOK_PATH = "/telegram/webhook"
 ROOT = Path(__file__).resolve().parent.parent
+#: Seconds the processes may take to start: each imports ~3 s of CPU worth of modules, and CI
+#: runs other tests beside them on two cores.
+START_LIMIT = 180.0
 
 
 def free_port() -> int:
@@ -160,8 +163,12 @@ async def cluster(
     workers: int,
     duplicate_rate: float = 0.1,
     extra_env: dict[str, str] | None = None,
+    program: Sequence[str] = ("-m", "bot", "run"),
 ) -> AsyncIterator[tuple[Balancer, list[Process]]]:
-    """Migrate the database, start the balancer and the processes; stop them all at the end."""
+    """Migrate the database, start the balancer and the processes; stop them all at the end.
+
+    Each process is ``python <program> --role web|worker`` (``bench.echo_webhook`` stands in for
+    tinbao in the benchmark's baseline)."""
     engine = create_engine(db_url)
     try:
         await upgrade(engine)
@@ -193,13 +200,18 @@ async def cluster(
             env = {**base_env, "TINBAO_HTTP_PORT": str(port), "TINBAO_DATA_DIR": str(directory)}
             with log.open("wb") as out:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bot", "run", "--role", role,
+                    sys.executable, *program, "--role", role,
                     cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 )  # fmt: skip
             processes.append(Process(role, port, proc, log))
-        deadline = asyncio.get_running_loop().time() + 60.0
+        deadline = asyncio.get_running_loop().time() + START_LIMIT
         await asyncio.gather(*(_wait_healthy(p, deadline) for p in processes))
         yield balancer, processes
+    except BaseException:
+        for process in processes:  # what the processes said, for the failure's report
+            text = process.log.read_text(errors="replace") if process.log.exists() else ""
+            print(f"--- {process.role} on port {process.port} ({process.log}):\n{text[-4000:]}")
+        raise
     finally:
         for process in processes:
             if process.proc.returncode is None:

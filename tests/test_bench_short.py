@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from bench import memory, tip_flow
+from bench import memory, tip_flow, tip_flow_processes
 from bench.databases import POSTGRES_URL_ENV
 
 
@@ -55,3 +55,24 @@ async def test_the_memory_benchmark_runs_short(backend, capsys, monkeypatch):
         "rss_after_expiry_mb",
     }
     assert all(line["bench"] == "memory" and line["value"] > 0 for line in lines)
+
+
+async def test_the_processes_benchmark_runs_short(capsys, monkeypatch):
+    """``--processes 1`` with 2 tips: one web process and a worker on PostgreSQL, then the echo
+    bot, behind the balancer; every tip makes one report with its code, and the figures are
+    printed (never a speed checked here)."""
+    url = os.environ.get("TINBAO_TEST_POSTGRES_URL", "").strip()
+    if not url:
+        pytest.skip("TINBAO_TEST_POSTGRES_URL is not set")
+    monkeypatch.setenv(POSTGRES_URL_ENV, url)
+    status = await tip_flow_processes.main_async([1], 2, 2)
+    out = capsys.readouterr()
+    assert status == 0, out.err
+    assert "SKIPPED" not in out.out
+    lines = [json.loads(line) for line in out.out.splitlines() if line.startswith('{"bench"')]
+    assert {line["metric"] for line in lines} == {
+        "webhook_1p_ups",
+        "webhook_1p_p95_ms",
+        "echo_webhook_1p_ups",
+    }
+    assert all(line["backend"] == "postgresql" and line["value"] > 0 for line in lines)

@@ -46,6 +46,7 @@ from tests.standin import (
     UpdateFactory,
     make_jpeg,
 )
+from tests.standin.server import webhook_queue
 
 KEYBOARD = InlineKeyboardMarkup([[InlineKeyboardButton("Tai nạn", callback_data="kind:acc")]])
 
@@ -529,6 +530,69 @@ async def test_webhook_delivery_sends_secret_header(standin: BotAPIStandIn, bot:
         assert await standin.deliver_webhook_raw(url, b"{not json") == 200
         assert received[-1] == ("s3cret", b"{not json")
         assert [d.status for d in standin.webhook_deliveries] == [200, 200, 403, 403, 200]
+    finally:
+        await runner.cleanup()
+
+
+async def test_webhook_deliveries_go_several_at_once_one_chat_after_the_other(bot: Bot) -> None:
+    """``webhook_connections=4`` with ``max_connections=3``: three chats' updates are in flight
+    together (none waits for another chat's 200), never a fourth, and never two of one chat (nor
+    two presses of one user); a refused update is sent again before its chat's next one."""
+    in_flight: list[str] = []
+    most = 0
+    three = asyncio.Event()
+    refused_once: set[int] = set()
+    answered: list[tuple[str, int]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal most
+        update = json.loads(await request.read())
+        queue = webhook_queue(update)
+        assert queue not in in_flight, f"two updates of {queue} at once"
+        in_flight.append(queue)
+        most = max(most, len(in_flight))
+        if len(in_flight) == 3:
+            three.set()
+        try:
+            await asyncio.wait_for(three.wait(), 5)
+            await asyncio.sleep(0.01)
+        finally:
+            in_flight.remove(queue)
+        if update["update_id"] % 3 == 0 and update["update_id"] not in refused_once:
+            refused_once.add(update["update_id"])
+            return web.Response(status=502)
+        answered.append((queue, update["update_id"]))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    try:
+        async with BotAPIStandIn(webhook_connections=4, webhook_retry_delay=0.01) as standin:
+            async with Bot(DEFAULT_TOKEN, base_url=standin.base_url) as tg_bot:
+                assert await tg_bot.set_webhook(url, max_connections=3)
+            factory = UpdateFactory(standin)
+            users = [factory.new_user(language_code="vi") for _ in range(4)]
+            ids: list[int] = []
+            for round_ in range(3):
+                for user in users:
+                    ids.append(standin.push_update(factory.text(user, f"tin {round_}")))
+                ids.append(standin.push_update(factory.callback(users[0], "x")))
+            async with asyncio.timeout(5):
+                while standin.pending_updates:  # noqa: ASYNC110 - the stand-in's own queue
+                    await asyncio.sleep(0.01)
+        assert most == 3
+        assert sorted(i for _, i in answered) == ids  # each once, the refused ones retried
+        assert refused_once == {i for i in ids if i % 3 == 0}
+        for queue in {q for q, _ in answered}:  # each queue in update-id order
+            mine = [i for q, i in answered if q == queue]
+            assert mine == sorted(mine)
+        assert {q for q, _ in answered} == {f"chat:{u.id}" for u in users} | {
+            f"press:{users[0].id}"
+        }
     finally:
         await runner.cleanup()
 

@@ -21,6 +21,11 @@ Behaviour that mirrors Telegram (so tests catch real bugs):
   below it are confirmed and dropped, a negative offset keeps the last ``-offset``), ``limit``,
   ``timeout`` and the sticky ``allowed_updates`` setting, answers 409 while a webhook is set and
   409 to an older poll when a newer one arrives.
+* With a webhook set, queued updates are POSTed to it, oldest first, until a 2xx (anything else
+  is tried again after ``webhook_retry_delay``); ``webhook_connections`` of them in flight at
+  once, at most ``setWebhook``'s ``max_connections`` (default 40), but one chat's messages (and
+  one user's button presses) one after the other, as Telegram's server does
+  (:func:`webhook_queue`).
 * Text and captions are checked: HTML is parsed (unknown tags, stray ``<`` and unbalanced tags are
   400 "can't parse entities"), MarkdownV2 unescaped reserved characters are rejected, length is
   counted in UTF-16 units after parsing (4096 text / 1024 caption), ``callback_data`` over 64
@@ -408,6 +413,21 @@ class StoredFile:
         return None if self.content is None else len(self.content)
 
 
+def webhook_queue(update: JSON) -> str:
+    """The webhook queue of an update. Telegram's Bot API server sends the updates of one queue
+    one after the other (the next only after the previous one's 2xx) and different queues at
+    once: a chat's messages are one queue, a user's button presses another (their own), and any
+    other update is a queue of its own."""
+    for kind in ("message", "edited_message", "channel_post", "edited_channel_post"):
+        body = update.get(kind)
+        if isinstance(body, dict) and isinstance(body.get("chat"), dict):
+            return f"chat:{body['chat'].get('id')}"
+    query = update.get("callback_query")
+    if isinstance(query, dict) and isinstance(query.get("from"), dict):
+        return f"press:{query['from'].get('id')}"
+    return f"update:{update.get('update_id')}"
+
+
 @dataclass
 class WebhookDelivery:
     url: str
@@ -783,6 +803,7 @@ class BotAPIStandIn:
         strict_chats: bool = False,
         strict_media: bool = False,
         webhook_retry_delay: float = 0.2,
+        webhook_connections: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._bot_user: JSON = {
@@ -803,6 +824,11 @@ class BotAPIStandIn:
         self.strict_chats = strict_chats
         self.strict_media = strict_media
         self.webhook_retry_delay = webhook_retry_delay
+        #: Webhook deliveries in flight at once (capped by ``setWebhook``'s ``max_connections``,
+        #: 40 by default, as Telegram does). 1: one update at a time, each after the previous
+        #: one's 2xx; more: other chats' updates go out while one is still being answered (one
+        #: chat's still one after the other: :func:`webhook_queue`).
+        self.webhook_connections = max(1, webhook_connections)
         self.clock = clock
 
         self.calls: list[ApiCall] = []
@@ -822,7 +848,9 @@ class BotAPIStandIn:
         self._poll_generation = 0
 
         self._webhook: JSON = {}
-        self._webhook_task: asyncio.Task[None] | None = None
+        self._webhook_tasks: set[asyncio.Task[None]] = set()
+        #: The webhook queues (see :func:`webhook_queue`) with an update in flight.
+        self._webhook_busy: set[str] = set()
         self._webhook_last_error: tuple[int, str] | None = None
 
         self._chats: dict[ChatKey, JSON] = {}
@@ -918,11 +946,12 @@ class BotAPIStandIn:
     async def stop(self) -> None:
         self._closing = True
         self._notify_updates()
-        if self._webhook_task is not None:
-            self._webhook_task.cancel()
+        for task in list(self._webhook_tasks):
+            task.cancel()
+        for task in list(self._webhook_tasks):
             with contextlib.suppress(asyncio.CancelledError):
-                await self._webhook_task
-            self._webhook_task = None
+                await task
+        self._webhook_tasks.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -1735,25 +1764,46 @@ class BotAPIStandIn:
     def _kick_webhook(self) -> None:
         if self._runner is None or self._closing or not self._webhook.get("url"):
             return
-        if self._webhook_task is None or self._webhook_task.done():
-            self._webhook_task = asyncio.get_running_loop().create_task(self._webhook_loop())
+        self._webhook_tasks = {task for task in self._webhook_tasks if not task.done()}
+        width = min(self.webhook_connections, max(1, int(self._webhook["max_connections"])))
+        waiting = len(self._updates) - len(self._webhook_busy)
+        loop = asyncio.get_running_loop()
+        for _ in range(min(width - len(self._webhook_tasks), max(waiting, 1))):
+            task = loop.create_task(self._webhook_loop())
+            self._webhook_tasks.add(task)
+
+    def _next_for_webhook(self) -> tuple[str, JSON] | None:
+        """The oldest queued update whose webhook queue has nothing in flight (a copy)."""
+        kept = [u for u in self._updates if self._allowed(u)]
+        self._updates = kept  # Telegram never delivers updates of types not allowed
+        for update in kept:
+            queue = webhook_queue(update)
+            if queue not in self._webhook_busy:
+                return queue, copy.deepcopy(update)
+        return None
 
     async def _webhook_loop(self) -> None:
         while not self._closing and self._webhook.get("url"):
-            pending = self._take_updates(1)
-            if not pending:
+            found = self._next_for_webhook()
+            if found is None:
                 return
-            update = pending[0]
+            queue, update = found
+            update_id = update["update_id"]
             body = json.dumps(update, ensure_ascii=False).encode("utf-8")
-            status, error = await self._post_webhook(
-                self._webhook["url"], body, self._webhook.get("secret_token")
-            )
-            if status is not None and 200 <= status < 300:
-                self._updates = [u for u in self._updates if u["update_id"] != update["update_id"]]
-                continue
-            message = error or f"Wrong response from the webhook: {status}"
-            self._webhook_last_error = (int(time.time()), message)
-            await asyncio.sleep(self.webhook_retry_delay)
+            self._webhook_busy.add(queue)
+            try:
+                status, error = await self._post_webhook(
+                    self._webhook["url"], body, self._webhook.get("secret_token")
+                )
+                if status is not None and 200 <= status < 300:
+                    self._updates = [u for u in self._updates if u["update_id"] != update_id]
+                    continue
+                message = error or f"Wrong response from the webhook: {status}"
+                self._webhook_last_error = (int(time.time()), message)
+                # The update stays first in its queue, which waits (the others go on).
+                await asyncio.sleep(self.webhook_retry_delay)
+            finally:
+                self._webhook_busy.discard(queue)
 
     async def _post_webhook(
         self, url: str, body: bytes, secret: str | None, content_type: str = "application/json"
