@@ -82,6 +82,7 @@ async def test_a_later_answer_waits_behind_an_earlier_one(service, telegram):  #
     factory = UpdateFactory(telegram)
     user = factory.vi_user
     service.messenger.retry_cap = 0.4
+    service.messenger.poll_interval = 0.1  # a released row is looked at again soon
     # Telegram keeps refusing the chat a while: the inline tries, then the outbox's first two.
     telegram.fail_next("sendMessage", 502, count=answers.ATTEMPTS + 2, chat_id=user.id)
     chat = Chat(telegram, factory, service, user)
