@@ -197,7 +197,8 @@ async def cluster(
                     cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
                 )  # fmt: skip
             processes.append(Process(role, port, proc, log))
-        deadline = asyncio.get_running_loop().time() + 60.0
+        # Generous: five processes start at once, on cores that parallel test workers share.
+        deadline = asyncio.get_running_loop().time() + 180.0
         await asyncio.gather(*(_wait_healthy(p, deadline) for p in processes))
         yield balancer, processes
     finally:
