@@ -241,11 +241,13 @@ def test_search_is_fast(index: PlaceIndex) -> None:
     queries = ["long xuyen", "phuong long xuyn", "binh", "zzzz", "rach gia kien giang"]
     index.search("warm up")
     rounds = 200
-    start = time.perf_counter()
+    # CPU time, not wall time: parallel test workers share the cores, and a busy machine
+    # stretches the wall clock many times over.
+    start = time.process_time()
     for _ in range(rounds):
         for query in queries:
             index.search(query)
-    per_search = (time.perf_counter() - start) / (rounds * len(queries))
+    per_search = (time.process_time() - start) / (rounds * len(queries))
     assert per_search < 1e-3  # typically well under 0.1 ms
 
 
