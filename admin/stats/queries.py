@@ -160,25 +160,26 @@ def category_key(kind: str, category: str) -> str:
 async def figures(
     session: AsyncSession, months: tuple[int, int], where: ColumnElement[bool] | None
 ) -> Figures:
-    """Everything the page and the report show for ``months`` (three grouped reads of about
-    a thousand rollup rows a month)."""
+    """Everything the page and the report show for ``months``, from the rollup rows of its
+    months and whole years (about a thousand rows a key): small grouped reads, so that little
+    crosses the wire (by unit; by kind and category, with the statuses; the claim histogram; the
+    acknowledgement histogram, emergencies' rows only; the resolutions by kind and category)."""
     first, last = months
     keys = month_keys(first, last)
     out = Figures()
     r = RECEIVED.c
-    received = adapt(where, RECEIVED)
+    received = and_(r.month.in_(keys), adapt(where, RECEIVED))
+    for unit, count in await session.execute(
+        select(r.unit_code, func.sum(r.reports)).where(received).group_by(r.unit_code)
+    ):
+        if count:
+            out.by_unit[unit] = int(count)
     rows = await session.execute(
-        select(
-            r.unit_code,
-            r.kind,
-            r.category,
-            func.sum(r.reports),
-            *(func.sum(r[c]) for c in STATUS_COLUMNS),
-        )
-        .where(r.month.in_(keys), received)
-        .group_by(r.unit_code, r.kind, r.category)
+        select(r.kind, r.category, func.sum(r.reports), *(func.sum(r[c]) for c in STATUS_COLUMNS))
+        .where(received)
+        .group_by(r.kind, r.category)
     )
-    for unit, kind, category, count, *statuses in rows:
+    for kind, category, count, *statuses in rows:
         n = int(count or 0)
         if not n:
             continue
@@ -189,7 +190,14 @@ async def figures(
             if m:
                 _add(out.by_status, status, int(m))
         _add(out.by_category, category_key(kind, category), n)
-        _add(out.by_unit, unit, n)
+    claim = (
+        await session.execute(select(*(func.sum(r[c]) for c in CLAIM_COLUMNS)).where(received))
+    ).one()
+    ack = (
+        await session.execute(
+            select(*(func.sum(r[c]) for c in ACK_COLUMNS)).where(received, r.kind == "emergency")
+        )
+    ).one()
     s = RESOLVED.c
     resolved_rows = await session.execute(
         select(
@@ -212,17 +220,8 @@ async def figures(
         if assisted:
             out.assisted += int(assisted)
             _add(out.assisted_by_category, category_key(kind, category), int(assisted))
-    histogram = (
-        await session.execute(
-            select(*(func.sum(r[c]) for c in (*CLAIM_COLUMNS, *ACK_COLUMNS))).where(
-                r.month.in_(keys), received
-            )
-        )
-    ).one()
-    counts = [int(n or 0) for n in histogram]
-    claim, ack = counts[: len(CLAIM_COLUMNS)], counts[len(CLAIM_COLUMNS) :]
-    out.claim_count, out.claim_median = median_of(dict(enumerate(claim)))
-    out.ack_count, out.ack_median = median_of(dict(enumerate(ack)))
+    out.claim_count, out.claim_median = median_of({i: int(n or 0) for i, n in enumerate(claim)})
+    out.ack_count, out.ack_median = median_of({i: int(n or 0) for i, n in enumerate(ack)})
     return out
 
 
