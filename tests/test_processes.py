@@ -90,15 +90,18 @@ async def test_three_web_processes_and_two_workers(db_url, tmp_path):
                 while time.monotonic() < deadline:  # the bursts handled, and every card sent
                     async with sessions() as session:
                         seen = list(await session.scalars(select(Conversation.data)))
+                        # The cards, and the digests that folded cards are sent in.
                         cards = list(
-                            await session.scalars(
-                                select(OutboxMessage.status).where(
-                                    OutboxMessage.kind == "report_card"
+                            await session.execute(
+                                select(OutboxMessage.kind, OutboxMessage.status).where(
+                                    OutboxMessage.kind.in_(("report_card", "digest"))
                                 )
                             )
                         )
                     bursts = sum(len((d or {}).get("seen") or []) == 1 + BURST_TEXTS for d in seen)
-                    cards_done = len(cards) >= TIPS and all(s in ("sent", "folded") for s in cards)
+                    cards_done = sum(k == "report_card" for k, _ in cards) >= TIPS and all(
+                        s in ("sent", "folded") for _, s in cards
+                    )
                     if not standin.pending_updates and cards_done and bursts >= BURSTS:
                         break
                     await asyncio.sleep(0.2)
