@@ -213,8 +213,12 @@ async def _run_outage(
         await seen.until(fetched_again, "the poller to fetch the held updates again")
         assert len(standin.pending_updates) == held
     else:  # everything on disk, each answered 200
-        await until_state(lambda: spool.size() == held, "every update in the spool")
-        assert not standin.pending_updates
+        # On disk first, then answered 200 (the stand-in drops an update as its 200 arrives).
+        await until_state(
+            lambda: spool.size() == held and not standin.pending_updates,
+            "every update in the spool and answered 200",
+        )
+        assert spool.size() == held and not standin.pending_updates
         assert list((data_dir / "spool").glob("spool-*.log"))
     async with ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
