@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
 
 import storage.db
 from bench.databases import DATABASES
@@ -106,7 +107,11 @@ class _TimedLocks(weakref.WeakKeyDictionary[Any, asyncio.Lock]):
 
 @contextmanager
 def counting(loop: asyncio.AbstractEventLoop) -> Iterator[dict[str, Counter[str]]]:
-    counts: dict[str, Counter[str]] = {"hops": Counter(), "statements": Counter()}
+    counts: dict[str, Counter[str]] = {
+        "hops": Counter(),
+        "statements": Counter(),
+        "connections": Counter(),
+    }
     main = threading.main_thread()
     original: Callable[..., Any] = loop.call_soon_threadsafe
 
@@ -124,12 +129,17 @@ def counting(loop: asyncio.AbstractEventLoop) -> Iterator[dict[str, Counter[str]
             kind = f"{words[0]} {table}".strip()
         counts["statements"][kind] += 1
 
+    def opened(*_args: Any) -> None:
+        counts["connections"]["opened"] += 1
+
     loop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign,assignment]
     event.listen(Engine, "before_cursor_execute", statement)
+    event.listen(Pool, "connect", opened)
     try:
         yield counts
     finally:
         event.remove(Engine, "before_cursor_execute", statement)
+        event.remove(Pool, "connect", opened)
         del loop.call_soon_threadsafe
 
 
@@ -144,13 +154,20 @@ async def measure(backend: str, tips: int, concurrency: int) -> list[str]:
         steps = {u.id: tip_steps(description_for(n)) for n, u in enumerate(users, 1)}
         settings = service_settings(standin, db_url, data_dir)
         try:
-            async with running_service(settings):
+            async with running_service(settings) as service:
+                # storage.sqlite_driver's own lock, when the engine has one.
+                driver_lock = getattr(service.engine.dialect.dbapi, "writer", None)
+                group = getattr(service.engine.dialect.dbapi, "group", None)
                 # One tip first, so that start-up work (first connections, caches) is not counted.
                 warm = new_users(driver.factory, 1)[0]
                 await driver.tinbao_citizen(Run("warm"), warm, tip_steps(description_for(0)))
                 run = Run(f"tinbao/{backend}")
                 loop = asyncio.get_running_loop()
                 TimedLock.taken, TimedLock.held = 0, 0.0
+                if driver_lock is not None:
+                    taken, held = driver_lock.taken, driver_lock.held
+                if group is not None:
+                    batches, grouped = group.batches, group.statements
                 cpu_before, process_before, wall = thread_cpu(), time.process_time(), 0.0
                 with counting(loop) as counts:
                     started = time.perf_counter()
@@ -159,6 +176,11 @@ async def measure(backend: str, tips: int, concurrency: int) -> list[str]:
                     )
                     wall = time.perf_counter() - started
                 process_cpu = time.process_time() - process_before
+                if driver_lock is not None:
+                    TimedLock.taken = driver_lock.taken - taken
+                    TimedLock.held = driver_lock.held - held
+                if group is not None:
+                    batches, grouped = group.batches - batches, group.statements - grouped
                 cpu_after = thread_cpu()
         finally:
             await answers.stop()
@@ -175,6 +197,12 @@ async def measure(backend: str, tips: int, concurrency: int) -> list[str]:
     print(f"  statements per update: {statements / updates:.2f}")
     for kind, number in counts["statements"].most_common():
         print(f"    {kind:<40}{number / updates:8.2f}")
+    print(f"  connections opened: {counts['connections']['opened']}")
+    if group is not None and batches:
+        print(
+            f"  group commit: {grouped / updates:.2f} lone writes per update in "
+            f"{batches / updates:.2f} transactions per update ({grouped / batches:.2f} in each)"
+        )
     if TimedLock.taken:
         print(
             f"  writer lock: taken {TimedLock.taken / updates:.2f} per update, held "

@@ -59,6 +59,14 @@ PG_MAX_OVERFLOW = 10
 PING_AFTER_IDLE = 5.0
 
 
+#: SQLite pool: a connection is a thread with its own page cache; a step waiting for the writer
+#: lock holds none, but reads, the delivery workers and the timers take one each at once. Kept
+#: open so that a burst does not open and close connections (each a thread, a connect and its
+#: pragmas).
+SQLITE_POOL_SIZE = 12
+SQLITE_MAX_OVERFLOW = 20
+
+
 def _json_dumps(value: Any) -> str:
     # Keep Vietnamese text readable in the database (and shorter than \u escapes).
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -190,11 +198,18 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         path = sqlite_file(parsed)
         if path is not None:
             prepare_sqlite_file(path)
-        # One thread hop per operation instead of aiosqlite's three or four (sqlite_driver).
+        # One thread hop per operation instead of aiosqlite's three or four, one writer at a
+        # time, lone writes committed together (storage.sqlite_driver).
+        driver = SQLiteDriver(pragmas=SQLITE_PRAGMAS)
         engine = create_async_engine(
-            parsed, echo=echo, json_serializer=_json_dumps, module=SQLiteDriver()
+            parsed,
+            echo=echo,
+            json_serializer=_json_dumps,
+            module=driver,
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_MAX_OVERFLOW,
         )
-        install_sqlite_pragmas(engine, SQLITE_PRAGMAS)
+        event.listen(engine.sync_engine, "engine_disposed", lambda _engine: driver.dispose())
         return engine
     if backend == "postgresql":
         engine = create_async_engine(
@@ -299,7 +314,11 @@ async def begin_lone_write(session: AsyncSession) -> bool:
         or session.deleted
     ):
         return False
-    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    if session.bind.dialect.name == "sqlite":
+        # Committed with the other lone writes waiting for the writer (sqlite_driver).
+        raw = await connection.get_raw_connection()
+        raw.driver_connection.lone_write()  # type: ignore[union-attr]
     return True
 
 
@@ -332,8 +351,10 @@ def writer(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[object
 
     SQLite has one writer at a time. Waiting on an in-process lock is cheaper and fairer than
     SQLite's sleeping busy handler; other processes are still covered by ``busy_timeout``.
+    An engine of :func:`create_engine` does it itself, for every transaction and only from its
+    first write to its end (:class:`storage.sqlite_driver.WriterLock`): then this is a no-op.
     """
-    if engine.dialect.name != "sqlite":
+    if engine.dialect.name != "sqlite" or isinstance(engine.dialect.dbapi, SQLiteDriver):
         return contextlib.nullcontext()
     lock = _WRITE_LOCKS.get(engine.sync_engine)
     if lock is None:

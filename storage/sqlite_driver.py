@@ -1,12 +1,10 @@
-"""SQLite under asyncio at one thread hop per database operation.
+"""SQLite under asyncio at one thread hop per database operation, one writer at a time.
 
 SQLite's Python module blocks, so each connection lives in a thread of its own and the event
 loop hands it work. SQLAlchemy's ``aiosqlite`` driver makes every DBAPI call a trip to that
 thread and back (a queue put, the thread waking, the loop waking): a statement costs three or
 four (create the cursor, execute, fetch, close), a commit one, and a connection returned to
-the pool one more for its rollback, even when nothing is open. Under the in-process writer lock
-(:func:`storage.db.writer`) every trip also waits for the loop to come round, so a short write
-held the lock for ~10 ms and all citizens' steps queued behind it.
+the pool one more for its rollback, even when nothing is open.
 
 This driver keeps SQLAlchemy's ``sqlite+aiosqlite`` dialect (same URL, same SQL, same
 ``sqlite3`` module underneath) and replaces only the adapter between the two:
@@ -17,12 +15,16 @@ This driver keeps SQLAlchemy's ``sqlite+aiosqlite`` dialect (same URL, same SQL,
   is read in the thread after every trip: only this adapter touches the connection);
 * connection settings that only affect the statements that follow (the isolation level, SQL
   functions, ``PRAGMA read_uncommitted``, which SQLAlchemy sets when a connection is handed out
-  or returned) are kept and applied at the start of the next trip instead of one trip each.
+  or returned) are kept and applied at the start of the next trip instead of one trip each;
+  the engine's pragmas are set in the trip that opens a connection;
+* one writer at a time (:mod:`storage.sqlite_writer`): a connection takes the engine's
+  :class:`~storage.sqlite_writer.WriterLock` before its transaction's first write and gives it
+  back when the transaction ends; a **lone write** (:func:`storage.db.begin_lone_write`: the
+  step's only statement, its own transaction) goes to the engine's
+  :class:`~storage.sqlite_writer.GroupCommit` and commits with the others waiting at the time.
 
-So a step whose only write is its conversation runs its ``UPDATE`` alone in autocommit (a
-single statement is its own transaction in SQLite, committed when it returns) in **one** trip,
-as on PostgreSQL (:func:`storage.db.begin_lone_write`). Installed by
-:func:`storage.db.create_engine` with ``module=``; engines made elsewhere keep ``aiosqlite``.
+Installed by :func:`storage.db.create_engine` with ``module=``; engines made elsewhere (the
+migrations) keep ``aiosqlite``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
 from sqlalchemy.engine import AdaptedConnection
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
+from storage.sqlite_writer import GroupCommit, Result, WriterLock, execute
+
 #: What the thread runs: a function of its ``sqlite3`` connection.
 Work = Callable[[sqlite3.Connection], Any]
 
@@ -51,22 +55,38 @@ Work = Callable[[sqlite3.Connection], Any]
 #: connection that ran in autocommit goes back to the pool, to reset) the isolation level.
 _READ_UNCOMMITTED = re.compile(r"\s*PRAGMA\s+read_uncommitted\s*=\s*[01]\s*;?\s*", re.IGNORECASE)
 
+#: Statements that only read; anything else takes the writer lock (``WITH``: if it holds a write).
+_READS = frozenset({"SELECT", "VALUES", "EXPLAIN", "PRAGMA"})
+#: Statements a lone write may be, to be committed with others.
+_ROW_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+_DML = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
 _STOP = object()
 _numbers = count(1)
 
 
-def _deliver(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled while the thread worked
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+def _head(operation: str) -> str:
+    words = operation.lstrip(" \t\r\n(").split(None, 1)
+    return words[0].upper() if words else ""
+
+
+def writes(operation: str) -> bool:
+    """Whether ``operation`` may write (anything but a query or a ``PRAGMA``)."""
+    head = _head(operation)
+    if head == "WITH":
+        return _DML.search(operation) is not None
+    return head not in _READS
+
+
+def _deliver(future: asyncio.Future[Any], outcome: tuple[Any, BaseException | None, Any]) -> None:
+    if not future.done():  # not cancelled while the thread worked
+        future.set_result(outcome)
 
 
 def _serve(queue: SimpleQueue[Any], connect: Callable[[], sqlite3.Connection]) -> None:
     """The connection's thread: runs each job on the connection, in order, and hands back
-    ``(result, in_transaction)`` or the error to the loop that asked."""
+    ``(result, error, in_transaction)`` to the loop that asked (``in_transaction``: the
+    connection's own flag after the job)."""
     connection: sqlite3.Connection | None = None
     opened = False
     while True:
@@ -87,15 +107,15 @@ def _serve(queue: SimpleQueue[Any], connect: Callable[[], sqlite3.Connection]) -
             if work is _close:
                 closing, connection = connection, None
                 closing.close()
-                result = (None, False)
             elif work is not None:
-                result = (work(connection), connection.in_transaction)
+                result = work(connection)
         except BaseException as exc:  # handed to the caller, whatever it is
             error = exc
         if future is not None:
+            state = connection.in_transaction if connection is not None else False
             # RuntimeError: the loop is closed, nobody waits any more.
             with contextlib.suppress(RuntimeError):
-                future.get_loop().call_soon_threadsafe(_deliver, future, result, error)
+                future.get_loop().call_soon_threadsafe(_deliver, future, (result, error, state))
     if connection is not None:
         connection.close()
 
@@ -112,26 +132,16 @@ def _rollback(connection: sqlite3.Connection) -> None:
     connection.rollback()
 
 
-Result = tuple[Any, list[Any] | None, int, int | None]
+def _stop(queue: SimpleQueue[Any]) -> None:
+    queue.put((None, (), _close))
+    queue.put(_STOP)
 
 
-def _execute(operation: str, parameters: Any) -> Work:
-    def run(connection: sqlite3.Connection) -> Result:
-        cursor = connection.cursor()
-        try:
-            if parameters is None:
-                cursor.execute(operation)
-            else:
-                cursor.execute(operation, parameters)
-            rows = cursor.fetchall() if cursor.description else None
-            return cursor.description, rows, cursor.rowcount, cursor.lastrowid
-        finally:
-            cursor.close()
-
-    return run
+def _statement(operation: str, parameters: Any) -> Work:
+    return lambda connection: execute(connection, operation, parameters)
 
 
-def _executemany(operation: str, parameters: Sequence[Any]) -> Work:
+def _statements(operation: str, parameters: Sequence[Any]) -> Work:
     def run(connection: sqlite3.Connection) -> Result:
         cursor = connection.cursor()
         try:
@@ -162,15 +172,22 @@ class Cursor:
         self._rows = collections.deque(rows or ())
 
     def execute(self, operation: str, parameters: Any = None) -> None:
+        connection = self._connection
         if parameters in (None, (), []) and _READ_UNCOMMITTED.fullmatch(operation):
             # Affects only what follows: applied at the start of the next trip.
-            self._connection._settings.append(_execute(operation, None))
+            connection._settings.append(_statement(operation, None))
             self._take((None, None, -1, None))
             return
-        self._take(self._connection._run(_execute(operation, parameters)))
+        if connection._lone_write(operation):
+            self._take(await_(connection.dbapi.group.write(operation, parameters)))
+            return
+        connection._before(operation)
+        self._take(connection._run(_statement(operation, parameters)))
 
     def executemany(self, operation: str, parameters: Sequence[Any]) -> None:
-        self._take(self._connection._run(_executemany(operation, parameters)))
+        self._connection._lone = False
+        self._connection._before(operation)
+        self._take(self._connection._run(_statements(operation, parameters)))
 
     def fetchone(self) -> Any:
         return self._rows.popleft() if self._rows else None
@@ -222,6 +239,8 @@ class ServerSideCursor(Cursor):
                 cursor.execute(operation, parameters)
             return cursor, cursor.description, cursor.rowcount, cursor.lastrowid
 
+        self._connection._lone = False
+        self._connection._before(operation)
         self._cursor, self.description, self.rowcount, self.lastrowid = self._connection._run(run)
 
     def _fetch(self, size: int | None) -> list[Any]:
@@ -252,27 +271,24 @@ class ServerSideCursor(Cursor):
             self._connection._run(lambda _connection: cursor.close())
 
 
-def _stop(queue: SimpleQueue[Any]) -> None:
-    queue.put((None, (), _close))
-    queue.put(_STOP)
-
-
 class Connection(AdaptedConnection):
     """The DBAPI connection SQLAlchemy sees: its calls become jobs for the connection's thread.
 
     ``in_transaction`` is the ``sqlite3`` connection's own flag as of the last trip (``None``
-    after an error: unknown, so the next ``commit``/``rollback`` goes to the thread)."""
+    when unknown: a trip was cut off, so the next ``commit``/``rollback`` goes to the thread).
+    ``writing``: the connection holds its driver's writer lock (from its transaction's first
+    write to its end)."""
 
     def __init__(
-        self, dbapi: Any, connect: Callable[[], sqlite3.Connection], isolation_level: str | None
+        self, dbapi: Driver, connect: Callable[[], sqlite3.Connection], isolation_level: str | None
     ) -> None:
         self.dbapi = dbapi
+        self.writing = False
+        self.in_transaction: bool | None = False
+        self._lone = False
         self._queue: SimpleQueue[Any] | None = SimpleQueue()
         self._settings: list[Work] = []
         self._isolation_level = isolation_level
-        self.in_transaction: bool | None = False
-        #: Trips to the thread so far (``bench/db_cost.py`` reads them).
-        self.trips = 0
         thread = threading.Thread(
             target=_serve, args=(self._queue, connect), name=f"tinbao-sqlite-{next(_numbers)}"
         )
@@ -282,35 +298,65 @@ class Connection(AdaptedConnection):
         self._connection = self  # type: ignore[assignment]
         self._finalizer = weakref.finalize(self, _stop, self._queue)
 
-    def _run(self, work: Work | None) -> Any:
-        """One trip: pending settings, then ``work``; returns what ``work`` returned."""
+    def submit(self, work: Work | None) -> asyncio.Future[Any]:
+        """Queue one trip (pending settings, then ``work``); its future gives
+        ``(result, error, in_transaction)``."""
         if self._queue is None:
             raise self.dbapi.OperationalError("connection closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         settings, self._settings = self._settings, []
         self._queue.put((future, settings, work))
-        self.trips += 1
+        self.dbapi.trips += 1
+        return future
+
+    def _run(self, work: Work) -> Any:
+        """One trip, from SQLAlchemy's side (in its greenlet); returns what ``work`` returned."""
         try:
-            result = await_(future)
-        except BaseException:
+            value, error, self.in_transaction = await_(self.submit(work))
+        except BaseException:  # cancelled: the job may run yet, its outcome is unknown
             self.in_transaction = None
             raise
-        if work is None:
-            return None
-        value, self.in_transaction = result
+        if self.writing and self.in_transaction is False:
+            self._done_writing()
+        if error is not None:
+            raise error
         return value
 
     async def connect(self) -> Connection:
         """Open the ``sqlite3`` connection in its thread (the first trip)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        assert self._queue is not None
-        self._queue.put((future, (), None))
         try:
-            await future
+            _value, error, _state = await self.submit(None)
         except BaseException:
             self._shut()
             raise
+        if error is not None:
+            self._shut()
+            raise error
         return self
+
+    # -- the writer
+
+    def lone_write(self) -> None:
+        """The next statement is its transaction's only one (:func:`storage.db.begin_lone_write`):
+        if it writes rows, it is committed with the other lone writes waiting at the time."""
+        self._lone = True
+
+    def _lone_write(self, operation: str) -> bool:
+        lone, self._lone = self._lone, False
+        if not lone or self.writing or self.in_transaction is not False:
+            return False
+        return _is_row_write(operation)
+
+    def _before(self, operation: str) -> None:
+        """Take the writer lock before the first write of a transaction."""
+        if self.writing or not writes(operation):
+            return
+        await_(self.dbapi.writer.acquire())
+        self.writing = True
+
+    def _done_writing(self) -> None:
+        self.writing = False
+        self.dbapi.writer.release()
 
     # -- DBAPI
 
@@ -318,10 +364,12 @@ class Connection(AdaptedConnection):
         return ServerSideCursor(self) if server_side else Cursor(self)
 
     def commit(self) -> None:
+        self._lone = False
         if self.in_transaction is not False:
             self._run(_commit)
 
     def rollback(self) -> None:
+        self._lone = False
         if self.in_transaction is not False and self._queue is not None:
             self._run(_rollback)
 
@@ -345,9 +393,11 @@ class Connection(AdaptedConnection):
         if self._queue is None:
             return
         try:
-            self._run(_close)
+            _value, error, _state = await_(self.submit(_close))
         finally:
             self._shut()
+        if error is not None:
+            raise error
 
     def terminate(self) -> None:
         """Close without waiting (SQLAlchemy, on an invalidated or collected connection)."""
@@ -360,19 +410,55 @@ class Connection(AdaptedConnection):
         if self._queue is not None:
             self._finalizer()
             self._queue = None
+        if self.writing:  # closed in the middle of a transaction: SQLite rolls it back
+            self._done_writing()
+
+
+def _is_row_write(operation: str) -> bool:
+    return _head(operation) in _ROW_WRITES
 
 
 class Driver(AsyncAdapt_aiosqlite_dbapi):
-    """The DBAPI "module" handed to SQLAlchemy's aiosqlite dialect (``module=``)."""
+    """The DBAPI "module" handed to SQLAlchemy's aiosqlite dialect (``module=``), one per
+    engine: its connections share one writer lock and one group commit.
 
-    def __init__(self) -> None:
+    ``pragmas`` are set on every connection as it opens; ``writer_timeout``: seconds a write
+    waits for the writer lock before failing (as SQLite's ``busy_timeout``)."""
+
+    def __init__(
+        self, pragmas: Sequence[tuple[str, str]] = (), writer_timeout: float = 5.0
+    ) -> None:
         super().__init__(aiosqlite, sqlite3)
+        self.pragmas = tuple(pragmas)
+        self.writer = WriterLock(writer_timeout)
+        self.group = GroupCommit(self.writer, self._open_batch_connection)
+        self._connect_args: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        #: Trips to connection threads so far (``bench/db_cost.py`` and the tests read them).
+        self.trips = 0
+
+    def _opener(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Callable[[], Any]:
+        def opened() -> sqlite3.Connection:
+            connection = sqlite3.connect(*args, **kwargs)
+            for name, value in self.pragmas:
+                connection.execute(f"PRAGMA {name}={value}").close()
+            return connection
+
+        return opened
 
     def connect(self, *args: Any, **kwargs: Any) -> Connection:  # type: ignore[override]
         kwargs.pop("async_creator_fn", None)
-
-        def opened() -> sqlite3.Connection:
-            return sqlite3.connect(*args, **kwargs)
-
+        self._connect_args = (args, dict(kwargs))
         isolation_level = kwargs.get("isolation_level", "")
-        return await_(Connection(self, opened, isolation_level).connect())
+        return await_(Connection(self, self._opener(args, kwargs), isolation_level).connect())
+
+    async def _open_batch_connection(self) -> Connection:
+        """The group commit's own connection, in autocommit (its batches say ``BEGIN``)."""
+        if self._connect_args is None:
+            raise sqlite3.OperationalError("no connection was opened yet")
+        args, kwargs = self._connect_args
+        kwargs = {**kwargs, "isolation_level": None}
+        return await Connection(self, self._opener(args, kwargs), None).connect()
+
+    def dispose(self) -> None:
+        """The engine is disposed: close the group commit's connection too."""
+        self.group.close()
