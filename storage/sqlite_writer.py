@@ -184,6 +184,11 @@ class GroupCommit:
         self.batches = 0
         self.statements = 0
 
+    @property
+    def waiting(self) -> int:
+        """Lone writes queued for the next batch."""
+        return len(self._queue)
+
     async def write(self, operation: str, parameters: Any) -> Result:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(operation, parameters, loop.create_future())
