@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -46,7 +46,7 @@ from tests.driver import Citizen, label, make_flow, sync_units
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
-CONVERSATIONS = Conversation.__table__
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 
 
 def driver_of(engine: AsyncEngine) -> Driver:
