@@ -175,7 +175,7 @@ class Cursor:
         connection = self._connection
         if parameters in (None, (), []) and _READ_UNCOMMITTED.fullmatch(operation):
             # Affects only what follows: applied at the start of the next trip.
-            connection._settings.append(_statement(operation, None))
+            connection._settings["read_uncommitted"] = _statement(operation, None)
             self._take((None, None, -1, None))
             return
         if connection._lone_write(operation):
@@ -287,7 +287,9 @@ class Connection(AdaptedConnection):
         self.in_transaction: bool | None = False
         self._lone = False
         self._queue: SimpleQueue[Any] | None = SimpleQueue()
-        self._settings: list[Work] = []
+        #: Settings for the next trip, by name: a newer one replaces an older one (a connection
+        #: handed out for lone writes again and again makes no trip of its own meanwhile).
+        self._settings: dict[str, Work] = {}
         self._isolation_level = isolation_level
         thread = threading.Thread(
             target=_serve, args=(self._queue, connect), name=f"tinbao-sqlite-{next(_numbers)}"
@@ -304,7 +306,7 @@ class Connection(AdaptedConnection):
         if self._queue is None:
             raise self.dbapi.OperationalError("connection closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        settings, self._settings = self._settings, []
+        settings, self._settings = tuple(self._settings.values()), {}
         self._queue.put((future, settings, work))
         self.dbapi.trips += 1
         return future
@@ -384,10 +386,11 @@ class Connection(AdaptedConnection):
         def apply(connection: sqlite3.Connection) -> None:
             connection.isolation_level = value  # type: ignore[assignment]
 
-        self._settings.append(apply)
+        self._settings["isolation_level"] = apply
 
     def create_function(self, *args: Any, **kwargs: Any) -> None:
-        self._settings.append(lambda connection: connection.create_function(*args, **kwargs))
+        name = f"function {args[:2]} {kwargs.get('name', '')}{kwargs.get('narg', '')}"
+        self._settings[name] = lambda connection: connection.create_function(*args, **kwargs)
 
     def close(self) -> None:
         if self._queue is None:
