@@ -111,6 +111,7 @@ def counting(loop: asyncio.AbstractEventLoop) -> Iterator[dict[str, Counter[str]
         "hops": Counter(),
         "statements": Counter(),
         "connections": Counter(),
+        "texts": Counter(),
     }
     main = threading.main_thread()
     original: Callable[..., Any] = loop.call_soon_threadsafe
@@ -128,6 +129,7 @@ def counting(loop: asyncio.AbstractEventLoop) -> Iterator[dict[str, Counter[str]
             table = next((w for w in words if w.isidentifier() and w.islower()), "")
             kind = f"{words[0]} {table}".strip()
         counts["statements"][kind] += 1
+        counts["texts"][text] += 1
 
     def opened(*_args: Any) -> None:
         counts["connections"]["opened"] += 1
@@ -198,6 +200,7 @@ async def measure(backend: str, tips: int, concurrency: int) -> list[str]:
     for kind, number in counts["statements"].most_common():
         print(f"    {kind:<40}{number / updates:8.2f}")
     print(f"  connections opened: {counts['connections']['opened']}")
+    print(f"  distinct statements: {len(counts['texts'])}")
     if group is not None and batches:
         print(
             f"  group commit: {grouped / updates:.2f} lone writes per update in "

@@ -208,6 +208,10 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             module=driver,
             pool_size=SQLITE_POOL_SIZE,
             max_overflow=SQLITE_MAX_OVERFLOW,
+            # The connection used last goes out first: its statements are compiled already
+            # (each connection has its own statement cache; a report's INSERT, with the stats
+            # triggers, costs ~2 ms to compile and ~0.1 ms to run).
+            pool_use_lifo=True,
         )
         event.listen(engine.sync_engine, "engine_disposed", lambda _engine: driver.dispose())
         return engine
