@@ -193,7 +193,8 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(operation, parameters, loop.create_future())
         self._queue.append(waiting)
-        if self._task is None:
+        task = self._task
+        if task is None or task.done() or task.get_loop() is not loop:
             self._task = loop.create_task(self._commit(), name="sqlite-group-commit")
         try:
             result, error = await waiting.future
@@ -215,7 +216,8 @@ class GroupCommit:
             _settle(queued, [(None, sqlite3.OperationalError("interrupted"))] * len(queued))
             raise
         finally:
-            self._task = None
+            if self._task is asyncio.current_task():
+                self._task = None
 
     async def _one_batch(self) -> None:
         try:
