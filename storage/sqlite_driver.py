@@ -53,7 +53,9 @@ Work = Callable[[sqlite3.Connection], Any]
 
 #: ``PRAGMA read_uncommitted = N``, which SQLAlchemy's SQLite dialect runs to set (and, when a
 #: connection that ran in autocommit goes back to the pool, to reset) the isolation level.
-_READ_UNCOMMITTED = re.compile(r"\s*PRAGMA\s+read_uncommitted\s*=\s*[01]\s*;?\s*", re.IGNORECASE)
+#: Setting it, even to the value it has, expires every statement the connection compiled (SQLite
+#: does so for its flag pragmas): so it is only sent when the value changes.
+_READ_UNCOMMITTED = re.compile(r"\s*PRAGMA\s+read_uncommitted\s*=\s*([01])\s*;?\s*", re.IGNORECASE)
 
 #: Statements that only read; anything else takes the writer lock (``WITH``: if it holds a write).
 _READS = frozenset({"SELECT", "VALUES", "EXPLAIN", "PRAGMA"})
@@ -62,6 +64,7 @@ _ROW_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 _DML = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 
 _STOP = object()
+_UNSET = object()
 _numbers = count(1)
 
 
@@ -173,9 +176,10 @@ class Cursor:
 
     def execute(self, operation: str, parameters: Any = None) -> None:
         connection = self._connection
-        if parameters in (None, (), []) and _READ_UNCOMMITTED.fullmatch(operation):
-            # Affects only what follows: applied at the start of the next trip.
-            connection._settings["read_uncommitted"] = _statement(operation, None)
+        pragma = _READ_UNCOMMITTED.fullmatch(operation) if parameters in (None, (), []) else None
+        if pragma is not None:
+            # Affects only what follows: applied at the start of the next trip, if it changes.
+            connection._set("read_uncommitted", pragma.group(1), _statement(operation, None))
             self._take((None, None, -1, None))
             return
         if connection._lone_write(operation):
@@ -289,7 +293,12 @@ class Connection(AdaptedConnection):
         self._queue: SimpleQueue[Any] | None = SimpleQueue()
         #: Settings for the next trip, by name: a newer one replaces an older one (a connection
         #: handed out for lone writes again and again makes no trip of its own meanwhile).
-        self._settings: dict[str, Work] = {}
+        self._settings: dict[str, tuple[object, Work]] = {}
+        #: The settings' values as the connection has them once the trips queued so far ran.
+        self._values: dict[str, object] = {
+            "read_uncommitted": "0",
+            "isolation_level": isolation_level,
+        }
         self._isolation_level = isolation_level
         thread = threading.Thread(
             target=_serve, args=(self._queue, connect), name=f"tinbao-sqlite-{next(_numbers)}"
@@ -306,7 +315,9 @@ class Connection(AdaptedConnection):
         if self._queue is None:
             raise self.dbapi.OperationalError("connection closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        settings, self._settings = tuple(self._settings.values()), {}
+        settings = tuple(work for _value, work in self._settings.values())
+        self._values.update((name, value) for name, (value, _work) in self._settings.items())
+        self._settings = {}
         self._queue.put((future, settings, work))
         self.dbapi.trips += 1
         return future
@@ -386,11 +397,19 @@ class Connection(AdaptedConnection):
         def apply(connection: sqlite3.Connection) -> None:
             connection.isolation_level = value  # type: ignore[assignment]
 
-        self._settings["isolation_level"] = apply
+        self._set("isolation_level", value, apply)
+
+    def _set(self, name: str, value: object, work: Work) -> None:
+        """Apply ``work`` at the start of the next trip, unless the setting already has
+        ``value`` (a newer setting of the same name replaces an older one)."""
+        if self._values.get(name, _UNSET) == value:
+            self._settings.pop(name, None)
+        else:
+            self._settings[name] = (value, work)
 
     def create_function(self, *args: Any, **kwargs: Any) -> None:
         name = f"function {args[:2]} {kwargs.get('name', '')}{kwargs.get('narg', '')}"
-        self._settings[name] = lambda connection: connection.create_function(*args, **kwargs)
+        self._set(name, object(), lambda connection: connection.create_function(*args, **kwargs))
 
     def close(self) -> None:
         if self._queue is None:
