@@ -183,6 +183,8 @@ async def measure(backend: str, tips: int, concurrency: int) -> list[str]:
                     TimedLock.held = driver_lock.held - held
                 if group is not None:
                     batches, grouped = group.batches - batches, group.statements - grouped
+                workers = getattr(service.engine.dialect.dbapi, "workers", None)
+                sqlite_connections = workers.opened + 1 if workers is not None else None
                 cpu_after = thread_cpu()
         finally:
             await answers.stop()
@@ -199,7 +201,9 @@ async def measure(backend: str, tips: int, concurrency: int) -> list[str]:
     print(f"  statements per update: {statements / updates:.2f}")
     for kind, number in counts["statements"].most_common():
         print(f"    {kind:<40}{number / updates:8.2f}")
-    print(f"  connections opened: {counts['connections']['opened']}")
+    print(f"  connections opened (SQLAlchemy's pool): {counts['connections']['opened']}")
+    if sqlite_connections is not None:
+        print(f"  SQLite connections open (with the group commit's): {sqlite_connections}")
     print(f"  distinct statements: {len(counts['texts'])}")
     if group is not None and batches:
         print(

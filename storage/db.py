@@ -59,12 +59,13 @@ PG_MAX_OVERFLOW = 10
 PING_AFTER_IDLE = 5.0
 
 
-#: SQLite pool: a connection is a thread with its own page cache; a step waiting for the writer
-#: lock holds none, but reads, the delivery workers and the timers take one each at once. Kept
-#: open so that a burst does not open and close connections (each a thread, a connect and its
-#: pragmas).
-SQLITE_POOL_SIZE = 12
-SQLITE_MAX_OVERFLOW = 20
+#: SQLite: the engine's real connections, each a thread and ~2.7 MB (every one parses the schema,
+#: with its large statistics triggers). SQLAlchemy's pool holds cheap handles that borrow one of
+#: them for a statement, or for a transaction from its first write (storage.sqlite_driver): a
+#: burst of citizens waiting for the writer holds none.
+SQLITE_CONNECTIONS = 3
+SQLITE_POOL_SIZE = 16
+SQLITE_MAX_OVERFLOW = 48
 
 
 def _json_dumps(value: Any) -> str:
@@ -200,7 +201,7 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             prepare_sqlite_file(path)
         # One thread hop per operation instead of aiosqlite's three or four, one writer at a
         # time, lone writes committed together (storage.sqlite_driver).
-        driver = SQLiteDriver(pragmas=SQLITE_PRAGMAS)
+        driver = SQLiteDriver(SQLITE_PRAGMAS, connections=SQLITE_CONNECTIONS)
         engine = create_async_engine(
             parsed,
             echo=echo,
@@ -208,10 +209,6 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             module=driver,
             pool_size=SQLITE_POOL_SIZE,
             max_overflow=SQLITE_MAX_OVERFLOW,
-            # The connection used last goes out first: its statements are compiled already
-            # (each connection has its own statement cache; a report's INSERT, with the stats
-            # triggers, costs ~2 ms to compile and ~0.1 ms to run).
-            pool_use_lifo=True,
         )
         event.listen(engine.sync_engine, "engine_disposed", lambda _engine: driver.dispose())
         return engine

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ from tests.driver import Citizen, label, make_flow, sync_units
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
+_READ_UNCOMMITTED_SET = re.compile(r"read_uncommitted\s*=", re.IGNORECASE)
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 
 
@@ -483,20 +485,42 @@ async def test_the_migrations_and_a_fresh_engine_see_the_same_schema(db_url: str
 
 
 async def test_a_connection_lent_for_a_lone_write_keeps_its_compiled_statements(
-    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+    db_url: str, engine: AsyncEngine
 ) -> None:
     """SQLAlchemy resets the isolation level of a connection that ran in autocommit with
     ``PRAGMA read_uncommitted = 0``; SQLite expires every compiled statement of the connection
     on it (a report's INSERT, with its triggers, then costs ~2 ms to compile again instead of
     ~0.1 ms to run). The driver sends it only when the value changes: never, here."""
-    await add_conversation(session_factory, "c")
+    await engine.dispose()
     traced: list[str] = []
-    async with engine.connect() as connection:
-        raw = (await connection.get_raw_connection()).driver_connection
-        assert raw is not None
-        await raw.submit(lambda sqlite: sqlite.set_trace_callback(traced.append))
-    for seen in (1, 2, 3):
-        assert await lone_write(session_factory, bump("c", seen)) == 1  # (LIFO: that connection)
-        assert await version_of(session_factory, "c") == seen + 1
-    assert traced, "the traced connection was not used again"
-    assert not [sql for sql in traced if "read_uncommitted" in sql.lower()], traced
+    fresh = create_engine(db_url)
+    try:
+        driver_of(fresh).trace(traced.append)
+        factory = create_session_factory(fresh)
+        await add_conversation(factory, "c")
+        for seen in (1, 2, 3):
+            assert await lone_write(factory, bump("c", seen)) == 1
+            assert await version_of(factory, "c") == seen + 1
+    finally:
+        await fresh.dispose()
+    assert any("UPDATE conversations" in sql for sql in traced), traced
+    # (The dialect reads it once, as it starts: ``PRAGMA read_uncommitted``, no "=".)
+    assert not [sql for sql in traced if _READ_UNCOMMITTED_SET.search(sql)], traced
+
+
+async def test_a_burst_of_writers_uses_a_few_sqlite_connections(
+    engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    """Each SQLite connection costs memory (it parses the schema): forty transactions waiting
+    for the writer at once borrow one of the engine's few connections each in turn."""
+    driver = driver_of(engine)
+
+    async def transaction(number: int) -> None:
+        async with session_factory() as session, session.begin():
+            await session.scalar(select(func.count()).select_from(RateHit))
+            session.add(RateHit(scope="t", key=f"k{number}", at=utcnow()))
+
+    await asyncio.gather(*(transaction(n) for n in range(40)))
+    async with session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(RateHit)) == 40
+    assert driver.workers.opened <= driver.workers.limit
