@@ -224,7 +224,7 @@ class Workers:
         self.limit = limit
         self._idle: list[Worker] = []
         self._opened = 0
-        self._waiting: collections.deque[asyncio.Future[Worker]] = collections.deque()
+        self._waiting: collections.deque[asyncio.Future[Worker | None]] = collections.deque()
 
     @property
     def opened(self) -> int:
@@ -232,35 +232,47 @@ class Workers:
         return self._opened
 
     async def borrow(self) -> Worker:
-        while self._idle:
-            worker = self._idle.pop()
-            if not worker.closed:
-                return worker
-            self._opened -= 1
-        if self._opened < self.limit:
-            self._opened += 1
-            try:
-                return await self.driver.open_worker()
-            except BaseException:
+        while True:
+            while self._idle:
+                idle = self._idle.pop()
+                if not idle.closed:
+                    return idle
                 self._opened -= 1
+            if self._opened < self.limit:
+                self._opened += 1
+                try:
+                    return await self.driver.open_worker()
+                except BaseException:
+                    self._opened -= 1
+                    self._wake_one()  # someone waiting may try (and fail) in turn
+                    raise
+            future: asyncio.Future[Worker | None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(future)
+            try:
+                handed_over = await future
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    handed = future.result()  # handed over just as the wait was cut off
+                    if handed is not None:
+                        self.give_back(handed)
+                    else:
+                        self._wake_one()
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(future)
                 raise
-        future: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.give_back(future.result())  # handed over just as the wait was cut off
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(future)
-            raise
+            if handed_over is not None:
+                return handed_over
+            # A connection was closed: there is room to open another.
 
     def give_back(self, worker: Worker) -> None:
-        if not worker.closed and _running_loop() is None:
-            worker.terminate()  # a handle collected outside the loop: its state is unknown
+        if _running_loop() is None:  # a handle collected outside the loop: its state unknown
+            worker.terminate()
+            self._opened -= 1
+            return
         if worker.closed:
             self._opened -= 1
+            self._wake_one()
             return
         while self._waiting:
             future = self._waiting.popleft()
@@ -268,6 +280,14 @@ class Workers:
                 future.set_result(worker)
                 return
         self._idle.append(worker)
+
+    def _wake_one(self) -> None:
+        """Tell the first one waiting that there is room to open a connection."""
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
 
     def close(self) -> None:
         """Close the idle connections (the engine is disposed; a next use opens others)."""

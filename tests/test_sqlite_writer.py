@@ -524,3 +524,41 @@ async def test_a_burst_of_writers_uses_a_few_sqlite_connections(
     async with session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(RateHit)) == 40
     assert driver.workers.opened <= driver.workers.limit
+
+
+async def test_a_sqlite_connection_closed_under_a_waiter_makes_room_for_it(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """One SQLite connection, held by a writing transaction; a read waits for it. The writer's
+    connection is invalidated (closed, its transaction rolled back): the read opens another."""
+    await engine.dispose()
+    single = create_async_engine(db_url, module=Driver(SQLITE_PRAGMAS, connections=1))
+    try:
+        async with single.connect() as writer:
+            now = utcnow()
+            await writer.execute(
+                insert(CONVERSATIONS).values(
+                    key="gone",
+                    state="idle",
+                    data={},
+                    step=0,
+                    version=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+            async def read() -> int | None:
+                async with single.connect() as reader:
+                    query = select(func.count()).select_from(CONVERSATIONS)
+                    return (await reader.execute(query)).scalar()
+
+            waiting = asyncio.create_task(read())
+            await asyncio.sleep(0.1)
+            assert not waiting.done()  # the only connection is the writer's
+            await writer.invalidate()
+            async with asyncio.timeout(30):
+                assert await waiting == 0  # the write was rolled back with its connection
+        assert driver_of(single).workers.opened <= 1
+    finally:
+        await single.dispose()
