@@ -636,8 +636,8 @@ async def test_dashboard_reads_the_rollups_and_agrees_with_a_recount(env: Env) -
     await env.add_officer("lan", "officer", "qa")
     now = datetime.now(UTC)
     for status, minutes in (("new", None), ("assigned", 12), ("resolved", 40)):
-        claimed = {"claimed_at": now + timedelta(minutes=minutes)} if minutes else {}
-        await env.add_report(env.unit_a, status=status, created_at=now, **claimed)
+        claimed = now + timedelta(minutes=minutes) if minutes else None
+        await env.add_report(env.unit_a, status=status, created_at=now, claimed_at=claimed)
     await env.add_report(env.unit_b, category="drugs", created_at=now)
     await env.add_report(
         env.unit_b,
