@@ -143,3 +143,20 @@ async def test_new_tokens_that_cannot_be_saved_are_reported_loudly_and_on_health
 
 async def _now(value: bool) -> bool:
     return value
+
+
+async def test_a_first_refresh_that_cannot_be_saved_leaves_the_service_running(
+    telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path: Path, caplog
+):
+    """At start: the OA channel says why it fails; the rest of the service runs."""
+    await refuse_token_saves(engine)
+    settings = flow_settings(telegram, zalo_bot, zalo_oa, db_url, tmp_path)
+    async with served(settings) as service:
+        assert zalo_oa.refreshes == 1
+        assert [r for r in caplog.records if r.levelno == logging.CRITICAL]
+        status, body = await health(service)
+        assert status == 200  # the database answers; one channel fails
+        assert body["channels"]["zalo_oa"] == (
+            "failing: token refresh failing: new tokens could not be saved"
+        )
+        assert body["channels"]["zalo_bot"].startswith("running")
