@@ -298,13 +298,14 @@ async def _prune_outbox(
 ) -> int:
     """Delete up to ``batch`` outbox rows in ``statuses`` last due before ``cutoff``.
 
-    One statement per status, each an index range scan on ``ix_outbox_status_due`` (``status``,
-    ``next_attempt_at``) in index order, so a batch reads only the rows it deletes (and the few
-    kept questions below the cutoff), however large the table.
+    The ids come first, one query per status, each an index range scan on
+    ``ix_outbox_status_due`` (``status``, ``next_attempt_at``) that stops at the batch's size;
+    then one delete by primary key. (``DELETE ... WHERE id IN (SELECT ... LIMIT n)`` lets
+    PostgreSQL plan a hash join over the whole table, a sequential scan for every batch.)
     """
-    deleted = 0
+    ids: list[int] = []
     for status in statuses:
-        if deleted >= batch:
+        if len(ids) >= batch:
             break
         terms = [
             OutboxMessage.status == status.value,
@@ -313,19 +314,21 @@ async def _prune_outbox(
         ]
         if status == Status.SENT:
             terms.append(~_awaited_reply())
-        old = (
+        found = await session.scalars(
             select(OutboxMessage.id)
             .where(*terms)
             .order_by(OutboxMessage.next_attempt_at)
-            .limit(batch - deleted)
+            .limit(batch - len(ids))
         )
-        result = await session.execute(
-            delete(OutboxMessage)
-            .where(OutboxMessage.id.in_(old))
-            .execution_options(synchronize_session=False)
-        )
-        deleted += int(result.rowcount or 0)  # type: ignore[attr-defined]
-    return deleted
+        ids += found.all()
+    if not ids:
+        return 0
+    result = await session.execute(
+        delete(OutboxMessage)
+        .where(OutboxMessage.id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def apply_retention(
