@@ -11,7 +11,8 @@ pending. Then:
 * ``EXPLAIN (ANALYZE, BUFFERS)`` of every statement one batch issues (rolled back): each must be
   an index scan on ``ix_outbox_status_due``;
 * the first run (the whole backlog, with the settings' defaults: 30 days, failed 90), timed;
-* a run with nothing left to delete (what the daily run costs at the least), timed, and its plan;
+* a run with nothing left to delete (what the daily run costs at the least: only the rows that
+  crossed the limit since), timed, and its plan;
 * a day later: one more day of rows past the limit (the daily run in steady state), timed.
 
 Times depend on the machine's load (note ``uptime`` with them); the plans and the buffers each
@@ -42,6 +43,7 @@ from bot.housekeeping import run_retention
 from handlers.retention import RetentionPolicy, apply_retention
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade
+from storage.stats_rollup import drop_trigger_statements
 from tests.conftest import execute_autocommit
 
 DB_NAME = "tinbao_bench_retention"
@@ -122,6 +124,10 @@ async def seed(url: str, rows: int, days: int) -> None:
     connection = await asyncpg.connect(**_connect_args(url))
     try:
         await connection.execute("SET synchronous_commit = off")
+        # The statistics rollups' triggers cost ~10 ms a report here; this scratch database
+        # needs no statistics.
+        for statement in drop_trigger_statements("postgresql"):
+            await connection.execute(statement)
         started = time.perf_counter()
         await connection.execute(REPORTS_SQL, REPORTS)
         await connection.execute(ROUTES_SQL)
@@ -232,7 +238,8 @@ async def measure(url: str) -> None:
             started = time.perf_counter()
             empty = await run_retention(factory, POLICY)
             line("nothing_left_run_ms", (time.perf_counter() - started) * 1000, "ms")
-            assert empty.total == 0, empty
+            # Only the rows that crossed the limit since the first run (seconds' worth).
+            print(f"nothing left: {empty.as_dict()}")
             # A day later: the rows of the day now past the limit go.
             await connection.execute(
                 "UPDATE outbox SET next_attempt_at = next_attempt_at - interval '1 day', "
