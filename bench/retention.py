@@ -47,6 +47,7 @@ from storage.stats_rollup import drop_trigger_statements
 from tests.conftest import execute_autocommit
 
 DB_NAME = "tinbao_bench_retention"
+#: Reports the rows refer to: one for 40 rows, at most this many.
 REPORTS = 50_000
 POLICY = RetentionPolicy.from_days(
     route_days=0,
@@ -129,13 +130,14 @@ async def seed(url: str, rows: int, days: int) -> None:
         for statement in drop_trigger_statements("postgresql"):
             await connection.execute(statement)
         started = time.perf_counter()
-        await connection.execute(REPORTS_SQL, REPORTS)
+        reports = max(10, min(REPORTS, rows // 40))
+        await connection.execute(REPORTS_SQL, reports)
         await connection.execute(ROUTES_SQL)
         begin = datetime.now(UTC) - timedelta(days=days)
         step = days * 86400 / rows
         for first in range(1, rows + 1, SLICE):
             last = min(rows, first + SLICE - 1)
-            await connection.execute(OUTBOX_SQL, first, last, begin, step, REPORTS)
+            await connection.execute(OUTBOX_SQL, first, last, begin, step, reports)
             print(f"  {last:,} outbox rows ({time.perf_counter() - started:.0f} s)", flush=True)
         await connection.execute("VACUUM ANALYZE")
         counts = await connection.fetch(
