@@ -121,10 +121,11 @@ class Settings(BaseSettings):
     default_locale: Literal["vi", "en"] = "vi"
     draft_ttl_hours: float = Field(default=7 * 24, gt=0)
     report_rate_limit: int = Field(default=5, ge=1)
-    report_rate_window_minutes: int = Field(default=60, ge=1)
+    #: Rate-limit windows end within the two days their hits are kept (handlers.maintenance).
+    report_rate_window_minutes: int = Field(default=60, ge=1, le=2880)
     pin_attempts_per_code: int = Field(default=5, ge=1)
     pin_attempts_per_sender: int = Field(default=10, ge=1)
-    pin_attempt_window_minutes: int = Field(default=15, ge=1)
+    pin_attempt_window_minutes: int = Field(default=15, ge=1, le=2880)
     max_media_per_report: int = Field(default=10, ge=1, le=50)
 
     # --- catalogue and routing --------------------------------------------------------------
