@@ -25,7 +25,7 @@ from bot.web.forms import (
     short_text_error,
     text,
 )
-from bot.web.guard import FORM_LANG, csrf_ok, locale_of
+from bot.web.guard import CHALLENGE_USED, CHALLENGE_WRONG, FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import inbox_key, new_inbox_id
 from bot.web.site import DATABASE_ERRORS, Site, database_failed, render, site_of
 from handlers.channels import ChannelName
@@ -131,9 +131,9 @@ async def read_checked(request: web.Request, *, max_files: int) -> tuple[Form, C
     if not csrf_ok(request, form.get("csrf")):
         return None
     checked = Checked(locale, {k: v for k, v in form.fields.items() if k not in ("csrf", "kept")})
-    nonce = site.challenges.nonce(form.get("challenge_token"), form.get("challenge"))
+    nonce, refusal = site.challenges.nonce(form.get("challenge_token"), form.get("challenge"))
     if nonce is None:
-        checked.errors["challenge"] = t(locale, "web.err.challenge")
+        checked.errors["challenge"] = t(locale, refusal or CHALLENGE_WRONG)
     else:
         checked.nonce = nonce
     return form, checked
@@ -317,7 +317,7 @@ async def submit(
             used = site.keyring.keyed_hash("challenge", checked.nonce)
             if await limits.count(RATE_CHALLENGE, used, CHALLENGE_WINDOW):
                 checked.nonce = None
-                checked.errors["challenge"] = t(checked.locale, "web.err.challenge")
+                checked.errors["challenge"] = t(checked.locale, CHALLENGE_USED)
                 return form_page(request, template, checked, status=400)
             limits.hit(RATE_CHALLENGE, used)
             submitted = await submit_report(
