@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import uuid
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -153,6 +154,8 @@ class Call:
     query: dict[str, str]
     form: dict[str, str]
     lang: str | None = None
+    #: The form sent as ``multipart/form-data`` (as the question form, with its photo, is).
+    multipart: bool = False
 
 
 @st.composite
@@ -169,7 +172,28 @@ def calls(draw: st.DrawFn, known: tuple[str, ...] = ()) -> Call:
     query = draw(st.dictionaries(st.sampled_from(QUERY_NAMES), value, max_size=6))
     form = draw(st.dictionaries(st.sampled_from(FORM_NAMES), value, max_size=6))
     lang = draw(st.sampled_from(LANG_COOKIES))
-    return Call(method, path, query, form if method == "POST" else {}, lang)
+    encoded = method == "POST" and draw(st.integers(0, 3)) == 0
+    return Call(method, path, query, form if method == "POST" else {}, lang, encoded)
+
+
+def multipart(
+    fields: dict[str, str],
+    files: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
+) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body and its content type."""
+    boundary = uuid.uuid4().hex
+    out = bytearray()
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        out += value.encode("utf-8", "surrogatepass") + b"\r\n"
+    for name, filename, content in files:
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+            f'filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+        ).encode()
+        out += content + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
 def _send(
@@ -182,7 +206,9 @@ def _send(
         cookies += f"; {LANG_COOKIE}={quote(call.lang, safe='')}"
     headers = {"Cookie": cookies}
     body = None
-    if call.method == "POST":
+    if call.method == "POST" and call.multipart:
+        body, headers["Content-Type"] = multipart({**call.form, "csrf": csrf})
+    elif call.method == "POST":
         body = urlencode({**call.form, "csrf": csrf}).encode()
         headers["Content-Type"] = "application/x-www-form-urlencoded"
     connection.request(call.method, target, body=body, headers=headers)

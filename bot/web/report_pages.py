@@ -32,6 +32,7 @@ from handlers.channels import ChannelName
 from handlers.citizen.accident import INJURED, PLACE_MATCH_SURE
 from handlers.citizen.draft import (
     DESCRIPTION_MAX,
+    DESCRIPTION_MIN,
     PLACE_QUERY_MAX,
     SHORT_TEXT_MAX,
     DraftInput,
@@ -211,7 +212,13 @@ async def _tip(request: web.Request, form: Form, checked: Checked) -> web.Stream
         errors["occurred_text"] = t(locale, problem, limit=SHORT_TEXT_MAX)
     description = text(form, "description", FIELD_MAX)
     if problem := check_description(description):
-        errors["description"] = t(locale, problem, limit=DESCRIPTION_MAX)
+        errors["description"] = t(
+            locale,
+            problem,
+            limit=DESCRIPTION_MAX,
+            length=len(description),
+            minimum=DESCRIPTION_MIN,
+        )
     contact = form.get("contact")
     phone = phone_number(form.get("phone")) if contact == "phone" else None
     if contact not in CONTACT_MODES:

@@ -1,4 +1,5 @@
-"""The citizens' page against scripted spam and from the posters (issue 11), over HTTP.
+"""The citizens' forms over HTTP (issue 11): against scripted spam, from the posters, and the
+description's own checks.
 
 The spam challenge: a wrong answer, a replayed challenge and an expired one are each refused with
 their own clear message beside the question, a new question is asked, and nothing the citizen
@@ -231,6 +232,41 @@ async def test_a_forged_or_empty_challenge_is_refused_as_a_wrong_answer(
             assert status == 400, (token, answer)
             assert challenge_error(page) == t("vi", "web.err.challenge"), (token, answer)
             assert_kept(page, TIP)
+    assert await reports(service) == 0
+
+
+# --------------------------------------------------------------------------- the description
+
+
+@pytest.mark.parametrize(
+    ("description", "key"),
+    [("Trộm xe", "desc.too_short"), ("Trộm xe máy. " * 400, "desc.too_long")],
+)
+async def test_a_description_too_short_or_too_long_is_told_beside_it_and_kept(
+    base_url: str, service: Service, description: str, key: str
+) -> None:
+    """As the chat says it (the same catalogue string, with its minimum and its length)."""
+    async with ClientSession(cookie_jar=CookieJar(unsafe=True)) as http:
+        form = await open_form(http, base_url, "/tip?lang=en")
+        fields = {**TIP, "description": description}
+        data = FormData(
+            {
+                "csrf": form.csrf,
+                "lang": "en",
+                "challenge_question": form.question,
+                "challenge_token": form.token,
+                "challenge": form.answer,
+                **fields,
+            }
+        )
+        async with http.post(f"{base_url}/tip", data=data) as r:
+            status, page = r.status, await r.text()
+    assert status == 400, page[:2000]
+    found = re.search(r'<p class="error" id="description-error" role="alert">([^<]*)</p>', page)
+    assert found, page[:3000]
+    told = t("en", key, minimum=10, limit=4000, length=len(description.strip()))
+    assert html_lib.unescape(found.group(1)) == told
+    assert_kept(page, fields)
     assert await reports(service) == 0
 
 
