@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.client
+import itertools
 import json
 import logging
 import re
@@ -225,7 +226,9 @@ class World:
     ) -> None:
         # Without the stand-in: its message ids and file ids are its own (a photo's file is
         # unknown to the Bot API, as a forged one would be).
-        self.factory = UpdateFactory(bot_user=bot_user)
+        self.factory = UpdateFactory(bot_user=bot_user, first_update_id=1_000_000)
+        # Press ids apart from the stand-in factory's: the answers are matched by them.
+        self.factory._callback_ids = itertools.count(5_000_000_000_000_000_001)
         self.csrf = csrf
         #: (token, question, answer) of questions asked by the page; used at most once each.
         self.challenges = challenges
@@ -241,7 +244,8 @@ class World:
         #: Malformed and odd updates come from these (their replies are not checked).
         self.noise = User(910099, "Noise", None, None, "en")
         self.zalo_users = [ZaloUser("7100"), ZaloUser("7101")]
-        self.callbacks: dict[str, str] = {}  # callback id -> expected language
+        #: Forged presses of the checked users: callback id -> (expected language, data).
+        self.callbacks: dict[str, tuple[str, str]] = {}
 
     def next_challenge(self) -> tuple[str, str, str] | None:
         if self.used >= len(self.challenges):
@@ -302,7 +306,10 @@ def telegram_requests(draw: st.DrawFn, world: World) -> Request:
             update = f.command(user, name, draw(st.one_of(st.none(), VALUE)))
         elif shape == "press":  # a forged or stale press
             update = f.callback(user, draw(st.one_of(st.sampled_from(BOUNDARY), TEXT))[:64])
-            world.callbacks[update["callback_query"]["id"]] = expected_locale
+            world.callbacks[update["callback_query"]["id"]] = (
+                expected_locale,
+                update["callback_query"]["data"],
+            )
         else:
             update = draw(
                 st.sampled_from(
@@ -775,7 +782,7 @@ async def _explore(
         notice = call.params.get("text")
         if pressed and isinstance(notice, str):
             found = language_of(notice)
-            if found is not None and found != pressed:
+            if found is not None and found != pressed[0]:
                 wrong.append((pressed, notice[:120]))
     for sent in zalo_bot.sent() + oa.delivered():
         if language_of(sent) == "en":
