@@ -783,7 +783,7 @@ async def _explore(
         if pressed and isinstance(notice, str):
             found = language_of(notice)
             if found is not None and found != pressed[0]:
-                wrong.append((pressed, notice[:120]))
+                wrong.append((f"{pressed[0]}, press {pressed[1]!r}", notice[:120]))
     for sent in zalo_bot.sent() + oa.delivered():
         if language_of(sent) == "en":
             wrong.append(("zalo", sent[:120]))
