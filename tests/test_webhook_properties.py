@@ -855,6 +855,19 @@ def _run(
         )
         response, content = send(host, port, request)
         check(request, response, content)
+    # Every page and form once for sure, in English, with a typed description to give back.
+    for path in (*CITIZEN_GET, *PROCESS_GET):
+        request = Request("GET", path.replace("{}", "x") + "?lang=en", locale="en", note="once")
+        check(request, *send(host, port, request))
+    for path in CITIZEN_POST:
+        typed = 'Trộm <b>xe</b> máy & "xe đạp"'
+        fields = {"csrf": world.csrf, "lang": "en", "description": typed, "place_q": typed}
+        headers = {"Cookie": f"tb_csrf={world.csrf}"}
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        body = urlencode({**fields, "message": typed}).encode()
+        kept = typed if path != "/status" else None  # the status form has code and PIN only
+        request = Request("POST", path, headers, body, locale="en", typed=kept, note="citizen")
+        check(request, *send(host, port, request))
     for update in noise:
         request = Request(
             "POST",
