@@ -14,7 +14,7 @@ import os
 import stat
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +295,22 @@ def lone_write_done(session: AsyncSession) -> None:
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions whose objects stay usable after commit (no lazy reload on attribute access)."""
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=TrackedSession)
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """A session that only reads. On PostgreSQL its statements run in autocommit: a read costs
+    its own round trip, without the ``BEGIN`` before it and the ``ROLLBACK`` when the session
+    closes (three round trips for a one-statement read). Nothing is lost: under ``READ
+    COMMITTED`` (the default) each statement of a transaction takes its own snapshot anyway.
+    A write in it would be committed at once: use a transaction for writes."""
+    async with session_factory() as session:
+        bind = session.bind
+        if bind is not None and bind.dialect.name == "postgresql":
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 async def check_database(engine: AsyncEngine) -> bool:

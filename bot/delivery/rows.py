@@ -4,18 +4,24 @@ senders."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import BigInteger, String, and_, case, func, literal, select, union_all
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.selectable import FromClause
 
 from bot.delivery.leases import Claim, claimable
 from config.queues import QueueMap
 from handlers.domain import REPORT_KIND_EMERGENCY
 from handlers.outbox import OFFICER_KINDS, Destination, Kind, Priority, Where
-from storage.models import OutboxMessage, Report, ReportMedia
+from storage.models import CardPost, OutboxMessage, Report, ReportMedia
+from storage.types import UTCDateTime
 
 #: ``priority`` at or above which a row is urgent (an emergency's card, its reminder); an
 #: emergency's row enqueued lower is raised to it when claimed.
@@ -80,6 +86,13 @@ class Job:
     sent_now: int = 0
     #: Message ids the Bot API gave back since the last record (for the chat's mark).
     fresh_ids: list[int] = field(default_factory=list)
+    #: How many of them the record being written raises the mark to.
+    noting: int = 0
+    #: The group's messages in the window (all, tips) as the claim saw them: what the first
+    #: part is admitted on, instead of reading them again.
+    usage: tuple[int, int] | None = None
+    #: The row is recorded as sent.
+    finished: bool = False
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -209,6 +222,40 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
             )
         )
     return rows
+
+
+def posting(
+    settled: FromClause, postgres: bool, post: CardPost, report_ids: Sequence[int]
+) -> Insert:
+    """Records where a card or digest was posted (``post``, one row per report), with the
+    settle of its row and only if it took effect (:data:`bot.delivery.leases.After`)."""
+    reports = union_all(
+        *(select(literal(report_id, BigInteger).label("report_id")) for report_id in report_ids)
+    ).subquery("posted")
+    source = select(
+        reports.c.report_id,
+        literal(post.channel, String()),
+        literal(post.chat_id, BigInteger),
+        literal(post.thread_id, BigInteger),
+        literal(post.message_id, BigInteger),
+        literal(post.kind, String()),
+        literal(True),
+        literal(post.created_at, UTCDateTime()),
+    ).where(settled.c.id.is_not(None))  # (SQLite needs a WHERE before ON CONFLICT)
+    columns = [
+        "report_id",
+        "channel",
+        "chat_id",
+        "thread_id",
+        "message_id",
+        "kind",
+        "active",
+        "created_at",
+    ]
+    insert = (pg_insert if postgres else sqlite_insert)(CardPost)
+    return insert.from_select(
+        columns, source.select_from(settled, reports)
+    ).on_conflict_do_nothing()
 
 
 def error_text(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ from bot.delivery.leases import Leases, claimable, rowcount
 from bot.delivery.rows import error_text
 from bot.outage import DatabaseWatch, paused
 from handlers.outbox import TIMER_PREFIX, Status
+from storage.db import reading
 from storage.models import OutboxMessage
 from storage.types import utcnow
 
@@ -129,7 +130,7 @@ class TimerWorker:
     async def run_once(self) -> int:
         """Fire every due timer; returns how many fired."""
         now = self.clock()
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             due = (
                 await session.execute(
                     select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.attempts)
@@ -149,7 +150,7 @@ class TimerWorker:
 
     async def _next_due(self) -> float:
         now = self.clock()
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             due = await session.scalar(
                 select(func.min(OutboxMessage.next_attempt_at)).where(
                     OutboxMessage.status == Status.PENDING, is_timer()
