@@ -229,19 +229,21 @@ def posting(
 ) -> Insert:
     """Records where a card or digest was posted (``post``, one row per report), with the
     settle of its row and only if it took effect (:data:`bot.delivery.leases.After`)."""
-    reports = union_all(
-        *(select(literal(report_id, BigInteger).label("report_id")) for report_id in report_ids)
-    ).subquery("posted")
-    source = select(
-        reports.c.report_id,
-        literal(post.channel, String()),
-        literal(post.chat_id, BigInteger),
-        literal(post.thread_id, BigInteger),
-        literal(post.message_id, BigInteger),
-        literal(post.kind, String()),
-        literal(True),
-        literal(post.created_at, UTCDateTime()),
-    ).where(settled.c.id.is_not(None))  # (SQLite needs a WHERE before ON CONFLICT)
+    rows = [
+        select(
+            literal(report_id, BigInteger),
+            literal(post.channel, String()),
+            literal(post.chat_id, BigInteger),
+            literal(post.thread_id, BigInteger),
+            literal(post.message_id, BigInteger),
+            literal(post.kind, String()),
+            literal(True),
+            literal(post.created_at, UTCDateTime()),
+        )
+        .select_from(settled)
+        .where(settled.c.id.is_not(None))  # (SQLite needs a WHERE before ON CONFLICT)
+        for report_id in report_ids
+    ]
     columns = [
         "report_id",
         "channel",
@@ -253,9 +255,8 @@ def posting(
         "created_at",
     ]
     insert = (pg_insert if postgres else sqlite_insert)(CardPost)
-    return insert.from_select(
-        columns, source.select_from(settled, reports)
-    ).on_conflict_do_nothing()
+    source = rows[0] if len(rows) == 1 else union_all(*rows)
+    return insert.from_select(columns, source).on_conflict_do_nothing()
 
 
 def error_text(exc: BaseException) -> str:
