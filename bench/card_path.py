@@ -6,14 +6,18 @@ The whole service runs in process on a temporary PostgreSQL database, as in ``be
 ``--cards`` citizens (10) fill a tip up to the summary together, then confirm one at a time,
 each after the previous card was sent and the worker settled (an idle queue, as P6 times it).
 Every round trip the service makes to PostgreSQL in the window from a confirmation's push to
-its card's ``sendMessage`` plus one second is recorded (asyncpg's calls, client side: a
+its card's ``sendMessage`` and ``--settle`` seconds more (1.2) is recorded (asyncpg's calls,
+client side: a
 statement, a ``BEGIN``, ``COMMIT`` or ``ROLLBACK``, a prepare of a statement not yet cached,
 a ping) with the asyncio task that made it. The counts do not depend on the machine's load, so
 they show whether a change cut the card path's work even when the timings are noisy.
 
 Groups: ``confirm`` (the citizen's update, its transaction and answer), ``card before send``
 and ``card after send`` (the officers' delivery worker and its lanes, split at the card's
-``sendMessage``), ``timers``, ``messenger`` (citizen delivery) and ``other``. ``--trace K``
+``sendMessage``), ``timers``, ``messenger`` (citizen delivery), ``other``, and ``prepares`` (a
+statement prepared on a connection for the first time: few once the connections are warm).
+Also the CPU time of the benchmark's process from the push to the card (the service, the
+stand-in and the citizens), less dependent on the load than the latency. ``--trace K``
 prints the timeline of the K-th card (ms from the push). Below the table, one JSON object per
 figure.
 """
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import pstats
 import statistics
 import sys
 import time
@@ -51,7 +57,15 @@ from tests.e2e import running_service, service_settings
 from tests.standin import BotAPIStandIn, UpdateFactory
 
 BENCH = "card_path"
-GROUPS = ("confirm", "card before send", "card after send", "timers", "messenger", "other")
+GROUPS = (
+    "confirm",
+    "card before send",
+    "card after send",
+    "timers",
+    "messenger",
+    "other",
+    "prepares",
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,8 @@ class Recorder:
 
 
 def group_of(trip: Trip, card_at: float) -> str:
+    if trip.what.startswith("prepare "):
+        return "prepares"
     name = trip.task
     if name.startswith("delivery"):
         return "card before send" if trip.start < card_at else "card after send"
@@ -146,9 +162,13 @@ class Sample:
     trips: list[Trip]
     pushed: float
     card_at: float
+    #: CPU seconds of this process (service, stand-in, citizens) from the push to the card.
+    cpu: float
 
 
-async def measure(cards: int, settle: float, warmup: int) -> list[Sample]:
+async def measure(
+    cards: int, settle: float, warmup: int, profile: cProfile.Profile | None = None
+) -> list[Sample]:
     recorder = Recorder()
     samples: list[Sample] = []
     async with DATABASES["postgresql"]() as (db_url, data_dir), BotAPIStandIn() as standin:
@@ -167,11 +187,16 @@ async def measure(cards: int, settle: float, warmup: int) -> list[Sample]:
         turn = asyncio.Lock()
         start = len(standin.calls)
 
+        cpu = [0.0]
+
         async def confirm_alone() -> None:
             await turn.acquire()
             await asyncio.sleep(settle)  # the previous card's worker has settled
             recorder.trips.clear()
             recorder.on = True
+            cpu[0] = time.process_time()
+            if profile is not None and len(samples) >= warmup:
+                profile.enable()
 
         async def citizen(number: int) -> None:
             user = users[number]
@@ -181,12 +206,15 @@ async def measure(cards: int, settle: float, warmup: int) -> list[Sample]:
             try:
                 shown = f"{code[:5]}-{code[5:]}"
                 sent = await card_sent(standin, shown, "card path", start)
+                used = time.process_time() - cpu[0]
+                if profile is not None:
+                    profile.disable()
                 await asyncio.sleep(settle)
                 recorder.on = False
                 pushed = run.confirmed_at[shown]
                 trips = [t for t in recorder.trips if t.start >= pushed - 0.001]
                 groups = Counter(group_of(t, sent) for t in trips)
-                samples.append(Sample(sent - pushed, groups, trips, pushed, sent))
+                samples.append(Sample(sent - pushed, groups, trips, pushed, sent, used))
             finally:
                 turn.release()
 
@@ -213,12 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", type=int, default=0, help="print the K-th card's timeline")
     parser.add_argument("--settle", type=float, default=1.2)
     parser.add_argument(
+        "--profile", type=int, default=0, help="print the N top functions (cProfile, cumulative)"
+    )
+    parser.add_argument(
         "--warmup", type=int, default=5, help="cards first, not counted (statements prepared)"
     )
     args = parser.parse_args(argv)
     setup_logging("WARNING")
     try:
-        samples = asyncio.run(measure(args.cards, args.settle, args.warmup))
+        profile = cProfile.Profile() if args.profile else None
+        samples = asyncio.run(measure(args.cards, args.settle, args.warmup, profile))
     except Unavailable as exc:
         print(f"postgresql: skipped ({exc})")
         return 0
@@ -233,12 +265,17 @@ def main(argv: list[str] | None = None) -> int:
     p50 = to_card[len(to_card) // 2]
     p95 = to_card[min(len(to_card) - 1, int(0.95 * len(to_card)))]
     print(f"confirm to card: p50 {ms(p50):.1f} ms, p95 {ms(p95):.1f} ms")
+    cpu = statistics.median(s.cpu for s in samples)
+    print(f"CPU of this process from the push to the card, median: {ms(cpu):.1f} ms")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
     if 0 < args.trace <= len(samples):
         print_trace(samples[args.trace - 1])
     print()
     for group in GROUPS:
         metric = group.replace(" ", "_") + "_round_trips"
         print(figure("postgresql", metric, medians[group], "", None, BENCH))
+    print(figure("postgresql", "cpu_to_card_ms", ms(cpu), "ms", None, BENCH))
     print(figure("postgresql", "confirm_to_card_p50_ms", ms(p50), "ms", None, BENCH))
     print(figure("postgresql", "confirm_to_card_p95_ms", ms(p95), "ms", 100.0, BENCH))
     return 0

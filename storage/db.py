@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import await_
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,22 @@ def install_idle_ping(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE
         if since is None or time.monotonic() - since < idle_seconds:
             return
         try:
-            alive = sync_engine.dialect.do_ping(dbapi_connection)
+            alive = _ping(sync_engine, dbapi_connection)
         except Exception as exc:
             raise DisconnectionError("the idle connection is gone") from exc
         if alive is False:
             raise DisconnectionError("the idle connection is gone")
+
+
+def _ping(sync_engine: Any, dbapi_connection: Any) -> bool:
+    """One round trip on asyncpg (an empty query outside any transaction); SQLAlchemy's own
+    ping wraps it in ``BEGIN`` and ``ROLLBACK`` (for PgBouncer in transaction mode, not used
+    here), three round trips on every checkout of a connection that sat idle."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if sync_engine.dialect.driver == "asyncpg" and driver is not None:
+        await_(driver.fetchrow(";"))
+        return True
+    return bool(sync_engine.dialect.do_ping(dbapi_connection))
 
 
 def probe_engine(engine: AsyncEngine) -> AsyncEngine:
@@ -198,6 +210,11 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             json_serializer=_json_dumps,
             pool_size=PG_POOL_SIZE,
             max_overflow=PG_MAX_OVERFLOW,
+            # The connection used last goes out first: at a quiet moment the few connections
+            # in use stay warm (their statements prepared, not idle long enough to need a
+            # ping) and the others sit; a spread of checkouts over all ten would have each
+            # prepare every statement and, after a quiet spell, be pinged.
+            pool_use_lifo=True,
             pool_timeout=30,
             # Drop connections before a server or proxy idle timeout closes them under us.
             pool_recycle=1800,
@@ -216,6 +233,8 @@ CONNECTION_BEGUN = "connection_begun"
 LONE_WRITE_DONE = "lone_write_done"
 #: Set in ``session.info`` when a transaction enqueued an outbox message.
 OUTBOX_ENQUEUED = "outbox_enqueued"
+#: Set in ``session.info`` when the transaction already sent its outbox notification.
+OUTBOX_NOTIFIED = "outbox_notified"
 #: The PostgreSQL notification channel of outbox wake-ups (:func:`_notify_outbox`).
 OUTBOX_CHANNEL = "tinbao_outbox"
 
@@ -235,6 +254,7 @@ def _transaction_ended(session: Session, transaction: SessionTransaction) -> Non
     if transaction.parent is None:
         session.info.pop(CONNECTION_BEGUN, None)
         session.info.pop(LONE_WRITE_DONE, None)
+        session.info.pop(OUTBOX_NOTIFIED, None)
 
 
 @event.listens_for(TrackedSession, "do_orm_execute")
@@ -255,7 +275,11 @@ def _notify_outbox(session: Session) -> None:
     itself: the notification is delivered when (and only if) it commits, to every process
     listening (``bot/wakeup.py``), so a worker in another process wakes at once instead of at
     its next poll. SQLite is one process: the in-process wake-ups do it."""
-    if not session.info.get(OUTBOX_ENQUEUED) or session.info.get(LONE_WRITE_DONE):
+    if (
+        not session.info.get(OUTBOX_ENQUEUED)
+        or session.info.get(LONE_WRITE_DONE)
+        or session.info.get(OUTBOX_NOTIFIED)
+    ):
         return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))

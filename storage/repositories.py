@@ -11,16 +11,24 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import ColumnDefault, Table, delete, exists, func, insert, literal, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
 
-from storage.db import OUTBOX_ENQUEUED, begin_lone_write, lone_write_done
+from storage.db import (
+    OUTBOX_CHANNEL,
+    OUTBOX_ENQUEUED,
+    OUTBOX_NOTIFIED,
+    begin_lone_write,
+    lone_write_done,
+)
 from storage.models import (
+    Base,
     ContactRoute,
     Conversation,
     MediaBlob,
@@ -52,6 +60,21 @@ _CONVERSATION_COLUMNS = (
     _CONVERSATIONS.c.created_at,
     _CONVERSATIONS.c.expires_at,
 )
+
+
+def column_values(row: Base) -> dict[str, Any]:
+    """The column values of a new ORM object as its flush would write them: those set on it,
+    and the Python-side defaults of the others (server-side ones are left to the server)."""
+    state = row.__dict__
+    values: dict[str, Any] = {}
+    for attribute in sa_inspect(type(row)).column_attrs:
+        column = attribute.columns[0]
+        if attribute.key in state:
+            values[column.key] = state[attribute.key]
+        elif isinstance(column.default, ColumnDefault):
+            default = column.default
+            values[column.key] = default.arg(None) if default.is_callable else default.arg
+    return values
 
 
 class UpdateLog:
@@ -301,7 +324,12 @@ class RateLimits:
         return int(total or 0)
 
     def hit(self, scope: str, key: str) -> None:
-        self.session.add(RateHit(scope=scope, key=key, at=utcnow()))
+        self.session.add(self.hit_row(scope, key))
+
+    @staticmethod
+    def hit_row(scope: str, key: str) -> RateHit:
+        """A hit, not added (for :meth:`Reports.store`)."""
+        return RateHit(scope=scope, key=key, at=utcnow())
 
     async def clear(self, scope: str, key: str) -> None:
         await self.session.execute(
@@ -363,6 +391,66 @@ class Reports:
     async def by_code(self, code: str) -> Report | None:
         return await self.session.scalar(select(Report).where(Report.code == code))
 
+    @property
+    def batched(self) -> bool:
+        """On PostgreSQL a report is given its id first (:meth:`allocate`) and written with
+        everything that goes with it in one statement (:meth:`store`)."""
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    async def allocate(self, report: Report) -> bool:
+        """Give ``report`` its id, unless its code is taken (``False``: pick another code).
+
+        PostgreSQL: the id is taken from the table's sequence and the code checked in one
+        statement; nothing is written yet (:meth:`store` writes it). SQLite: the code is
+        checked, and the report added and flushed for its id."""
+        if self.batched:
+            next_id = func.nextval(func.pg_get_serial_sequence("reports", "id"))
+            taken = exists().where(Report.code == report.code)
+            found = (await self.session.execute(select(next_id, taken))).one()
+            if found[1]:
+                return False
+            report.id = int(found[0])
+            return True
+        if await self.code_taken(report.code):
+            return False
+        self.session.add(report)
+        await self.session.flush()
+        return True
+
+    async def store(self, report: Report, rows: Sequence[Base]) -> None:
+        """Write ``report`` (given its id by :meth:`allocate`) and the new ``rows`` that go
+        with it (its media, event, route back, outbox rows, a rate-limit hit).
+
+        PostgreSQL: one statement, whatever the tables (a data-modifying CTE per table; the
+        foreign keys are checked at its end), so the report's row, and the statistics row its
+        trigger updates and holds locked until the commit, are written last but for the
+        conversation; with the outbox notification when outbox rows are among them. SQLite:
+        added to the session (the ORM writes them at the next flush)."""
+        if any(isinstance(row, OutboxMessage) for row in rows):
+            self.session.info[OUTBOX_ENQUEUED] = True
+        if not self.batched:
+            self.session.add_all(rows)
+            return
+        tables: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
+        for row in (report, *rows):
+            values = column_values(row)
+            table = cast(Table, row.__table__)
+            tables.setdefault((table, frozenset(values)), []).append(values)
+        # Anonymous binds: the tables share column names (kind, report_id, created_at).
+        writes = [
+            insert(table)
+            .values([{k: literal(v, table.c[k].type) for k, v in row.items()} for row in values])
+            .cte(f"add_{index}")
+            for index, ((table, _), values) in enumerate(tables.items())
+        ]
+        notify = self.session.info.get(OUTBOX_ENQUEUED) and not self.session.info.get(
+            OUTBOX_NOTIFIED
+        )
+        head = func.pg_notify(OUTBOX_CHANNEL, "") if notify else literal(True)
+        await self.session.execute(select(head).add_cte(*writes))
+        if notify:
+            self.session.info[OUTBOX_NOTIFIED] = True
+
     async def add(self, report: Report, media: Sequence[ReportMedia]) -> Report:
         self.session.add(report)
         await self.session.flush()
@@ -384,7 +472,33 @@ class Reports:
         reason: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> ReportEvent:
-        event = ReportEvent(
+        event = self.event(
+            report,
+            action=action,
+            actor_kind=actor_kind,
+            actor_id=actor_id,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            data=data,
+        )
+        self.session.add(event)
+        return event
+
+    @staticmethod
+    def event(
+        report: Report,
+        *,
+        action: str,
+        actor_kind: str,
+        actor_id: int | None = None,
+        from_status: str | None = None,
+        to_status: str | None = None,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> ReportEvent:
+        """An audit event of ``report``, not added (for :meth:`store`)."""
+        return ReportEvent(
             report_id=report.id,
             actor_kind=actor_kind,
             actor_id=actor_id,
@@ -395,17 +509,20 @@ class Reports:
             data=data,
             at=utcnow(),
         )
-        self.session.add(event)
-        return event
 
     def add_contact_route(
         self, report: Report, *, sender_key: str, route: str, phone: str | None
     ) -> ContactRoute:
-        contact = ContactRoute(
-            report_id=report.id, sender_key=sender_key, route=route, phone=phone
-        )
+        contact = self.contact_route(report, sender_key=sender_key, route=route, phone=phone)
         self.session.add(contact)
         return contact
+
+    @staticmethod
+    def contact_route(
+        report: Report, *, sender_key: str, route: str, phone: str | None
+    ) -> ContactRoute:
+        """The route back to ``report``'s tipster, not added (for :meth:`store`)."""
+        return ContactRoute(report_id=report.id, sender_key=sender_key, route=route, phone=phone)
 
     async def events(self, report_id: int) -> Sequence[ReportEvent]:
         result = await self.session.scalars(
@@ -433,7 +550,31 @@ class Outbox:
         :func:`handlers.outbox.enqueue`; this is its storage half."""
         # Tells the caller, after its commit, that there is something to deliver.
         self.session.info[OUTBOX_ENQUEUED] = True
-        message = OutboxMessage(
+        message = self.row(
+            kind=kind,
+            destination=destination,
+            payload=payload,
+            report_id=report_id,
+            dedupe_key=dedupe_key,
+            due=due,
+            priority=priority,
+        )
+        self.session.add(message)
+        return message
+
+    @staticmethod
+    def row(
+        *,
+        kind: str,
+        destination: str,
+        payload: dict[str, Any],
+        report_id: int | None = None,
+        dedupe_key: str | None = None,
+        due: datetime | None = None,
+        priority: int = 0,
+    ) -> OutboxMessage:
+        """An outbox row, not added (for :meth:`Reports.store`)."""
+        return OutboxMessage(
             kind=kind,
             destination=destination,
             payload=payload,
@@ -445,8 +586,6 @@ class Outbox:
             attempts=0,
             message_count=0,
         )
-        self.session.add(message)
-        return message
 
     async def enqueue_absent(
         self,

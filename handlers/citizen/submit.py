@@ -3,7 +3,8 @@
 The chat calls it when a citizen confirms a draft; a web form calls it with a
 :class:`~handlers.citizen.draft.DraftInput`, the sender's keyed hash, the locale and the contact
 mode. Either way the sender's report allowance is checked, and the report, its media, its audit
-event, the route back and the officers' outbox message are written in the caller's transaction.
+event, the route back, the officers' outbox message and the sender's hit on the allowance are
+written in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -88,6 +89,6 @@ async def submit_report(
         settings=intake,
         now=now,
         pin=pin,
+        rate_hit=(RATE_REPORT, rate_key),
     )
-    limits.hit(RATE_REPORT, rate_key)
     return Submitted(stored.report.id, format_code(stored.report.code), stored.pin)
