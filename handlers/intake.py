@@ -19,7 +19,7 @@ from handlers.domain import DEFAULT_CONTACT_MODE, REPORT_KIND_EMERGENCY
 from handlers.outbox import CardPayload, Destination, Kind, Priority, TimerPayload, outbox_row
 from handlers.security import Keyring, PinHasher, new_pin, new_tracking_code
 from storage.models import Base, CardPost, Report, ReportMedia
-from storage.repositories import RateLimits, Reports
+from storage.repositories import Allocated, Allowance, RateLimits, Reports
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class Origin:
     channel: str
     chat_id: str
     locale: str
+
+
+class AllowanceSpent(Exception):
+    """The sender has filed their allowance of reports in the window: nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -85,17 +89,25 @@ async def store_report(
     settings: IntakeSettings,
     now: datetime,
     pin: tuple[str, str] | None = None,
-    rate_hit: tuple[str, str] | None = None,
+    allowance: Allowance | None = None,
 ) -> Stored:
-    """Write a confirmed draft as a report, with everything that must land with it; and the
-    sender's ``rate_hit`` (scope, key) with it, when given.
+    """Write a confirmed draft as a report, with everything that must land with it; when the
+    sender has an ``allowance``, raises :class:`AllowanceSpent` if it is used up, and counts
+    a hit against it with the report.
 
-    The report gets its id first; its rows are then built here and written together
-    (:meth:`~storage.repositories.Reports.store`: one statement on PostgreSQL)."""
+    The report gets its id first (with the allowance checked); its rows are then built here
+    and written together (:meth:`~storage.repositories.Reports.store`: one statement on
+    PostgreSQL)."""
     reports = Reports(session)
     if pin is not None:
         plain_pin, pin_hash = pin
     else:
+        if pins.slow and allowance is not None:  # no slow hash for a sender over the allowance
+            hits = await RateLimits(session).count(
+                allowance.scope, allowance.key, allowance.window
+            )
+            if hits >= allowance.limit:
+                raise AllowanceSpent()
         plain_pin = new_pin()
         pin_hash = (
             await asyncio.to_thread(pins.hash, plain_pin) if pins.slow else pins.hash(plain_pin)
@@ -123,7 +135,9 @@ async def store_report(
         created_at=now,
         updated_at=now,
     )
-    while not await reports.allocate(report):
+    while (allocated := await reports.allocate(report, allowance)) != Allocated.OK:
+        if allocated == Allocated.SPENT:
+            raise AllowanceSpent()
         report.code = new_tracking_code()
     items = draft.get("media", [])
     rows: list[Base] = [
@@ -180,8 +194,8 @@ async def store_report(
             due=due,
         )
     )
-    if rate_hit is not None:
-        rows.append(RateLimits.hit_row(*rate_hit))
+    if allowance is not None:
+        rows.append(RateLimits.hit_row(allowance.scope, allowance.key))
     await reports.store(report, rows)
     log.info("report %s stored (%s, unit %s)", report.id, kind, report.unit_code)
     return Stored(report, plain_pin)

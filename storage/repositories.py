@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import ColumnDefault, Table, delete, exists, func, insert, literal, select, update
@@ -19,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from storage.db import (
     OUTBOX_CHANNEL,
@@ -308,6 +310,24 @@ class Conversations:
         return result.all()
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """At most ``limit`` hits under ``scope`` and ``key`` in the last ``window``."""
+
+    scope: str
+    key: str
+    window: timedelta
+    limit: int
+
+
+class Allocated(Enum):
+    """What :meth:`Reports.allocate` did."""
+
+    OK = "ok"
+    TAKEN = "taken"  # the report's code is another's
+    SPENT = "spent"  # the sender has used up the allowance
+
+
 class RateLimits:
     """Sliding-window counters under hashed keys."""
 
@@ -315,13 +335,21 @@ class RateLimits:
         self.session = session
 
     async def count(self, scope: str, key: str, window: timedelta) -> int:
-        since = utcnow() - window
-        total = await self.session.scalar(
+        total = await self.session.scalar(select(self.counting(Allowance(scope, key, window, 0))))
+        return int(total or 0)
+
+    @staticmethod
+    def counting(allowance: Allowance) -> ScalarSelect[int]:
+        """The hits counted against ``allowance``, as a subquery."""
+        since = utcnow() - allowance.window
+        return (
             select(func.count())
             .select_from(RateHit)
-            .where(RateHit.scope == scope, RateHit.key == key, RateHit.at >= since)
+            .where(
+                RateHit.scope == allowance.scope, RateHit.key == allowance.key, RateHit.at >= since
+            )
+            .scalar_subquery()
         )
-        return int(total or 0)
 
     def hit(self, scope: str, key: str) -> None:
         self.session.add(self.hit_row(scope, key))
@@ -397,25 +425,33 @@ class Reports:
         everything that goes with it in one statement (:meth:`store`)."""
         return self.session.get_bind().dialect.name == "postgresql"
 
-    async def allocate(self, report: Report) -> bool:
-        """Give ``report`` its id, unless its code is taken (``False``: pick another code).
+    async def allocate(self, report: Report, allowance: Allowance | None = None) -> Allocated:
+        """Give ``report`` its id, unless its code is taken (pick another code and call again)
+        or the sender has used up their ``allowance``.
 
-        PostgreSQL: the id is taken from the table's sequence and the code checked in one
-        statement; nothing is written yet (:meth:`store` writes it). SQLite: the code is
-        checked, and the report added and flushed for its id."""
+        PostgreSQL: the id is taken from the table's sequence, the code checked and the
+        sender's hits counted in one statement; nothing is written yet (:meth:`store` writes
+        it). SQLite: the hits are counted, the code is checked, and the report added and
+        flushed for its id."""
+        counted = RateLimits.counting(allowance) if allowance is not None else literal(0)
+        taken = exists().where(Report.code == report.code)
         if self.batched:
             next_id = func.nextval(func.pg_get_serial_sequence("reports", "id"))
-            taken = exists().where(Report.code == report.code)
-            found = (await self.session.execute(select(next_id, taken))).one()
+            found = (await self.session.execute(select(next_id, taken, counted))).one()
+            if allowance is not None and int(found[2]) >= allowance.limit:
+                return Allocated.SPENT
             if found[1]:
-                return False
+                return Allocated.TAKEN
             report.id = int(found[0])
-            return True
-        if await self.code_taken(report.code):
-            return False
+            return Allocated.OK
+        found = (await self.session.execute(select(taken, counted))).one()
+        if allowance is not None and int(found[1]) >= allowance.limit:
+            return Allocated.SPENT
+        if found[0]:
+            return Allocated.TAKEN
         self.session.add(report)
         await self.session.flush()
-        return True
+        return Allocated.OK
 
     async def store(self, report: Report, rows: Sequence[Base]) -> None:
         """Write ``report`` (given its id by :meth:`allocate`) and the new ``rows`` that go
