@@ -467,18 +467,13 @@ class Reports:
         if not self.batched:
             self.session.add_all(rows)
             return
-        tables: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
-        for row in (report, *rows):
-            values = column_values(row)
+        # A CTE per row (a multi-row VALUES is compiled afresh each time, one row's is cached),
+        # with anonymous binds (the tables share column names: kind, report_id, created_at).
+        writes = []
+        for index, row in enumerate((report, *rows)):
             table = cast(Table, row.__table__)
-            tables.setdefault((table, frozenset(values)), []).append(values)
-        # Anonymous binds: the tables share column names (kind, report_id, created_at).
-        writes = [
-            insert(table)
-            .values([{k: literal(v, table.c[k].type) for k, v in row.items()} for row in values])
-            .cte(f"add_{index}")
-            for index, ((table, _), values) in enumerate(tables.items())
-        ]
+            values = {k: literal(v, table.c[k].type) for k, v in column_values(row).items()}
+            writes.append(insert(table).values(values).cte(f"add_{index}"))
         notify = self.session.info.get(OUTBOX_ENQUEUED) and not self.session.info.get(
             OUTBOX_NOTIFIED
         )
