@@ -11,14 +11,17 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import stat
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, pool, text
+from sqlalchemy import event, func, pool, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -231,12 +234,95 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 #: ``session.info`` keys of :class:`TrackedSession`.
 CONNECTION_BEGUN = "connection_begun"
 LONE_WRITE_DONE = "lone_write_done"
-#: Set in ``session.info`` when a transaction enqueued an outbox message.
+#: In ``session.info`` when a transaction enqueued outbox rows: an :class:`Enqueued` (or
+#: ``True``, wake every loop), for the wake-ups after its commit.
 OUTBOX_ENQUEUED = "outbox_enqueued"
-#: Set in ``session.info`` when the transaction already sent its outbox notification.
+#: In ``session.info``: the outbox notification the transaction already sent (its payload).
 OUTBOX_NOTIFIED = "outbox_notified"
 #: The PostgreSQL notification channel of outbox wake-ups (:func:`_notify_outbox`).
 OUTBOX_CHANNEL = "tinbao_outbox"
+#: The ``kind`` values of the rows the citizen messenger sends (``handlers.outbox.Kind``);
+#: timers' kinds start with :data:`TIMER_KIND_PREFIX`; every other kind goes to officers.
+CITIZEN_KINDS = frozenset({"citizen_message", "citizen_answer"})
+TIMER_KIND_PREFIX = "timer."
+
+
+@dataclass
+class Enqueued:
+    """What a transaction enqueued, so that only the loops with something to do are woken:
+    the officers' worker, the citizen messenger, the timers (by the earliest timer's due
+    moment: one due in a day wakes nobody now)."""
+
+    officers: bool = False
+    citizens: bool = False
+    timers: datetime | None = None
+
+    @classmethod
+    def everything(cls) -> Enqueued:
+        return cls(officers=True, citizens=True, timers=datetime.min.replace(tzinfo=UTC))
+
+    def add(self, kind: str, due: datetime | None = None) -> None:
+        if kind.startswith(TIMER_KIND_PREFIX):
+            moment = due or datetime.min.replace(tzinfo=UTC)
+            self.timers = moment if self.timers is None else min(self.timers, moment)
+        elif kind in CITIZEN_KINDS:
+            self.citizens = True
+        else:
+            self.officers = True
+
+    def payload(self, token: str) -> str:
+        """The notification's payload: ``<token> <o?c?> <timer's epoch or ->``."""
+        flags = ("o" if self.officers else "") + ("c" if self.citizens else "")
+        due = f"{self.timers.timestamp():.3f}" if self.timers is not None else "-"
+        return f"{token} {flags or '-'} {due}"
+
+    @classmethod
+    def parse(cls, payload: str) -> tuple[str, Enqueued]:
+        """The sender's token and what it enqueued; anything unreadable wakes everything."""
+        try:
+            token, flags, due = payload.split(" ")
+            timers = None if due == "-" else datetime.fromtimestamp(float(due), tz=UTC)
+        except ValueError:
+            return "", cls.everything()
+        return token, cls(officers="o" in flags, citizens="c" in flags, timers=timers)
+
+
+def enqueued(session: AsyncSession | Session) -> Enqueued:
+    """The transaction's record of what it enqueued (created on first use)."""
+    found = session.info.get(OUTBOX_ENQUEUED)
+    if not isinstance(found, Enqueued):
+        found = Enqueued.everything() if found else Enqueued()
+        session.info[OUTBOX_ENQUEUED] = found
+    return found
+
+
+_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_WAKERS: weakref.WeakKeyDictionary[Any, list[Callable[[Enqueued], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def outbox_token(engine: Any) -> str:
+    """A random name of ``engine`` (an engine or its sync engine), sent with its outbox
+    notifications: its own listener leaves them to the in-process wake-up."""
+    sync = getattr(engine, "sync_engine", engine)
+    token = _TOKENS.get(sync)
+    if token is None:
+        token = _TOKENS[sync] = secrets.token_hex(8)
+    return token
+
+
+def on_outbox_commit(engine: AsyncEngine, waker: Callable[[Enqueued], None]) -> None:
+    """Call ``waker`` after each commit on ``engine`` that enqueued outbox rows, in this
+    process, with what it enqueued: the delivering loops wake at once, whichever code path
+    committed (on PostgreSQL the other processes hear of it by notification)."""
+    _WAKERS.setdefault(engine.sync_engine, []).append(waker)
+
+
+def off_outbox_commit(engine: AsyncEngine, waker: Callable[[Enqueued], None]) -> None:
+    wakers = _WAKERS.get(engine.sync_engine, [])
+    if waker in wakers:
+        wakers.remove(waker)
 
 
 class TrackedSession(Session):
@@ -274,15 +360,35 @@ def _notify_outbox(session: Session) -> None:
     """On PostgreSQL, a transaction that enqueued outbox rows notifies ``tinbao_outbox`` in
     itself: the notification is delivered when (and only if) it commits, to every process
     listening (``bot/wakeup.py``), so a worker in another process wakes at once instead of at
-    its next poll. SQLite is one process: the in-process wake-ups do it."""
-    if (
-        not session.info.get(OUTBOX_ENQUEUED)
-        or session.info.get(LONE_WRITE_DONE)
-        or session.info.get(OUTBOX_NOTIFIED)
-    ):
+    its next poll. It says what was enqueued, and which engine sent it (:func:`outbox_token`).
+    Nothing is sent if the transaction already sent it (:meth:`storage.repositories.Reports.
+    store` does, in its statement). In this process the wake-up is :func:`_wake_outbox`."""
+    if not session.info.get(OUTBOX_ENQUEUED) or session.info.get(LONE_WRITE_DONE):
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    payload = outbox_payload(session)
+    if session.info.get(OUTBOX_NOTIFIED) != payload:
+        session.execute(select(func.pg_notify(OUTBOX_CHANNEL, payload)))
+
+
+def outbox_payload(session: AsyncSession | Session) -> str:
+    """The outbox notification of what ``session``'s transaction enqueued."""
+    return enqueued(session).payload(outbox_token(session.get_bind()))
+
+
+@event.listens_for(TrackedSession, "after_commit")
+def _wake_outbox(session: Session) -> None:
+    """After a commit that enqueued outbox rows: the wakers of this process (on any backend),
+    at once."""
+    if not session.info.get(OUTBOX_ENQUEUED):
+        return
+    wakers = _WAKERS.get(session.get_bind())
+    if wakers:
+        what = enqueued(session)
+        for waker in list(wakers):
+            waker(what)
 
 
 async def begin_lone_write(session: AsyncSession) -> bool:

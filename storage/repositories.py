@@ -27,7 +27,9 @@ from storage.db import (
     OUTBOX_ENQUEUED,
     OUTBOX_NOTIFIED,
     begin_lone_write,
+    enqueued,
     lone_write_done,
+    outbox_payload,
 )
 from storage.models import (
     Base,
@@ -462,8 +464,9 @@ class Reports:
         trigger updates and holds locked until the commit, are written last but for the
         conversation; with the outbox notification when outbox rows are among them. SQLite:
         added to the session (the ORM writes them at the next flush)."""
-        if any(isinstance(row, OutboxMessage) for row in rows):
-            self.session.info[OUTBOX_ENQUEUED] = True
+        for row in rows:
+            if isinstance(row, OutboxMessage):
+                enqueued(self.session).add(row.kind, row.next_attempt_at)
         if not self.batched:
             self.session.add_all(rows)
             return
@@ -474,13 +477,11 @@ class Reports:
             table = cast(Table, row.__table__)
             values = {k: literal(v, table.c[k].type) for k, v in column_values(row).items()}
             writes.append(insert(table).values(values).cte(f"add_{index}"))
-        notify = self.session.info.get(OUTBOX_ENQUEUED) and not self.session.info.get(
-            OUTBOX_NOTIFIED
-        )
-        head = func.pg_notify(OUTBOX_CHANNEL, "") if notify else literal(True)
+        payload = outbox_payload(self.session) if self.session.info.get(OUTBOX_ENQUEUED) else None
+        head = func.pg_notify(OUTBOX_CHANNEL, payload) if payload else literal(True)
         await self.session.execute(select(head).add_cte(*writes))
-        if notify:
-            self.session.info[OUTBOX_NOTIFIED] = True
+        if payload:  # (sent again at the commit if more is enqueued after)
+            self.session.info[OUTBOX_NOTIFIED] = payload
 
     async def add(self, report: Report, media: Sequence[ReportMedia]) -> Report:
         self.session.add(report)
@@ -579,8 +580,6 @@ class Outbox:
     ) -> OutboxMessage:
         """Add a row in the caller's transaction. The typed way in is
         :func:`handlers.outbox.enqueue`; this is its storage half."""
-        # Tells the caller, after its commit, that there is something to deliver.
-        self.session.info[OUTBOX_ENQUEUED] = True
         message = self.row(
             kind=kind,
             destination=destination,
@@ -591,6 +590,8 @@ class Outbox:
             priority=priority,
         )
         self.session.add(message)
+        # Tells the caller, after its commit, that there is something to deliver.
+        enqueued(self.session).add(message.kind, message.next_attempt_at)
         return message
 
     @staticmethod
@@ -651,7 +652,7 @@ class Outbox:
         )
         added = bool(getattr(result, "rowcount", 0))
         if added:
-            self.session.info[OUTBOX_ENQUEUED] = True
+            enqueued(self.session).add(kind, due or now)
         return added
 
 

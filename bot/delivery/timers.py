@@ -87,6 +87,8 @@ class TimerWorker:
         self.fired = 0
         self.leases = Leases(session_factory, clock, lease_seconds=60.0)
         self._wake = asyncio.Event()
+        #: When the loop looks next, while it waits (``None`` while it looks).
+        self._next_look: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -103,6 +105,12 @@ class TimerWorker:
     def kick(self) -> None:
         self._wake.set()
 
+    def expect(self, due: datetime) -> None:
+        """A timer due at ``due`` was committed: look now if it is due before the next look
+        (a reminder due tomorrow wakes nobody)."""
+        if self._next_look is None or due < self._next_look:
+            self._wake.set()
+
     async def stop(self) -> None:
         """Stop after the timer being fired (its transaction is never cut short)."""
         self._stopping = True
@@ -115,6 +123,7 @@ class TimerWorker:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._next_look = None  # looking now: anything committed meanwhile is looked at
             try:
                 await self.run_once()
                 delay = await self._next_due()
@@ -124,6 +133,7 @@ class TimerWorker:
                 delay = min(self.poll_interval, 2.0)
             if self._stopping:
                 break
+            self._next_look = self.clock() + timedelta(seconds=delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 

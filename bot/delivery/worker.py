@@ -205,9 +205,13 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run(), name="delivery-worker")
 
     def kick(self) -> None:
-        """Look at the outbox now (new rows were committed)."""
+        """Look at the outbox now, and the timers (new rows were committed)."""
         self._wake.set()
         self.timers.kick()
+
+    def wake(self) -> None:
+        """Look at the officers' outbox now (new officers' rows were committed)."""
+        self._wake.set()
 
     def _timers_fired(self, count: int) -> None:
         self.stats.timers_fired += count
