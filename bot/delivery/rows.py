@@ -9,17 +9,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import BigInteger, String, and_, case, func, literal, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    String,
+    and_,
+    case,
+    func,
+    literal,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.selectable import FromClause
 
 from bot.delivery.leases import Claim, claimable
 from config.queues import QueueMap
 from handlers.domain import REPORT_KIND_EMERGENCY
-from handlers.outbox import OFFICER_KINDS, Destination, Kind, Priority, Where
+from handlers.outbox import OFFICER_KINDS, Destination, Kind, Priority, Status, Where
 from storage.models import CardPost, OutboxMessage, Report, ReportMedia
 from storage.types import UTCDateTime
 
@@ -161,9 +172,21 @@ def resolve(queue_map: QueueMap, destination: str) -> Target | None:
     return Target(queue.chat_id, queue.thread_id, queue.name, queue.is_duty)
 
 
-async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> list[Row]:
+@dataclass
+class Scan:
+    """What one look at the outbox found: the due rows, and when to look again."""
+
+    rows: list[Row]
+    #: The first pending row due after the look, and the first lease to lapse (a row another
+    #: worker is sending): the moments to look again at the latest.
+    next_due: datetime | None = None
+    next_lapse: datetime | None = None
+
+
+async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> Scan:
     """The officers' rows that may be claimed now, most urgent first (at most ``scan_limit``);
-    an emergency's row counts as urgent whatever priority it was enqueued with."""
+    an emergency's row counts as urgent whatever priority it was enqueued with. And, in the
+    same statement, when the next rows fall due and the first lease lapses."""
     emergency = and_(
         Report.kind == REPORT_KIND_EMERGENCY, OutboxMessage.priority < EMERGENCY_PRIORITY
     )
@@ -174,7 +197,8 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
         .correlate(OutboxMessage)
         .scalar_subquery()
     )
-    stmt = (
+    officers = OutboxMessage.kind.in_(_OFFICER_KIND_NAMES)
+    found = (
         select(
             OutboxMessage.id,
             OutboxMessage.kind,
@@ -191,12 +215,41 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
             media.label("media"),
         )
         .outerjoin(Report, Report.id == OutboxMessage.report_id)
-        .where(claimable(now), OutboxMessage.kind.in_(_OFFICER_KIND_NAMES))
+        .where(claimable(now), officers)
         .order_by(priority.desc(), OutboxMessage.id)
         .limit(scan_limit)
+        .subquery("due")
     )
-    rows: list[Row] = []
+    waiting = aliased(OutboxMessage)
+    next_due = (
+        select(func.min(waiting.next_attempt_at))
+        .where(
+            waiting.status == Status.PENDING,
+            waiting.next_attempt_at > now,
+            waiting.kind.in_(_OFFICER_KIND_NAMES),
+        )
+        .scalar_subquery()
+    )
+    leased = aliased(OutboxMessage)
+    next_lapse = (
+        select(func.min(leased.claimed_until))
+        .where(leased.status == Status.SENDING, leased.kind.in_(_OFFICER_KIND_NAMES))
+        .scalar_subquery()
+    )
+    # One row of moments, joined to the due rows (none: one row of NULLs).
+    moments = select(next_due.label("next_due"), next_lapse.label("next_lapse")).subquery(
+        "moments"
+    )
+    stmt = (
+        select(moments, found)
+        .select_from(moments.outerjoin(found, true()))
+        .order_by(found.c.effective_priority.desc(), found.c.id)
+    )
+    scan = Scan(rows=[])
     for r in await session.execute(stmt):
+        scan.next_due, scan.next_lapse = r.next_due, r.next_lapse
+        if r.id is None:
+            continue
         payload = dict(r.payload or {})
         urgent = (
             r.report_kind == REPORT_KIND_EMERGENCY or r.effective_priority >= EMERGENCY_PRIORITY
@@ -206,7 +259,7 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
             has_pin = r.latitude is not None and r.longitude is not None
             total = 1 + int(has_pin) + int(r.media or 0)
             cost = max(1, total - int(payload.get("sent", 0)))
-        rows.append(
+        scan.rows.append(
             Row(
                 id=r.id,
                 kind=r.kind,
@@ -221,7 +274,7 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
                 created_at=r.created_at,
             )
         )
-    return rows
+    return scan
 
 
 def posting(

@@ -31,13 +31,11 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.dml import Insert
-from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 from telegram import Bot, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
@@ -54,7 +52,7 @@ from bot.delivery.landing import (
     message_ids,
 )
 from bot.delivery.leases import After, Claim, Leases, enqueue_once
-from bot.delivery.officers import SENT_KINDS, Call, OfficerSender, is_chat_gone
+from bot.delivery.officers import Call, OfficerSender, is_chat_gone
 from bot.delivery.pacing import FloodLimits, Pacer
 from bot.delivery.rows import (
     EMERGENCY_PRIORITY,
@@ -63,6 +61,7 @@ from bot.delivery.rows import (
     LeaseLost,
     RenderFailed,
     Row,
+    Scan,
     Target,
     due_rows,
     error_text,
@@ -82,7 +81,7 @@ from handlers.outbox import (
     Status,
 )
 from storage.db import reading
-from storage.models import CardPost, OutboxMessage
+from storage.models import CardPost
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -189,6 +188,8 @@ class DeliveryWorker:
         self._lanes: dict[int, asyncio.Task[int]] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
         self._warned: dict[str, float] = {}
+        #: Moments the last round found to look again at (see :meth:`_round`).
+        self._look_again: list[datetime] = []
 
     # -------------------------------------------------------------------------- lifecycle
 
@@ -264,18 +265,19 @@ class DeliveryWorker:
 
     # -------------------------------------------------------------------------- scheduling
 
-    @staticmethod
-    def _mine_kinds() -> ColumnElement[bool]:
-        return OutboxMessage.kind.in_(SENT_KINDS)
-
-    async def _due_rows(self, now: datetime) -> list[Row]:
+    async def _due_rows(self, now: datetime) -> Scan:
         async with reading(self.session_factory) as session:
             return await due_rows(session, now, self.scan_limit)
 
     async def _round(self, *, wait: bool) -> int:
         now = self.clock()
         self._lanes = {c: task for c, task in self._lanes.items() if not task.done()}
-        rows = await self._due_rows(now)
+        scan = await self._due_rows(now)
+        rows = scan.rows
+        # When to look again, as the same statement saw it: the next row due, the first lease
+        # to lapse. What the round itself changes wakes the loop (a lane's end) or is added
+        # (a parked row, a paused or blocked chat).
+        self._look_again = [m for m in (scan.next_due, scan.next_lapse) if m is not None]
         settled = 0
         by_chat: dict[int, list[Row]] = {}
         for row in rows:
@@ -318,33 +320,17 @@ class DeliveryWorker:
         return settled
 
     async def _next_wake(self) -> float:
+        """Seconds until the loop looks again (nothing read: :meth:`_round` noted when)."""
         now = self.clock()
         delays = [self.poll_interval]
-        due = (
-            select(func.min(OutboxMessage.next_attempt_at))
-            .where(
-                OutboxMessage.status == Status.PENDING,
-                OutboxMessage.next_attempt_at > now,
-                self._mine_kinds(),
-            )
-            .scalar_subquery()
-        )
-        lease = (
-            select(func.min(OutboxMessage.claimed_until))
-            .where(OutboxMessage.status == Status.SENDING, self._mine_kinds())
-            .scalar_subquery()
-        )
-        async with reading(self.session_factory) as session:  # one statement, both moments
-            moments = (await session.execute(select(due, lease))).one()
-        for moment in moments:
-            if moment is not None:
-                delays.append((moment - now).total_seconds() + 0.01)
+        delays += [(moment - now).total_seconds() + 0.01 for moment in self._look_again]
         delays += self.pacer.wake_delays()
         return max(0.02, min(delays))
 
     async def _park(self, row: Row, error: str) -> None:
         """Nowhere to send it yet: keep it pending and look again later."""
         await self.leases.park(row.id, self.park_seconds, error)
+        self._look_again.append(self.clock() + timedelta(seconds=self.park_seconds))
         mono = self._mono()
         if self._warned.get(row.destination, -math.inf) < mono - 300:
             self._warned[row.destination] = mono
