@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", type=int, default=0, help="print the K-th card's timeline")
     parser.add_argument("--settle", type=float, default=1.2)
     parser.add_argument(
-        "--profile", type=int, default=0, help="print the N top functions (cProfile, cumulative)"
+        "--profile", type=int, default=0, help="print the N top functions (cProfile)"
     )
+    parser.add_argument("--sort", default="tottime", help="the profile's order (tottime)")
     parser.add_argument(
         "--warmup", type=int, default=5, help="cards first, not counted (statements prepared)"
     )
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu = statistics.median(s.cpu for s in samples)
     print(f"CPU of this process from the push to the card, median: {ms(cpu):.1f} ms")
     if profile is not None:
-        pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(args.profile)
     if 0 < args.trace <= len(samples):
         print_trace(samples[args.trace - 1])
     print()

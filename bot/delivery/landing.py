@@ -35,13 +35,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import BigInteger, and_, case, exists, func, literal, or_, select
+from sqlalchemy import BigInteger, Table, and_, case, exists, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import FromClause
@@ -75,23 +74,29 @@ def in_chat(column: Any, chat_id: int) -> ColumnElement[bool]:
     return or_(column == str(chat_id), column.like(f"{chat_id}/%"))
 
 
+_OUTBOX: Final = cast(Table, OutboxMessage.__table__)
+_MARKS: Final = cast(Table, ChatMark.__table__)
+#: Built once: an alias's columns are copied when it is made (a millisecond each time).
+_OTHER: Final = _OUTBOX.alias("other")
+_DOUBT: Final = _OUTBOX.alias("doubt")
+
+
 def claim_terms(chat_id: int, row_id: int) -> ColumnElement[bool]:
     """What must hold for ``row_id`` to be claimed for ``chat_id``: no other row of the chat is
     being sent (a lapsed one is taken over first), and no other row is in doubt there."""
-    other = aliased(OutboxMessage)
-    doubt = aliased(OutboxMessage)
+    other, doubt = _OTHER, _DOUBT
     busy = exists().where(
-        other.id != row_id,
-        other.status == Status.SENDING,
-        in_chat(other.chat_key, chat_id),
+        other.c.id != row_id,
+        other.c.status == Status.SENDING,
+        in_chat(other.c.chat_key, chat_id),
     )
     gated = exists().where(
-        ChatMark.chat_id == chat_id,
-        ChatMark.unsure_row_id.is_not(None),
-        ChatMark.unsure_row_id != row_id,
+        _MARKS.c.chat_id == chat_id,
+        _MARKS.c.unsure_row_id.is_not(None),
+        _MARKS.c.unsure_row_id != row_id,
         exists().where(
-            doubt.id == ChatMark.unsure_row_id,
-            doubt.status.in_((Status.PENDING, Status.SENDING)),
+            doubt.c.id == _MARKS.c.unsure_row_id,
+            doubt.c.status.in_((Status.PENDING, Status.SENDING)),
         ),
     )
     return and_(~busy, ~gated)

@@ -238,11 +238,11 @@ class Pacer:
         """:meth:`group_used`'s reading as two columns (``total``, ``tips``) for the claim of
         row ``exclude`` to read in its own statement (:meth:`bot.delivery.leases.Leases.claim`),
         where it sees every claim made before it: the first part is admitted on them."""
-        usage = self._usage(chat_id, exclude).subquery()
-        total, tips = usage.c
+        usage = self._usage(chat_id, exclude)
+        total, tips = usage.selected_columns
         return {
-            "total": select(total).scalar_subquery(),
-            "tips": select(tips).scalar_subquery(),
+            "total": usage.with_only_columns(total).scalar_subquery(),
+            "tips": usage.with_only_columns(tips).scalar_subquery(),
         }
 
     async def group_used(
