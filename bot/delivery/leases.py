@@ -73,7 +73,7 @@ def insert_ignoring(session: AsyncSession, model: type[Any]) -> Any:
     return sqlite_insert(model)
 
 
-def claimable(now: datetime) -> ColumnElement[bool]:
+def claimable(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Due and pending, or sending under a lease that lapsed."""
     return or_(
         and_(OutboxMessage.status == Status.PENDING, OutboxMessage.next_attempt_at <= now),
