@@ -262,9 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = [s.groups.get(group, 0) for s in samples]
         medians[group] = statistics.median(counts)
         print(f"  {group:<18}{medians[group]:>8g}{min(counts):>6}{max(counts):>6}")
-    to_card = sorted(s.to_card for s in samples)
-    p50 = to_card[len(to_card) // 2]
-    p95 = to_card[min(len(to_card) - 1, int(0.95 * len(to_card)))]
+    to_card = [s.to_card for s in samples]
+    p50, p95 = Run("").percentile(0.5, to_card), Run("").percentile(0.95, to_card)
     print(f"confirm to card: p50 {ms(p50):.1f} ms, p95 {ms(p95):.1f} ms")
     cpu = statistics.median(s.cpu for s in samples)
     print(f"CPU of this process from the push to the card, median: {ms(cpu):.1f} ms")

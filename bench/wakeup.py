@@ -32,6 +32,7 @@ from bench.tip_flow import (
     TARGET_CONFIRM_TO_CARD_MS,
     Answers,
     Driver,
+    Run,
     card_queues,
     time_cards,
 )
@@ -41,8 +42,8 @@ from tests.standin import BotAPIStandIn, UpdateFactory
 BENCH = "wakeup"
 
 
-async def measure(cards: int, poll: float) -> tuple[float, float, int]:
-    """p50 and p95 of confirm to card (seconds), and the cards timed."""
+async def measure(cards: int, poll: float) -> Run:
+    """The cards timed (their ``to_card``, seconds)."""
     async with (
         DATABASES["postgresql"]() as (db_url, _),
         BotAPIStandIn() as standin,
@@ -65,7 +66,7 @@ async def measure(cards: int, poll: float) -> tuple[float, float, int]:
                     await answers.stop()
     if len(set(codes)) != cards:
         raise SystemExit(f"{cards} tips gave {len(set(codes))} codes")
-    return run.percentile(0.5, run.to_card), run.percentile(0.95, run.to_card), len(run.to_card)
+    return run
 
 
 def main() -> None:
@@ -74,12 +75,17 @@ def main() -> None:
     parser.add_argument("--poll", type=float, default=600.0)
     args = parser.parse_args()
     try:
-        p50, p95, timed = asyncio.run(measure(args.cards, args.poll))
+        run = asyncio.run(measure(args.cards, args.poll))
     except Unavailable as exc:
         print(f"postgresql: skipped ({exc})")
         sys.exit(0)
     print(f"confirm to card, web process -> worker process, worker poll {args.poll:.0f} s")
-    print(f"  {timed} cards   p50 {ms(p50):.1f} ms   p95 {ms(p95):.1f} ms")
+    p50, p95 = run.percentile(0.5, run.to_card), run.percentile(0.95, run.to_card)
+    print(
+        f"  {len(run.to_card)} cards   p50 {ms(p50):.1f} ms   p95 {ms(p95):.1f} ms   "
+        f"max {ms(max(run.to_card)):.1f} ms"
+    )
+    print("  " + " ".join(f"{ms(c):.0f}" for c in sorted(run.to_card)))
     print(figure("postgresql", "web_to_worker_card_p50_ms", ms(p50), "ms", None, BENCH))
     print(
         figure(
