@@ -238,7 +238,9 @@ def print_trace(sample: Sample) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--cards", type=int, default=10)
-    parser.add_argument("--trace", type=int, default=0, help="print the K-th card's timeline")
+    parser.add_argument(
+        "--trace", type=int, default=0, help="print the K-th card's timeline (-K: the K slowest)"
+    )
     parser.add_argument("--settle", type=float, default=1.2)
     parser.add_argument(
         "--profile", type=int, default=0, help="print the N top functions (cProfile)"
@@ -271,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(profile).sort_stats(args.sort).print_stats(args.profile)
     if 0 < args.trace <= len(samples):
         print_trace(samples[args.trace - 1])
+    elif args.trace < 0:  # the slowest cards
+        for sample in sorted(samples, key=lambda s: s.to_card)[args.trace :]:
+            print_trace(sample)
     print()
     for group in GROUPS:
         metric = group.replace(" ", "_") + "_round_trips"

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from admin.stats.maintenance import sync_zone
 from admin.stats.report import MonthlyReports
-from bot import metrics
+from bot import heap, metrics
 from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
 from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
@@ -358,6 +358,7 @@ class Service:
         return {"telegram": self.telegram_state, **self.channels.states()}
 
     async def start(self) -> None:
+        heap.settle()  # no full collection of the start-up heap while serving
         if (
             self.role.receives
             and self.telegram is not None
