@@ -305,6 +305,13 @@ class Run:
     confirmed_at: dict[str, float] = field(default_factory=dict)
     #: Seconds from each confirmation to its card's ``sendMessage``.
     to_card: list[float] = field(default_factory=list)
+    #: CPU seconds of the benchmark's process (the bot, the stand-in and the citizens) while
+    #: the citizens ran: less dependent on the machine's load than the latencies.
+    cpu: float = 0.0
+
+    @property
+    def cpu_per_update(self) -> float:
+        return self.cpu / max(self.updates, 1)
 
     @property
     def seconds(self) -> float:
@@ -494,11 +501,13 @@ async def bench_tinbao(
         timed, card_codes = await time_cards(driver, cards, label)
         run.to_card = timed.to_card
         driver.starts = schedule(users, driver.interval)
+        cpu = time.process_time()
         codes = await drive(
             users,
             concurrency,
             lambda user: driver.tinbao_citizen(run, user, steps_of[user.id]),
         )
+        run.cpu = time.process_time() - cpu
         async with service.session_factory() as session:
             stored = list(await session.scalars(select(Report.code)))
     check_calls(standin, start, label)
@@ -562,9 +571,11 @@ async def bench_echo(driver: Driver, tips: int, concurrency: int, label: str) ->
     start = len(standin.calls)
     async with running_echo(standin):
         driver.starts = schedule(users, driver.interval)
+        cpu = time.process_time()
         await drive(
             users, concurrency, lambda user: driver.echo_citizen(run, user, steps_of[user.id])
         )
+        run.cpu = time.process_time() - cpu
     check_calls(standin, start, label)
     await wait_confirmed(standin, label)
     return run
@@ -687,13 +698,13 @@ def print_table(rows: Sequence[Row]) -> None:
 
 
 def print_latencies(rows: Sequence[Row]) -> None:
-    print("answer latency per update, ms (p50 / p95 / p99 / max):")
+    print("answer latency per update, ms (p50 / p95 / p99 / max), and CPU ms per update:")
     for row in rows:
         for run in (row.tinbao, row.echo):
             print(
                 f"  {run.label:<20}{ms(run.percentile(0.5)):>7.1f} /"
                 f"{ms(run.percentile(0.95)):>7.1f} /{ms(run.percentile(0.99)):>7.1f} /"
-                f"{ms(max(run.latencies)):>7.1f}"
+                f"{ms(max(run.latencies)):>7.1f}   cpu {ms(run.cpu_per_update):.2f}"
             )
     print()
     print(
@@ -731,9 +742,11 @@ def figures(rows: Sequence[Row], rate: float | None) -> list[str]:
                 figure(b, "p99_ms", ms(row.tinbao.percentile(0.99)), "ms", None, bench),
                 figure(b, "echo_p95_ms", ms(row.echo.percentile(0.95)), "ms", None, bench),
             ]
-        lines.append(
-            figure(b, "confirm_to_card_p95_ms", card_p95, "ms", TARGET_CONFIRM_TO_CARD_MS, bench)
-        )
+        lines += [
+            figure(b, "confirm_to_card_p95_ms", card_p95, "ms", TARGET_CONFIRM_TO_CARD_MS, bench),
+            figure(b, "cpu_ms_per_update", ms(row.tinbao.cpu_per_update), "ms", None, bench),
+            figure(b, "echo_cpu_ms_per_update", ms(row.echo.cpu_per_update), "ms", None, bench),
+        ]
     return lines
 
 
