@@ -704,7 +704,7 @@ def print_latencies(rows: Sequence[Row]) -> None:
             print(
                 f"  {run.label:<20}{ms(run.percentile(0.5)):>7.1f} /"
                 f"{ms(run.percentile(0.95)):>7.1f} /{ms(run.percentile(0.99)):>7.1f} /"
-                f"{ms(max(run.latencies)):>7.1f}   cpu {ms(run.cpu_per_update):.2f}"
+                f"{ms(max(run.latencies)):>7.1f}   cpu {run.cpu_per_update * 1000:.2f}"
             )
     print()
     print(
@@ -744,8 +744,8 @@ def figures(rows: Sequence[Row], rate: float | None) -> list[str]:
             ]
         lines += [
             figure(b, "confirm_to_card_p95_ms", card_p95, "ms", TARGET_CONFIRM_TO_CARD_MS, bench),
-            figure(b, "cpu_ms_per_update", ms(row.tinbao.cpu_per_update), "ms", None, bench),
-            figure(b, "echo_cpu_ms_per_update", ms(row.echo.cpu_per_update), "ms", None, bench),
+            figure(b, "cpu_ms_per_update", row.tinbao.cpu_per_update * 1000, "ms", None, bench),
+            figure(b, "echo_cpu_ms_per_update", row.echo.cpu_per_update * 1000, "ms", None, bench),
         ]
     return lines
 
