@@ -213,8 +213,13 @@ async def measure(
                 recorder.on = False
                 pushed = run.confirmed_at[shown]
                 trips = [t for t in recorder.trips if t.start >= pushed - 0.001]
-                groups = Counter(group_of(t, sent) for t in trips)
-                samples.append(Sample(sent - pushed, groups, trips, pushed, sent, used))
+                groups = Counter(group_of(t, sent) for t in trips)  # (Bot API calls left out)
+                calls = [
+                    Trip(c.at, c.at, "bot api", f"{c.method} (answered)")
+                    for c in standin.calls
+                    if pushed <= c.at and c.method != "getUpdates"
+                ]
+                samples.append(Sample(sent - pushed, groups, trips + calls, pushed, sent, used))
             finally:
                 turn.release()
 

@@ -308,6 +308,8 @@ class Run:
     #: CPU seconds of the benchmark's process (the bot, the stand-in and the citizens) while
     #: the citizens ran: less dependent on the machine's load than the latencies.
     cpu: float = 0.0
+    #: tinbao's latencies by step of the tip (1: /start ... 10: the confirmation).
+    by_step: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def cpu_per_update(self) -> float:
@@ -409,6 +411,7 @@ class Driver:
             await self.pace(user, number)
             pushed_at = time.monotonic()
             call = await self.exchange(run, update, user.id, either(step.answer, failed), what)
+            run.by_step.setdefault(number, []).append(run.latencies[-1])
             if failed(call):
                 raise BenchFailure(f"{run.label}: tinbao answered {what} with {call.text!r}")
             if inline_labels(call):
@@ -803,6 +806,15 @@ async def main_async(
     return 0
 
 
+def print_steps(run: Run) -> None:
+    """p50 / p95 by step of the tip: which steps the tail is made of."""
+    steps = "  ".join(
+        f"{number}: {ms(run.percentile(0.5, values)):.0f}/{ms(run.percentile(0.95, values)):.0f}"
+        for number, values in sorted(run.by_step.items())
+    )
+    print(f"  {run.label} by step, ms p50/p95 (10 = confirmation): {steps}")
+
+
 def print_rate_table(rows: Sequence[Row], rate: float) -> None:
     print(
         f"fixed load of {rate:g} updates/s: answer latency, target p95 <= "
@@ -817,6 +829,8 @@ def print_rate_table(rows: Sequence[Row], rate: float) -> None:
         )
     print()
     print_latencies(rows)
+    for row in rows:
+        print_steps(row.tinbao)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
