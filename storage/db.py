@@ -239,6 +239,10 @@ LONE_WRITE_DONE = "lone_write_done"
 OUTBOX_ENQUEUED = "outbox_enqueued"
 #: In ``session.info``: the outbox notification the transaction already sent (its payload).
 OUTBOX_NOTIFIED = "outbox_notified"
+#: In ``session.info``: new ORM objects the transaction wrote without the ORM's flush
+#: (``Reports.store``), for listeners that count what flushes write (``bot.metrics``, at
+#: ``after_commit``); forgotten when the transaction ends.
+WRITTEN_UNFLUSHED = "written_unflushed"
 #: The PostgreSQL notification channel of outbox wake-ups (:func:`_notify_outbox`).
 OUTBOX_CHANNEL = "tinbao_outbox"
 #: The ``kind`` values of the rows the citizen messenger sends (``handlers.outbox.Kind``);
@@ -341,6 +345,7 @@ def _transaction_ended(session: Session, transaction: SessionTransaction) -> Non
         session.info.pop(CONNECTION_BEGUN, None)
         session.info.pop(LONE_WRITE_DONE, None)
         session.info.pop(OUTBOX_NOTIFIED, None)
+        session.info.pop(WRITTEN_UNFLUSHED, None)
 
 
 @event.listens_for(TrackedSession, "do_orm_execute")

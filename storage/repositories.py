@@ -26,6 +26,7 @@ from storage.db import (
     OUTBOX_CHANNEL,
     OUTBOX_ENQUEUED,
     OUTBOX_NOTIFIED,
+    WRITTEN_UNFLUSHED,
     begin_lone_write,
     enqueued,
     lone_write_done,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 #: In ``session.info``: conversation states written by the transaction, for the cache once it
 #: has committed (:func:`publish_conversations`).
 CONVERSATIONS_WRITTEN = "conversations_written"
+
 
 _CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 _CONVERSATION_COLUMNS = (
@@ -480,6 +482,7 @@ class Reports:
         payload = outbox_payload(self.session) if self.session.info.get(OUTBOX_ENQUEUED) else None
         head = func.pg_notify(OUTBOX_CHANNEL, payload) if payload else literal(True)
         await self.session.execute(select(head).add_cte(*writes))
+        self.session.info.setdefault(WRITTEN_UNFLUSHED, []).extend((report, *rows))
         if payload:  # (sent again at the commit if more is enqueued after)
             self.session.info[OUTBOX_NOTIFIED] = payload
 
