@@ -31,7 +31,8 @@ async def test_the_tip_flow_benchmark_runs_short(backend, rate, capsys, monkeypa
         if rate is None
         else {"p50_ms", "p95_ms", "p99_ms", "echo_p95_ms"}
     )
-    assert metrics == expected | {"confirm_to_card_p95_ms"}
+    cpu = {"cpu_ms_per_update", "echo_cpu_ms_per_update"}
+    assert metrics == expected | {"confirm_to_card_p95_ms"} | cpu
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

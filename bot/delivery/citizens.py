@@ -61,6 +61,7 @@ from handlers.outbox import (
 from handlers.outbox import Destination as Dest
 from handlers.render import render
 from handlers.security import Keyring, format_code
+from storage.db import reading
 from storage.models import ContactRoute, Conversation, OutboxMessage, RelayMessage, Report
 from storage.repositories import Media
 from storage.types import utcnow
@@ -195,7 +196,7 @@ class CitizenMessenger:
 
     async def _due(self) -> list[int]:
         now = self.clock()
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             found = await session.scalars(
                 select(OutboxMessage.id)
                 .where(OutboxMessage.kind.in_((KIND, ANSWER_KIND)), claimable(now), in_turn())
@@ -208,7 +209,7 @@ class CitizenMessenger:
 
     async def _deliver(self, claim: Claim) -> bool:
         """Send one claimed row; ``True`` when it was settled (sent or failed)."""
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             outgoing = await self._prepare(session, claim)
         if outgoing == HELD:
             await self._hold(claim)
@@ -354,7 +355,7 @@ class CitizenMessenger:
 
     async def _hold(self, claim: Claim) -> None:
         """Keep the message until the tipster writes again (which makes it due at once)."""
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             created = await session.scalar(
                 select(OutboxMessage.created_at).where(OutboxMessage.id == claim.row_id)
             )

@@ -66,7 +66,11 @@ class Planner:
         urgent_room, tip_room = big, big
         tips = pacer.tip_bucket(chat_id) if chat_id < 0 else None
         if tips is not None:
-            used = await pacer.group_used(chat_id)
+            # The group's budget as the database has it (every process's sends) matters when
+            # there is a choice to make: several rows (fold them? how many fit?). A lone row's
+            # claim reads it anyway, and its first part is admitted on that; here this
+            # process's own records do (one round trip less before a card).
+            used = await pacer.group_used(chat_id, read=None if len(rows) > 1 else (0, 0))
             urgent_room = limits.group_per_minute - used.total
             tip_room = min(
                 urgent_room, limits.allowance - used.tips, math.floor(tips.available(mono))
