@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from admin.stats.maintenance import sync_zone
 from admin.stats.report import MonthlyReports
-from bot import metrics
+from bot import heap, metrics
 from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
 from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
@@ -53,7 +53,7 @@ from handlers.routing import UnitLocator
 from handlers.security import Keyring, PinHasher
 from handlers.stats_schedule import MonthlyReportSchedule, destination_of
 from handlers.triage import CardRefresh, Triage
-from storage.db import create_engine, create_session_factory
+from storage.db import create_engine, create_session_factory, writer
 from storage.migrate import ensure_schema
 from storage.repositories import Units
 from storage.types import utcnow
@@ -431,10 +431,22 @@ class Service:
         if self.schedule is not None and self.schedule.enabled:
             async with self.session_factory() as session, session.begin():
                 await self.schedule.ensure(session, utcnow())
-        async with self.session_factory() as session, session.begin():
-            result = await purge(
-                session, now=utcnow(), draft_ttl=timedelta(hours=self.settings.draft_ttl_hours)
-            )
+        cache = self.flow.conversation_cache
+
+        def forget(keys: Sequence[str]) -> None:
+            # An ended draft's cached state is stale: dropped now rather than on its next step.
+            for key in keys:
+                cache.discard(key)
+
+        result = await purge(
+            self.session_factory,
+            now=utcnow(),
+            draft_ttl=timedelta(hours=self.settings.draft_ttl_hours),
+            lock=lambda: writer(self.engine),
+            ended=forget,
+        )
+        if result.drafts >= heap.TRIM_AFTER_DRAFTS:
+            heap.trim()  # the batches' freed memory back to the system (glibc)
         if self.engine.dialect.name == "postgresql":
             await purge_arrivals(self.session_factory)
         pacer = self.delivery.pacer if self.delivery is not None else None
