@@ -78,12 +78,14 @@ CHILD_TIMEOUT = 600.0
 TRACE_FRAMES = 12
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of process ``pid``, in MB (Linux ``/proc``)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of process ``pid``, in MB (Linux ``/proc``); ``field``: one of its
+    parts, ``RssAnon`` (heap and stacks), ``RssFile`` (mapped files: code, libraries) or
+    ``RssShmem`` (shared memory: SQLite's WAL index)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 # ------------------------------------------------------------------------------ the service
@@ -98,6 +100,14 @@ class Child:
     @property
     def rss(self) -> float:
         return rss_mb(self.process.pid)
+
+    @property
+    def parts(self) -> str:
+        """RSS's parts: anonymous (heap), file-backed, shared."""
+        anon, file, shmem = (
+            rss_mb(self.process.pid, field) for field in ("RssAnon", "RssFile", "RssShmem")
+        )
+        return f"anon {anon:.1f} + file {file:.1f} + shmem {shmem:.1f}"
 
     async def ask(self, command: str | None) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -199,7 +209,7 @@ async def measure(
                 await asyncio.sleep(1.0)
                 await child.ask("stats")
                 idle = child.rss
-                print(f"{backend}: idle {idle:.1f} MB", flush=True)
+                print(f"{backend}: idle {idle:.1f} MB ({child.parts})", flush=True)
                 if trace:
                     await child.ask("snapshot")
                 peak = 0.0
@@ -213,19 +223,21 @@ async def measure(
                     if drafts != citizens:
                         raise BenchFailure(f"{run.label}: {drafts} drafts stored, not {citizens}")
                     stats = await child.ask("stats")
-                    with_drafts = child.rss
+                    with_drafts, with_parts = child.rss, child.parts
                     peak = max(peak, with_drafts)
                     purge = await child.ask("expire")
                     if (await child.ask("drafts"))["drafts"]:
                         raise BenchFailure(f"{run.label}: drafts left after the purge")
                     after_stats = await child.ask("stats")
                     after.append(child.rss)
+                    after_parts = child.parts
                     print(
                         f"{backend}: round {number}: {citizens} drafts in "
                         f"{time.perf_counter() - started:.0f} s: {with_drafts:.1f} MB "
-                        f"(cache {stats['cache_entries']} entries); after expiry "
+                        f"({with_parts}; cache {stats['cache_entries']} entries); after expiry "
                         f"({purge['purge_runs']} purge run(s), {purge['purge_s']:.1f} s) "
-                        f"{after[-1]:.1f} MB (cache {after_stats['cache_entries']} entries)",
+                        f"{after[-1]:.1f} MB ({after_parts}; cache "
+                        f"{after_stats['cache_entries']} entries)",
                         flush=True,
                     )
                     if trace:

@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot import heap
 from handlers.maintenance import end_drafts, expired_drafts, purge, purge_expired_drafts
 from storage.models import Conversation, MediaBlob, RateHit
 from storage.repositories import Media
@@ -181,3 +183,15 @@ async def test_old_rate_hits_are_purged_with_the_drafts(
     assert result.rate_hits == 1 and result.drafts == 0
     async with session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(RateHit)) == 1
+
+
+def test_the_heap_trim_is_harmless_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc: ``malloc_trim`` runs; any other C library (faked here): nothing is called."""
+    assert isinstance(heap.trim(), bool)
+    monkeypatch.setattr(heap.platform, "libc_ver", lambda: ("", ""))
+    heap._malloc_trim.cache_clear()
+    try:
+        assert not heap.available()
+        assert heap.trim() is False
+    finally:
+        heap._malloc_trim.cache_clear()
