@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import linecache
 import os
 import sys
 import time
@@ -48,7 +49,10 @@ class Snapshots:
             return {"tracing": False}
         gc.collect()
         snapshot = tracemalloc.take_snapshot().filter_traces(
-            (tracemalloc.Filter(False, tracemalloc.__file__),)
+            (  # the snapshots' own work: formatting them reads the sources into linecache
+                tracemalloc.Filter(False, tracemalloc.__file__),
+                tracemalloc.Filter(False, linecache.__file__),
+            )
         )
         answer: dict[str, Any] = {
             "tracing": True,
