@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -59,6 +59,7 @@ from storage.db import (
     create_session_factory,
     off_outbox_commit,
     on_outbox_commit,
+    writer,
 )
 from storage.migrate import ensure_schema
 from storage.repositories import Units
@@ -446,10 +447,22 @@ class Service:
         if self.schedule is not None and self.schedule.enabled:
             async with self.session_factory() as session, session.begin():
                 await self.schedule.ensure(session, utcnow())
-        async with self.session_factory() as session, session.begin():
-            result = await purge(
-                session, now=utcnow(), draft_ttl=timedelta(hours=self.settings.draft_ttl_hours)
-            )
+        cache = self.flow.conversation_cache
+
+        def forget(keys: Sequence[str]) -> None:
+            # An ended draft's cached state is stale: dropped now rather than on its next step.
+            for key in keys:
+                cache.discard(key)
+
+        result = await purge(
+            self.session_factory,
+            now=utcnow(),
+            draft_ttl=timedelta(hours=self.settings.draft_ttl_hours),
+            lock=lambda: writer(self.engine),
+            ended=forget,
+        )
+        if result.drafts >= heap.TRIM_AFTER_DRAFTS:
+            heap.trim()  # the batches' freed memory back to the system (glibc)
         if self.engine.dialect.name == "postgresql":
             await purge_arrivals(self.session_factory)
         pacer = self.delivery.pacer if self.delivery is not None else None
