@@ -33,6 +33,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.util import await_
 
+from storage.sqlite_driver import Driver as SQLiteDriver
+
 log = logging.getLogger(__name__)
 
 #: Seconds :func:`check_database` waits before calling the database unhealthy.
@@ -59,6 +61,15 @@ PG_MAX_OVERFLOW = 10
 #: in use fails its transaction with ``connection_invalidated`` (SQLAlchemy then refreshes the
 #: whole pool), and :func:`connection_lost` tells the callers to run it again.
 PING_AFTER_IDLE = 5.0
+
+
+#: SQLite: the engine's real connections, each a thread and ~2.7 MB (every one parses the schema,
+#: with its large statistics triggers). SQLAlchemy's pool holds cheap handles that borrow one of
+#: them for a statement, or for a transaction from its first write (storage.sqlite_driver): a
+#: burst of citizens waiting for the writer holds none.
+SQLITE_CONNECTIONS = 3
+SQLITE_POOL_SIZE = 16
+SQLITE_MAX_OVERFLOW = 48
 
 
 def _json_dumps(value: Any) -> str:
@@ -203,8 +214,18 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         path = sqlite_file(parsed)
         if path is not None:
             prepare_sqlite_file(path)
-        engine = create_async_engine(parsed, echo=echo, json_serializer=_json_dumps)
-        install_sqlite_pragmas(engine, SQLITE_PRAGMAS)
+        # One thread hop per operation instead of aiosqlite's three or four, one writer at a
+        # time, lone writes committed together (storage.sqlite_driver).
+        driver = SQLiteDriver(SQLITE_PRAGMAS, connections=SQLITE_CONNECTIONS)
+        engine = create_async_engine(
+            parsed,
+            echo=echo,
+            json_serializer=_json_dumps,
+            module=driver,
+            pool_size=SQLITE_POOL_SIZE,
+            max_overflow=SQLITE_MAX_OVERFLOW,
+        )
+        event.listen(engine.sync_engine, "engine_disposed", lambda _engine: driver.dispose())
         return engine
     if backend == "postgresql":
         engine = create_async_engine(
@@ -396,21 +417,32 @@ def _wake_outbox(session: Session) -> None:
             waker(what)
 
 
+def lone_writes(dialect: Any) -> bool:
+    """Whether a transaction of one statement runs it alone in autocommit on this dialect:
+    PostgreSQL, and SQLite through :mod:`storage.sqlite_driver` (there, one thread hop instead
+    of two; under ``aiosqlite`` autocommit would cost more hops, not fewer)."""
+    if dialect.name == "postgresql":
+        return True
+    return dialect.name == "sqlite" and isinstance(dialect.dbapi, SQLiteDriver)
+
+
 async def begin_lone_write(session: AsyncSession) -> bool:
     """Prepare ``session`` to run the statement that follows as its transaction's only one,
-    in autocommit, when that is what the transaction is: on PostgreSQL, a session begun
-    (``session.begin()``) that has run nothing yet and holds no pending ORM change.
+    in autocommit, when that is what the transaction is: a session begun (``session.begin()``)
+    that has run nothing yet and holds no pending ORM change, on a dialect where it pays
+    (:func:`lone_writes`).
 
-    A single statement is its own transaction in PostgreSQL, just as atomic and durable once it
-    returns, and it costs one round trip instead of three (``BEGIN``, the statement,
-    ``COMMIT``). The caller's ``commit()`` then sends nothing. Anything run in the session after
-    that statement raises (it would not be atomic with it). ``False``: nothing changed, run the
-    statement in the transaction as usual."""
+    A single statement is its own transaction in PostgreSQL and in SQLite, just as atomic and
+    durable once it returns, and it costs one round trip (PostgreSQL) or thread hop (SQLite)
+    instead of three (``BEGIN``, the statement, ``COMMIT``) or two. The caller's ``commit()``
+    then sends nothing. Anything run in the session after that statement raises (it would not
+    be atomic with it). ``False``: nothing changed, run the statement in the transaction as
+    usual."""
     sync_session = session.sync_session
     if (
         not isinstance(sync_session, TrackedSession)
         or session.bind is None
-        or session.bind.dialect.name != "postgresql"
+        or not lone_writes(session.bind.dialect)
         or not session.in_transaction()
         or session.info.get(CONNECTION_BEGUN)
         or session.new
@@ -418,7 +450,11 @@ async def begin_lone_write(session: AsyncSession) -> bool:
         or session.deleted
     ):
         return False
-    await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    if session.bind.dialect.name == "sqlite":
+        # Committed with the other lone writes waiting for the writer (sqlite_driver).
+        raw = await connection.get_raw_connection()
+        raw.driver_connection.lone_write()  # type: ignore[union-attr]
     return True
 
 
@@ -467,8 +503,10 @@ def writer(engine: AsyncEngine) -> contextlib.AbstractAsyncContextManager[object
 
     SQLite has one writer at a time. Waiting on an in-process lock is cheaper and fairer than
     SQLite's sleeping busy handler; other processes are still covered by ``busy_timeout``.
+    An engine of :func:`create_engine` does it itself, for every transaction and only from its
+    first write to its end (:class:`storage.sqlite_driver.WriterLock`): then this is a no-op.
     """
-    if engine.dialect.name != "sqlite":
+    if engine.dialect.name != "sqlite" or isinstance(engine.dialect.dbapi, SQLiteDriver):
         return contextlib.nullcontext()
     lock = _WRITE_LOCKS.get(engine.sync_engine)
     if lock is None:

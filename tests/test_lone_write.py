@@ -1,6 +1,6 @@
-"""A step that changes nothing but the conversation is one statement on PostgreSQL (autocommit,
-one round trip); a step that writes more stays one transaction. Nothing may run after a lone
-write. Runs on SQLite (never a lone write there) and PostgreSQL.
+"""A step that changes nothing but the conversation is one statement in autocommit (PostgreSQL:
+one round trip; SQLite through storage.sqlite_driver: one thread hop); a step that writes more
+stays one transaction. Nothing may run after a lone write. Runs on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -38,17 +38,16 @@ def statements(engine: AsyncEngine) -> Iterator[list[tuple[str, bool]]]:
         event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
-async def test_a_conversation_only_step_is_one_statement_on_postgresql(
+async def test_a_conversation_only_step_is_one_statement(
     engine: AsyncEngine, session_factory: async_sessionmaker[AsyncSession]
 ) -> None:
     await sync_units(session_factory)
-    postgres = engine.dialect.name == "postgresql"
     citizen = Citizen(Dispatcher(session_factory, make_flow()), 8101)
     await citizen.command("start")
     with statements(engine) as seen:
         await citizen.press(label("vi", "menu.tip"))
-    # From the cache: no read, only the conditional write; alone (autocommit) on PostgreSQL.
-    assert seen == [("UPDATE conversations SET", postgres)]
+    # From the cache: no read, only the conditional write, alone (autocommit).
+    assert seen == [("UPDATE conversations SET", True)]
     await citizen.press(label("vi", "cat.theft"))
     await citizen.say("long xuyen")
     await citizen.press("Phường Long Xuyên")
@@ -79,7 +78,7 @@ async def test_nothing_runs_after_a_lone_write(
 ) -> None:
     async with session_factory() as session, session.begin():
         lone = await begin_lone_write(session)
-        assert lone is (engine.dialect.name == "postgresql")
+        assert lone is True
         await session.execute(select(1))
         if lone:
             lone_write_done(session)
