@@ -62,7 +62,7 @@ async def test_a_conversation_only_step_is_one_statement(
     # report's id comes first, then the report and its rows in one statement (a CTE per row),
     # then the conversation.
     assert not any(autocommit for _, autocommit in seen), seen
-    if postgres:
+    if engine.dialect.name == "postgresql":
         heads = ("SELECT nextval(pg_get_serial_sequence", "WITH add_0 AS", "UPDATE conversations")
         assert len(seen) == len(heads), seen
         assert all(text.startswith(head) for (text, _), head in zip(seen, heads, strict=True))
