@@ -719,7 +719,7 @@ def print_latencies(rows: Sequence[Row]) -> None:
         print(
             f"  {row.tinbao.label:<20}{ms(row.tinbao.percentile(0.5, cards)):>7.1f} /"
             f"{ms(row.tinbao.percentile(0.95, cards)):>7.1f} /{ms(max(cards, default=0)):>7.1f}"
-            f"   ({len(cards)} cards: {' '.join(f'{ms(c):.0f}' for c in sorted(cards))})"
+            f"   ({len(cards)} cards, in order: {' '.join(f'{ms(c):.0f}' for c in cards)})"
         )
 
 
