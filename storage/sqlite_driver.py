@@ -92,6 +92,17 @@ def _deliver(future: asyncio.Future[Any], outcome: tuple[Any, BaseException | No
         future.set_result(outcome)
 
 
+def _reply(reply: Any, outcome: tuple[Any, BaseException | None, Any]) -> None:
+    """Hand ``outcome`` to the loop: to a future, or to a ``(loop, callback)``."""
+    # RuntimeError: the loop is closed, nobody waits any more.
+    with contextlib.suppress(RuntimeError):
+        if isinstance(reply, asyncio.Future):
+            reply.get_loop().call_soon_threadsafe(_deliver, reply, outcome)
+        else:
+            loop, then = reply
+            loop.call_soon_threadsafe(then, outcome)
+
+
 def _serve(queue: SimpleQueue[Any], connect: Callable[[], sqlite3.Connection]) -> None:
     """A connection's thread: runs each job on the connection, in order, and hands back
     ``(result, error, in_transaction)`` to the loop that asked (``in_transaction``: the
@@ -102,7 +113,7 @@ def _serve(queue: SimpleQueue[Any], connect: Callable[[], sqlite3.Connection]) -
         job = queue.get()
         if job is _STOP:
             break
-        future, settings, work = job
+        reply, settings, work = job
         result: Any = None
         error: BaseException | None = None
         try:
@@ -120,11 +131,9 @@ def _serve(queue: SimpleQueue[Any], connect: Callable[[], sqlite3.Connection]) -
                 result = work(connection)
         except BaseException as exc:  # handed to the caller, whatever it is
             error = exc
-        if future is not None:
+        if reply is not None:
             state = connection.in_transaction if connection is not None else False
-            # RuntimeError: the loop is closed, nobody waits any more.
-            with contextlib.suppress(RuntimeError):
-                future.get_loop().call_soon_threadsafe(_deliver, future, (result, error, state))
+            _reply(reply, (result, error, state))
     if connection is not None:
         connection.close()
 
@@ -176,6 +185,16 @@ class Worker:
         self._queue.put((future, tuple(settings), work))
         self.driver.trips += 1
         return future
+
+    def submit_then(
+        self, work: Work, then: Callable[[tuple[Any, BaseException | None, Any]], object]
+    ) -> None:
+        """Queue one trip; the loop calls ``then((result, error, in_transaction))`` when it
+        ends (no future, no task: one round of the loop less than :meth:`submit`)."""
+        if self._queue is None:
+            raise sqlite3.OperationalError("connection closed")
+        self._queue.put(((asyncio.get_running_loop(), then), (), work))
+        self.driver.trips += 1
 
     async def open(self) -> Worker:
         """Open the ``sqlite3`` connection in its thread (the first trip)."""

@@ -19,6 +19,7 @@ that transaction has committed, so a step is committed before its answer, as bef
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import sqlite3
 import time
@@ -36,7 +37,8 @@ BATCH_LIMIT = 64
 
 
 class WriterLock:
-    """One writer at a time in this process, in arrival order.
+    """One writer at a time in this process, in arrival order (the lock passes straight to
+    the first one waiting).
 
     Waiting longer than ``timeout`` fails as SQLite's own busy timeout would (``database is
     locked``). Only other processes (the command line) still meet SQLite's busy handler.
@@ -44,7 +46,8 @@ class WriterLock:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._lock = asyncio.Lock()
+        self._held = False
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._since = 0.0
         #: Times taken and seconds held so far (``bench/db_cost.py`` reads them).
@@ -52,15 +55,37 @@ class WriterLock:
         self.held = 0.0
 
     def locked(self) -> bool:
-        return self._lock.locked()
+        return self._held
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (and nobody waits for it)."""
+        if self._held:
+            return False
+        self._held = True
+        self._took()
+        return True
 
     async def acquire(self) -> None:
         """Wait for the lock; past ``timeout``, SQLite's own "database is locked" error."""
+        if self.try_acquire():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
         try:
             async with asyncio.timeout(self.timeout):
-                await self._lock.acquire()
-        except TimeoutError:
-            raise sqlite3.OperationalError("database is locked") from None
+                await future
+        except BaseException as exc:
+            if future.done() and not future.cancelled():
+                self.release()  # handed over just as the wait was cut off: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(future)
+            if isinstance(exc, TimeoutError):
+                raise sqlite3.OperationalError("database is locked") from None
+            raise
+        self._took()
+
+    def _took(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.taken += 1
         self._since = time.perf_counter()
@@ -72,7 +97,12 @@ class WriterLock:
             loop.call_soon_threadsafe(self.release)
             return
         self.held += time.perf_counter() - self._since
-        self._lock.release()
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_result(None)  # theirs now: still held
+                return
+        self._held = False
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -149,8 +179,13 @@ def execute(connection: sqlite3.Connection, operation: str, parameters: Any) -> 
 class Worker(Protocol):
     """A connection's thread, as :class:`GroupCommit` uses it."""
 
-    def submit(self, work: Callable[[sqlite3.Connection], Any]) -> Awaitable[Any]:
-        """Run ``work`` in the thread: ``(result, error, in_transaction)``."""
+    def submit_then(
+        self,
+        work: Callable[[sqlite3.Connection], Any],
+        then: Callable[[tuple[Any, BaseException | None, Any]], object],
+    ) -> None:
+        """Run ``work`` in the thread, then ``then((result, error, in_transaction))`` in the
+        loop."""
         ...
 
     def terminate(self) -> None: ...
@@ -166,12 +201,15 @@ class _Waiting:
 class GroupCommit:
     """Lone writes from every connection of an engine, committed together.
 
-    :meth:`write` queues the statement and waits for its outcome. One task at a time takes the
-    :class:`WriterLock`, then everything queued until then (up to :data:`BATCH_LIMIT`), and
-    commits it in one trip on a connection of its own (``open_worker``, opened the first time;
-    in autocommit: each batch is its own ``BEGIN IMMEDIATE`` … ``COMMIT``). Writes that arrive
-    meanwhile form the next batch. A write whose caller gives up (cancelled) before its batch
-    was taken is not written; once taken, it may be (as any write cut off mid-way).
+    :meth:`write` queues the statement and waits for its outcome. When no batch is in flight,
+    the :class:`WriterLock` is taken (at once if it is free, else by a task that waits for it),
+    then everything queued until then (up to :data:`BATCH_LIMIT`) is committed in one trip on
+    a SQLite connection of its own (``open_worker``, opened the first time; in autocommit: each
+    batch is its own ``BEGIN IMMEDIATE`` … ``COMMIT``). When the trip ends (in the loop, with
+    no task in between) the lock is given back, the callers get their outcomes, and the writes
+    that arrived meanwhile form the next batch. A write whose caller gives up (cancelled)
+    before its batch was taken is not written; once taken, it may be (as any write cut off
+    mid-way).
     """
 
     def __init__(self, lock: WriterLock, open_worker: Callable[[], Awaitable[Worker]]) -> None:
@@ -179,6 +217,7 @@ class GroupCommit:
         self._open_worker = open_worker
         self._worker: Worker | None = None
         self._queue: list[_Waiting] = []
+        self._in_flight = False
         self._task: asyncio.Task[None] | None = None
         #: Batches committed and statements in them so far (``bench/db_cost.py`` reads them).
         self.batches = 0
@@ -193,9 +232,7 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         waiting = _Waiting(operation, parameters, loop.create_future())
         self._queue.append(waiting)
-        task = self._task
-        if task is None or task.done() or task.get_loop() is not loop:
-            self._task = loop.create_task(self._commit(), name="sqlite-group-commit")
+        self._next(loop)
         try:
             result, error = await waiting.future
         except asyncio.CancelledError:
@@ -207,40 +244,59 @@ class GroupCommit:
         assert result is not None
         return result
 
-    async def _commit(self) -> None:
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the next batch, unless one is in flight or being prepared."""
+        task = self._task
+        if self._in_flight or not self._queue or (task is not None and not task.done()):
+            return
+        if self._worker is not None and self.lock.try_acquire():
+            self._start(self._worker)
+        else:
+            self._task = loop.create_task(self._prepare(), name="sqlite-group-commit")
+
+    async def _prepare(self) -> None:
+        """Wait for the lock (and open the connection the first time), then start."""
         try:
-            while self._queue:
-                await self._one_batch()
+            await self.lock.acquire()
+        except sqlite3.OperationalError as exc:  # waited past the busy timeout
+            self._fail_queued(exc)
+            return
         except asyncio.CancelledError:  # the loop is closing: nothing more is written
-            queued, self._queue = self._queue, []
-            _settle(queued, [(None, sqlite3.OperationalError("interrupted"))] * len(queued))
+            self._fail_queued(sqlite3.OperationalError("interrupted"))
+            raise
+        try:
+            if self._worker is None:
+                self._worker = await self._open_worker()
+        except Exception as exc:  # the database cannot be opened: these writes fail
+            self.lock.release()
+            self._fail_queued(exc)
+            return
+        except BaseException:
+            self.lock.release()
+            self._fail_queued(None)
             raise
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
-
-    async def _one_batch(self) -> None:
-        try:
-            await self.lock.acquire()
-        except sqlite3.OperationalError as exc:  # waited past the busy timeout
-            queued, self._queue = self._queue, []
-            _settle(queued, [(None, exc)] * len(queued))
-            return
-        batch, self._queue = self._queue[:BATCH_LIMIT], self._queue[BATCH_LIMIT:]
-        error: BaseException | None = None
-        try:
-            if self._worker is None:
-                self._worker = await self._open_worker()
-            work = run_batch([(w.operation, w.parameters) for w in batch])
-            outcomes, error, _state = await self._worker.submit(work)
-        except asyncio.CancelledError:
-            # Whatever ran, these callers learn that their write failed.
-            _settle(batch, [(None, sqlite3.OperationalError("interrupted"))] * len(batch))
-            raise
-        except Exception as exc:  # the connection could not be opened or is gone
-            error = exc
-        finally:
+        if self._queue:
+            self._start(self._worker)
+        else:  # every caller gave up meanwhile
             self.lock.release()
+
+    def _start(self, worker: Worker) -> None:
+        """Commit a batch (the lock is held): one trip, :meth:`_done` when it returns."""
+        batch, self._queue = self._queue[:BATCH_LIMIT], self._queue[BATCH_LIMIT:]
+        self._in_flight = True
+        work = run_batch([(w.operation, w.parameters) for w in batch])
+        try:
+            worker.submit_then(work, lambda outcome: self._done(batch, outcome))
+        except Exception as exc:  # the connection is closed
+            self._done(batch, (None, exc, False))
+
+    def _done(self, batch: list[_Waiting], outcome: tuple[Any, BaseException | None, Any]) -> None:
+        self._in_flight = False
+        self.lock.release()
+        outcomes, error, _state = outcome
         if error is not None:
             outcomes = [(None, error)] * len(batch)
             self.close()  # a next batch opens a fresh connection
@@ -248,6 +304,13 @@ class GroupCommit:
             self.batches += 1
             self.statements += len(batch)
         _settle(batch, outcomes)
+        with contextlib.suppress(RuntimeError):  # no running loop: the loop is closing
+            self._next(asyncio.get_running_loop())
+
+    def _fail_queued(self, error: BaseException | None) -> None:
+        queued, self._queue = self._queue, []
+        failure = error or sqlite3.OperationalError("interrupted")
+        _settle(queued, [(None, failure)] * len(queued))
 
     def close(self) -> None:
         """Close the batches' connection (the engine is disposed); a next write reopens it."""
