@@ -216,14 +216,14 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             prepare_sqlite_file(path)
         # One thread hop per operation instead of aiosqlite's three or four, one writer at a
         # time, lone writes committed together (storage.sqlite_driver).
-        driver = SQLiteDriver(SQLITE_PRAGMAS, connections=SQLITE_CONNECTIONS)
+        # An in-memory database lives in one SQLite connection (SQLAlchemy's StaticPool).
+        memory = path is None
+        driver = SQLiteDriver(SQLITE_PRAGMAS, connections=1 if memory else SQLITE_CONNECTIONS)
+        pool: dict[str, int] = (
+            {} if memory else {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW}
+        )
         engine = create_async_engine(
-            parsed,
-            echo=echo,
-            json_serializer=_json_dumps,
-            module=driver,
-            pool_size=SQLITE_POOL_SIZE,
-            max_overflow=SQLITE_MAX_OVERFLOW,
+            parsed, echo=echo, json_serializer=_json_dumps, module=driver, **pool
         )
         event.listen(engine.sync_engine, "engine_disposed", lambda _engine: driver.dispose())
         return engine
