@@ -6,9 +6,10 @@ subset every channel adapter understands (``<b>``, ``<i>``, ``<code>``, ``<a hre
 ``bot/delivery/officers.py`` turns it into Bot API calls.
 
 Anonymity: a card is built from the report row alone. It never holds the tipster's channel id,
-username, name or phone number (the phone a tipster chose to leave is shown on request by the
-triage flow, not here). Everything the citizen wrote (description, time and place as typed,
-captions) is HTML-escaped; captions travel without a parse mode at all.
+username or name. The one identifying detail it may show is a phone number the tipster chose
+to leave (contact mode "phone"), decrypted for the card only. Everything the citizen wrote
+(description, time and place as typed, captions) is HTML-escaped; captions travel without a
+parse mode at all.
 
 Callback data (``r:<action>:<report id>``) stays far below Telegram's 64 bytes.
 """

@@ -81,3 +81,37 @@ async def test_the_processes_benchmark_runs_short(capsys, monkeypatch):
         "echo_webhook_1p_ups",
     }
     assert all(line["backend"] == "postgresql" and line["value"] > 0 for line in lines)
+
+
+async def test_the_retention_benchmark_runs_short(capsys):
+    """A few thousand outbox rows: every statement's plan is printed, the backlog goes, and the
+    figures are printed (never a time checked here)."""
+    import argparse
+    import secrets
+
+    from bench import retention
+
+    url = os.environ.get("TINBAO_TEST_POSTGRES_URL", "").strip()
+    if not url:
+        pytest.skip("TINBAO_TEST_POSTGRES_URL is not set")
+    args = argparse.Namespace(
+        url=url,
+        rows=3000,
+        days=400,
+        database=f"tinbao_bench_retention_{secrets.token_hex(4)}",
+        keep=False,
+        skip_seed=False,
+    )
+    await retention.main(args)
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"bench"')]
+    plans = [line for line in lines if "plan" in line]
+    assert plans and all(line["scans"] for line in plans)
+    assert {line["metric"] for line in lines if "metric" in line} == {
+        "backlog_run_s",
+        "backlog_rows_per_s",
+        "nothing_left_run_ms",
+        "a_day_later_run_ms",
+    }
+    first = next(line for line in out.splitlines() if line.startswith("first run: "))
+    assert "'outbox': 0" not in first

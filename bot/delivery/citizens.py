@@ -67,6 +67,10 @@ from storage.types import utcnow
 
 log = logging.getLogger(__name__)
 
+#: An approved reward's message, and its wording where the status page shows the claim code.
+REWARD_APPROVED = "reward.citizen.approved"
+REWARD_ON_PAGE = "reward.citizen.approved_on_page"
+
 KIND = Kind.CITIZEN_MESSAGE.value
 ANSWER_KIND = Kind.CITIZEN_ANSWER.value
 BATCH = 50
@@ -287,6 +291,9 @@ class CitizenMessenger:
             return reply
         values: dict[str, Any] = dict(payload.values)
         values.setdefault("code", code)
+        if payload.key == REWARD_APPROVED and caps.status_page:
+            # The status page shows the live claim code above the messages: none in here.
+            return Reply(text=t(locale, REWARD_ON_PAGE, **values))
         if payload.secret is not None:
             values.update(self.keyring.decrypt(payload.secret))
         return Reply(text=t(locale, str(payload.key), **values))

@@ -54,8 +54,9 @@ class FloodLimits:
     group_window: float = 60.0
     #: Part of the group budget only emergencies may use.
     emergency_reserve: int = 4
-    #: Fold the waiting tips of a chat into a digest when more than this many wait.
-    fold_backlog: int = 5
+    #: In a calm chat, up to this many waiting tips go as full cards; more wait to be folded
+    #: into a digest (a backlog there is the start of a storm).
+    fold_backlog: int = 1
     #: Messages tips may spend at once in a group (default: half the allowance); the rest of
     #: the allowance is spread evenly over the window.
     tip_burst: int | None = None
