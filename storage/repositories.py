@@ -305,14 +305,6 @@ class Conversations:
             self.session.add(conversation)
         return conversation
 
-    async def expired_drafts(self, now: datetime, limit: int = 500) -> Sequence[Conversation]:
-        result = await self.session.scalars(
-            select(Conversation)
-            .where(Conversation.expires_at.is_not(None), Conversation.expires_at < now)
-            .limit(limit)
-        )
-        return result.all()
-
 
 @dataclass(frozen=True)
 class Allowance:
