@@ -274,7 +274,8 @@ async def service(standin, db_url, engine, tmp_path: Path):
 
 async def _age_and_prune(service) -> tuple[int, int]:
     """Every settled row as if it had been sent 40 days ago, then the retention run (the
-    settings' policy); returns (rows deleted, settled rows left)."""
+    settings' policy); returns (rows deleted, aged rows left). A row that settles meanwhile
+    (the service keeps delivering) is young and not counted."""
     then: datetime = utcnow() - 40 * DAYS
     async with service.session_factory() as session, session.begin():
         await session.execute(
@@ -289,7 +290,11 @@ async def _age_and_prune(service) -> tuple[int, int]:
         )
     result = await run_retention(service.session_factory, retention_policy(service.settings))
     async with service.session_factory() as session:
-        left = await session.scalar(select(func.count()).where(OutboxMessage.status.in_(SETTLED)))
+        left = await session.scalar(
+            select(func.count()).where(
+                OutboxMessage.status.in_(SETTLED), OutboxMessage.created_at <= then
+            )
+        )
     return result.outbox, int(left or 0)
 
 
