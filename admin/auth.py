@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import json
 import logging
@@ -44,8 +45,15 @@ RATE_LOGIN_PAIR = "admin_login_pair"
 RATE_LOGIN_ADDRESS = "admin_login_addr"
 
 _hasher = PasswordHasher()
-#: Verified against when the username is unknown, so both cases cost the same time.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so both cases cost the same time.
+
+    Made on the first login, not at import: an argon2 hash takes tens of milliseconds and
+    64 MiB, which a process that never serves a login need not pay."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -54,7 +62,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
     except (VerificationError, InvalidHashError):
         return False
 

@@ -1,4 +1,6 @@
-"""CSV and XLSX exports of a period's statistics and the notice's summary figures."""
+"""CSV and XLSX exports of a period's statistics and the notice's summary figures.
+
+openpyxl (~25 MB) is imported with the first XLSX export, not with the panel."""
 
 from __future__ import annotations
 
@@ -6,9 +8,6 @@ import csv
 import io
 from collections.abc import Callable
 from typing import Any
-
-from openpyxl import Workbook
-from openpyxl.styles import Font
 
 from admin.stats.queries import Figures
 
@@ -77,6 +76,9 @@ def to_xlsx(
     *,
     sheet_titles: dict[str, str],
 ) -> bytes:
+    from openpyxl import Workbook
+    from openpyxl.styles import Font
+
     book = Workbook()
     default = book.active
     book.remove(default)

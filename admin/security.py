@@ -100,6 +100,14 @@ def edge(clients: Clients, *, body_timeout: float, max_body: int) -> Middleware:
                     max_size=limit, actual_size=request.content_length or 0
                 )
             upload = upload or large is not None
+            if (
+                request.body_exists
+                and not upload
+                and request.content_type.startswith("multipart/")
+            ):
+                # Every form here is urlencoded; a multipart body, read (and so consumed) below,
+                # could not be parsed any more: refused before it is read.
+                raise web.HTTPUnsupportedMediaType(text="415: a multipart body is not taken here")
             if request.body_exists and not upload:
                 try:
                     async with asyncio.timeout(body_timeout):

@@ -24,7 +24,7 @@ class AdminSettings(BaseSettings):
     login_attempts_per_account: int = Field(default=5, ge=1)
     #: Attempts per window from one address, whatever the account (password spraying).
     login_attempts_per_address: int = Field(default=50, ge=1)
-    login_window_minutes: int = Field(default=15, ge=1)
+    login_window_minutes: int = Field(default=15, ge=1, le=2880)  # hits are kept two days
     #: The bot's @username, for the deep links on QR posters; read from the bot when it is up.
     bot_username: str | None = Field(
         default=None,

@@ -26,11 +26,13 @@ global sending ceiling), and the answer latency p50 / p95 / p99 is printed, with
 under the same load.
 
 Both modes first time confirmations to their cards (P6), with an idle queue: ``--cards``
-citizens (5) fill a tip up to the summary together, then confirm one at a time, each after the
-previous card was sent and 1.2 s more (a group takes about a message a second); from the push
-of the confirm press to the ``sendMessage`` of the card in the duty group at the stand-in, p50
-and p95. (Telegram allows 20 messages a minute into one group, so cards confirmed in a storm
-wait for the group's allowance, folded into digests, by design: those are not P6.)
+citizens (20) fill a tip up to the summary together, then confirm one at a time, each after the
+previous card was sent and 0.5 s more; from the push of the confirm press to the
+``sendMessage`` of the card in its officers' group at the stand-in, p50 and p95. The timed tips
+come from five communes in turn, each routed to its own group (the duty group and four unit
+queues), so that each group gets one card in five and every card meets a rested group.
+(Telegram allows 20 messages a minute into one group, so cards confirmed in a storm wait for
+the group's allowance, folded into digests, by design: those are not P6.)
 
 Throughput = updates pushed / wall time from the first push to the last answer. Each run checks
 that every tip produced exactly one report with the tracking code the citizen was shown;
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import re
 import sys
 import time
@@ -76,16 +79,29 @@ TARGET_RATIO = 0.5
 #: P4: answer latency p95 at Telegram's ceiling, ms. P6: confirm to card p95, ms.
 TARGET_RATE_P95_MS = 50.0
 TARGET_CONFIRM_TO_CARD_MS = 100.0
-#: The duty group every card goes to (no queue file in the benchmark).
+#: The duty group: every card of the run proper goes there (its tips' commune has no queue).
 DUTY_CHAT_ID = -1009000000001
 #: P6: tips confirmed one at a time with an idle queue (each after the previous card was sent)
 #: before the run proper. A group's tips may spend 8 messages at once (of Telegram's 20 a
-#: minute); a group that has had more than half of that lately is being flooded, and holds its
-#: tips up to 3 s to fold them into digests (bot.delivery.folding), by design: not P6.
-CARD_SAMPLES = 5
-#: Seconds between a card and the next confirmation: one group takes about 1 message a second
-#: (a burst of 3), so each confirmation meets an idle queue and a rested chat.
-CARD_GAP = 1.2
+#: minute) and get ~8 more a minute; a group that has spent more than half of that burst is
+#: being flooded, and holds its tips up to 3 s to fold them into digests (bot.delivery.folding),
+#: by design: not P6. So the timed tips come from the communes of :data:`CARD_PLACES` in turn,
+#: each routed to its own officers' group: each group gets one card in five, and every card
+#: meets an idle queue and a rested group (one group alone could take ~5 cards in a row).
+CARD_SAMPLES = 20
+#: Seconds between a card and the next confirmation: the worker has settled the previous card.
+CARD_GAP = 0.5
+#: P6's communes: the query typed, the button picked, the unit code, and the officers' group
+#: its queue posts to (``None``: no queue, the duty group).
+CARD_PLACES: tuple[tuple[str, str, str, int | None], ...] = (
+    ("long xuyen", "Phường Long Xuyên", "30307", None),
+    ("binh duc", "Phường Bình Đức", "30292", -1009000000011),
+    ("my thoi", "Phường Mỹ Thới", "30301", -1009000000012),
+    ("chau doc", "Phường Châu Đốc", "30316", -1009000000013),
+    ("vinh te", "Phường Vĩnh Tế", "30325", -1009000000014),
+)
+#: Every group a timed card may go to.
+CARD_CHATS = frozenset(chat or DUTY_CHAT_ID for *_, chat in CARD_PLACES)
 #: Seconds a citizen waits for one answer before the run is declared broken.
 REPLY_TIMEOUT = 30.0
 #: Long-poll timeout of both bots (as in the e2e tests).
@@ -228,8 +244,12 @@ class Step:
     answer: Predicate
 
 
-def tip_steps(description: str, locale: str = LOCALE) -> list[Step]:
-    """One complete tip, as ``tests.test_telegram.file_tip`` files it."""
+def tip_steps(
+    description: str, locale: str = LOCALE, place: tuple[str, str] = (COMMUNE_QUERY, COMMUNE)
+) -> list[Step]:
+    """One complete tip, as ``tests.test_telegram.file_tip`` files it, from the commune
+    ``place`` (the query typed, the button picked)."""
+    query, commune = place
     menu = t(locale, "menu.tip")
     category = t(locale, "cat.theft")
     now = t(locale, "when.now")
@@ -240,8 +260,8 @@ def tip_steps(description: str, locale: str = LOCALE) -> list[Step]:
         Step("command", "start", shows_button(menu)),
         Step("press", menu, shows_button(category)),
         Step("press", category, says(t(locale, "place.ask"))),
-        Step("text", COMMUNE_QUERY, shows_button(COMMUNE)),
-        Step("press", COMMUNE, shows_button(now)),
+        Step("text", query, shows_button(commune)),
+        Step("press", commune, shows_button(now)),
         Step(
             "press",
             now,
@@ -285,6 +305,15 @@ class Run:
     confirmed_at: dict[str, float] = field(default_factory=dict)
     #: Seconds from each confirmation to its card's ``sendMessage``.
     to_card: list[float] = field(default_factory=list)
+    #: CPU seconds of the benchmark's process (the bot, the stand-in and the citizens) while
+    #: the citizens ran: less dependent on the machine's load than the latencies.
+    cpu: float = 0.0
+    #: tinbao's latencies by step of the tip (1: /start ... 10: the confirmation).
+    by_step: dict[int, list[float]] = field(default_factory=dict)
+
+    @property
+    def cpu_per_update(self) -> float:
+        return self.cpu / max(self.updates, 1)
 
     @property
     def seconds(self) -> float:
@@ -295,10 +324,14 @@ class Run:
         return self.updates / self.seconds
 
     def percentile(self, fraction: float, values: Sequence[float] | None = None) -> float:
+        """The nearest-rank percentile: the smallest value with at least ``fraction`` of them
+        at or below it (of 20 values, p95 is the 19th; until this round it was the 20th, the
+        slowest, whatever the number of samples up to 20)."""
         ordered = sorted(self.latencies if values is None else values)
         if not ordered:
             return 0.0
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+        rank = math.ceil(round(fraction * len(ordered), 9))
+        return ordered[min(len(ordered), max(rank, 1)) - 1]
 
 
 class Driver:
@@ -378,6 +411,7 @@ class Driver:
             await self.pace(user, number)
             pushed_at = time.monotonic()
             call = await self.exchange(run, update, user.id, either(step.answer, failed), what)
+            run.by_step.setdefault(number, []).append(run.latencies[-1])
             if failed(call):
                 raise BenchFailure(f"{run.label}: tinbao answered {what} with {call.text!r}")
             if inline_labels(call):
@@ -463,16 +497,20 @@ async def bench_tinbao(
         user.id: tip_steps(description_for(number)) for number, user in enumerate(users, 1)
     }
     start = len(standin.calls)
-    settings = service_settings(standin, db_url, data_dir, duty_chat_id=DUTY_CHAT_ID)
+    settings = service_settings(
+        standin, db_url, data_dir, duty_chat_id=DUTY_CHAT_ID, queues_file=card_queues(data_dir)
+    )
     async with running_service(settings) as service:
         timed, card_codes = await time_cards(driver, cards, label)
         run.to_card = timed.to_card
         driver.starts = schedule(users, driver.interval)
+        cpu = time.process_time()
         codes = await drive(
             users,
             concurrency,
             lambda user: driver.tinbao_citizen(run, user, steps_of[user.id]),
         )
+        run.cpu = time.process_time() - cpu
         async with service.session_factory() as session:
             stored = list(await session.scalars(select(Report.code)))
     check_calls(standin, start, label)
@@ -536,9 +574,11 @@ async def bench_echo(driver: Driver, tips: int, concurrency: int, label: str) ->
     start = len(standin.calls)
     async with running_echo(standin):
         driver.starts = schedule(users, driver.interval)
+        cpu = time.process_time()
         await drive(
             users, concurrency, lambda user: driver.echo_citizen(run, user, steps_of[user.id])
         )
+        run.cpu = time.process_time() - cpu
     check_calls(standin, start, label)
     await wait_confirmed(standin, label)
     return run
@@ -553,12 +593,26 @@ def schedule(users: Sequence[User], interval: float) -> dict[int, float]:
     return {user.id: now + index * step for index, user in enumerate(users)}
 
 
+def card_queues(directory: Path) -> Path:
+    """Writes the queue file of P6's groups (:data:`CARD_PLACES`) in ``directory``."""
+    path = directory / "bench-queues.toml"
+    entries = [
+        f'[[queue]]\nkey = "bench-{unit}"\nchat_id = {chat}\nunits = ["{unit}"]\n'
+        for _query, _label, unit, chat in CARD_PLACES
+        if chat is not None
+    ]
+    path.write_text("\n".join(entries), encoding="utf-8")
+    return path
+
+
 async def time_cards(driver: Driver, samples: int, label: str) -> tuple[Run, list[str]]:
-    """P6: the time from a confirmation to its card's ``sendMessage`` in the duty group, with
-    an idle queue. ``samples`` citizens fill their tips up to the summary together, then confirm
-    one at a time: each confirmation waits until the previous card was sent and ``CARD_GAP``
-    more (one group takes about a message a second), so every card meets an idle queue.
-    Returns the run (its ``to_card``) and the codes shown, for the correctness checks."""
+    """P6: the time from a confirmation to its card's ``sendMessage`` in its officers' group,
+    with an idle queue. ``samples`` citizens fill their tips up to the summary together, then
+    confirm one at a time: each confirmation waits until the previous card was sent and
+    ``CARD_GAP`` more, so every card meets an idle queue; the tips come from the communes of
+    :data:`CARD_PLACES` in turn, so every card meets a rested group (the service must run
+    with :func:`card_queues`). Returns the run (its ``to_card``) and the codes shown, for the
+    correctness checks."""
     standin = driver.standin
     run = Run(f"{label} cards")
     users = new_users(driver.factory, samples)
@@ -566,7 +620,8 @@ async def time_cards(driver: Driver, samples: int, label: str) -> tuple[Run, lis
     start = len(standin.calls)
 
     async def citizen(number: int, user: User) -> str:
-        steps = tip_steps(description_for(10_000 + number))
+        query, commune, *_ = CARD_PLACES[number % len(CARD_PLACES)]
+        steps = tip_steps(description_for(10_000 + number), place=(query, commune))
         code = await driver.tinbao_citizen(run, user, steps, before_confirm=turn.acquire)
         try:
             shown = f"{code[:5]}-{code[5:]}"
@@ -583,20 +638,20 @@ async def time_cards(driver: Driver, samples: int, label: str) -> tuple[Run, lis
 
 
 async def card_sent(standin: BotAPIStandIn, code: str, label: str, start: int) -> float:
-    """When the card of ``code`` was sent to the duty group (the stand-in's clock)."""
+    """When the card of ``code`` was sent to its group (the stand-in's clock)."""
 
     def is_card(call: ApiCall) -> bool:
         return (
             call.method == "sendMessage"
             and call.ok
-            and call.chat_id == DUTY_CHAT_ID
+            and call.chat_id in CARD_CHATS
             and code in (call.text or "")
         )
 
     try:
         call = await standin.wait_for(is_card, timeout=REPLY_TIMEOUT, start=start)
     except TimeoutError:
-        raise BenchFailure(f"{label}: the card of {code} never reached the duty group") from None
+        raise BenchFailure(f"{label}: the card of {code} never reached its group") from None
     return call.at
 
 
@@ -646,24 +701,25 @@ def print_table(rows: Sequence[Row]) -> None:
 
 
 def print_latencies(rows: Sequence[Row]) -> None:
-    print("answer latency per update, ms (p50 / p95 / p99 / max):")
+    print("answer latency per update, ms (p50 / p95 / p99 / max), and CPU ms per update:")
     for row in rows:
         for run in (row.tinbao, row.echo):
             print(
                 f"  {run.label:<20}{ms(run.percentile(0.5)):>7.1f} /"
                 f"{ms(run.percentile(0.95)):>7.1f} /{ms(run.percentile(0.99)):>7.1f} /"
-                f"{ms(max(run.latencies)):>7.1f}"
+                f"{ms(max(run.latencies)):>7.1f}   cpu {run.cpu_per_update * 1000:.2f}"
             )
     print()
     print(
-        f"confirm to card in the duty group, ms (p50 / p95; target p95 <= "
+        f"confirm to card in its group, ms (p50 / p95 / max; target p95 <= "
         f"{TARGET_CONFIRM_TO_CARD_MS:.0f}):"
     )
     for row in rows:
         cards = row.tinbao.to_card
         print(
             f"  {row.tinbao.label:<20}{ms(row.tinbao.percentile(0.5, cards)):>7.1f} /"
-            f"{ms(row.tinbao.percentile(0.95, cards)):>7.1f}"
+            f"{ms(row.tinbao.percentile(0.95, cards)):>7.1f} /{ms(max(cards, default=0)):>7.1f}"
+            f"   ({len(cards)} cards, in order: {' '.join(f'{ms(c):.0f}' for c in cards)})"
         )
 
 
@@ -689,9 +745,11 @@ def figures(rows: Sequence[Row], rate: float | None) -> list[str]:
                 figure(b, "p99_ms", ms(row.tinbao.percentile(0.99)), "ms", None, bench),
                 figure(b, "echo_p95_ms", ms(row.echo.percentile(0.95)), "ms", None, bench),
             ]
-        lines.append(
-            figure(b, "confirm_to_card_p95_ms", card_p95, "ms", TARGET_CONFIRM_TO_CARD_MS, bench)
-        )
+        lines += [
+            figure(b, "confirm_to_card_p95_ms", card_p95, "ms", TARGET_CONFIRM_TO_CARD_MS, bench),
+            figure(b, "cpu_ms_per_update", row.tinbao.cpu_per_update * 1000, "ms", None, bench),
+            figure(b, "echo_cpu_ms_per_update", row.echo.cpu_per_update * 1000, "ms", None, bench),
+        ]
     return lines
 
 
@@ -748,6 +806,15 @@ async def main_async(
     return 0
 
 
+def print_steps(run: Run) -> None:
+    """p50 / p95 by step of the tip: which steps the tail is made of."""
+    steps = "  ".join(
+        f"{number}: {ms(run.percentile(0.5, values)):.0f}/{ms(run.percentile(0.95, values)):.0f}"
+        for number, values in sorted(run.by_step.items())
+    )
+    print(f"  {run.label} by step, ms p50/p95 (10 = confirmation): {steps}")
+
+
 def print_rate_table(rows: Sequence[Row], rate: float) -> None:
     print(
         f"fixed load of {rate:g} updates/s: answer latency, target p95 <= "
@@ -762,6 +829,8 @@ def print_rate_table(rows: Sequence[Row], rate: float) -> None:
         )
     print()
     print_latencies(rows)
+    for row in rows:
+        print_steps(row.tinbao)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -27,6 +27,7 @@ from telegram.error import BadRequest, NetworkError, RetryAfter, TimedOut
 from telegram.warnings import PTBDeprecationWarning
 
 from bot.channel import SendError
+from bot.http import ConnectionLost
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,10 @@ def sent_nothing(exc: TimedOut) -> bool:
 
 
 def maybe_delivered(exc: BaseException) -> bool:
-    """A time-out after the request left: Telegram may have carried it out (a message created)
-    although its answer never came."""
+    """A time-out, or a connection lost, after the request left: Telegram may have carried it
+    out (a message created) although its answer never came."""
+    if isinstance(exc, ConnectionLost):
+        return True
     return isinstance(exc, TimedOut) and not sent_nothing(exc)
 
 

@@ -21,7 +21,13 @@ from handlers.key_rotation import (
     rehash_routes_batch,
     rewrap_pins_batch,
 )
-from handlers.retention import RetentionPolicy, RetentionResult, apply_retention
+from handlers.retention import (
+    BATCH_SIZE,
+    OUTBOX_BATCH_SIZE,
+    RetentionPolicy,
+    RetentionResult,
+    apply_retention,
+)
 from handlers.security import Keyring
 from storage.models import AuditEvent
 from storage.types import utcnow
@@ -35,6 +41,8 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
         evidence_days=settings.retention_evidence_days,
         text_years=settings.retention_text_years,
         audit_days=settings.retention_audit_days,
+        outbox_days=settings.retention_outbox_days,
+        outbox_failed_days=settings.retention_outbox_failed_days,
     )
 
 
@@ -43,14 +51,17 @@ async def run_retention(
     policy: RetentionPolicy,
     *,
     via: str = "system",
-    batch: int = 500,
+    batch: int = BATCH_SIZE,
+    outbox_batch: int = OUTBOX_BATCH_SIZE,
 ) -> RetentionResult:
     """Apply the policy batch by batch, one transaction each, until nothing is left."""
     total = RetentionResult()
     now = utcnow()
     while True:
         async with session_factory() as session, session.begin():
-            result = await apply_retention(session, policy, now=now, via=via, batch=batch)
+            result = await apply_retention(
+                session, policy, now=now, via=via, batch=batch, outbox_batch=outbox_batch
+            )
         total += result
         if result.total == 0:
             break

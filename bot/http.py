@@ -15,8 +15,10 @@
   files is ``media_write_timeout`` instead of ``write_timeout``.
 * Errors: any timeout raises ``telegram.error.TimedOut`` (one opening the connection says
   ``Connect timeout``, one waiting for the pool ``Pool timeout``: nothing was sent; any other
-  may have reached Telegram); connection failures and every other
-  ``aiohttp.ClientError`` raise ``telegram.error.NetworkError``; the aiohttp exception is
+  may have reached Telegram); a failure to connect raises ``telegram.error.NetworkError``
+  (nothing was sent), and every other ``aiohttp.ClientError`` (the connection reset or closed
+  after the request went out, a broken answer) raises :class:`ConnectionLost`, a
+  ``NetworkError`` that says the request may have been carried out; the aiohttp exception is
   chained as ``__cause__``. HTTP error statuses are returned, and ``BaseRequest`` turns them
   into ``BadRequest``/``Forbidden``/``RetryAfter``/... as usual.
 
@@ -64,7 +66,14 @@ from telegram.request import BaseRequest, RequestData
 
 from bot import metrics
 
-__all__ = ["AiohttpRequest"]
+__all__ = ["AiohttpRequest", "ConnectionLost"]
+
+
+class ConnectionLost(NetworkError):
+    """The connection broke after the request went out (reset, closed, a truncated answer):
+    Telegram may have carried it out although no answer came, as after a read time-out.
+    python-telegram-bot passes a ``TelegramError`` through as it is, so callers see this type."""
+
 
 log = logging.getLogger(__name__)
 
@@ -304,8 +313,11 @@ class AiohttpRequest(BaseRequest):
         except TimeoutError as err:  # also aiohttp's ServerTimeoutError family
             metrics.bot_api_call(url, None)
             raise TimedOut from err
-        except aiohttp.ClientError as err:
+        except aiohttp.ClientConnectorError as err:  # no connection: nothing was sent
             metrics.bot_api_call(url, None)
             raise NetworkError(f"aiohttp.{err.__class__.__name__}: {err}") from err
+        except aiohttp.ClientError as err:  # lost after the request went out, or a bad answer
+            metrics.bot_api_call(url, None)
+            raise ConnectionLost(f"aiohttp.{err.__class__.__name__}: {err}") from err
         finally:
             slots.release()

@@ -49,6 +49,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from handlers.outbox import TIMER_KINDS as OUTBOX_TIMER_KINDS
 from handlers.outbox import Status
+from storage.db import WRITTEN_UNFLUSHED
 from storage.models import AuditEvent, OutboxMessage, Report, ReportEvent
 from storage.types import utcnow
 
@@ -193,8 +194,12 @@ def token_refresh(channel: str, ok: bool) -> None:
 
 
 def _count_flushed(session: Session, _context: Any) -> None:
+    _count_new(session, session.new)
+
+
+def _count_new(session: Session, new: Iterable[object]) -> None:
     reports: dict[str, int] = session.info.setdefault("_metrics_reports", {})
-    for obj in session.new:
+    for obj in new:
         if isinstance(obj, Report):
             reports[obj.kind] = reports.get(obj.kind, 0) + 1
         elif isinstance(obj, ReportEvent | AuditEvent) and obj.action == "escalated":
@@ -202,6 +207,8 @@ def _count_flushed(session: Session, _context: Any) -> None:
 
 
 def _count_committed(session: Session) -> None:
+    # What the transaction wrote without a flush (storage.repositories.Reports.store).
+    _count_new(session, session.info.pop(WRITTEN_UNFLUSHED, ()))
     for kind, count in session.info.pop("_metrics_reports", {}).items():
         REPORTS.labels(kind=kind).inc(count)
     escalations = session.info.pop("_metrics_escalations", 0)
@@ -210,6 +217,7 @@ def _count_committed(session: Session) -> None:
 
 
 def _forget(session: Session, *_args: Any) -> None:
+    session.info.pop(WRITTEN_UNFLUSHED, None)
     session.info.pop("_metrics_reports", None)
     session.info.pop("_metrics_escalations", None)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from admin.stats.maintenance import sync_zone
 from admin.stats.report import MonthlyReports
-from bot import metrics
+from bot import heap, metrics
 from bot.cardview import TelegramCardView
 from bot.channel import ChannelRegistry
 from bot.delivery import CitizenMessenger, DeliveryWorker, FloodLimits
@@ -53,7 +53,14 @@ from handlers.routing import UnitLocator
 from handlers.security import Keyring, PinHasher
 from handlers.stats_schedule import MonthlyReportSchedule, destination_of
 from handlers.triage import CardRefresh, Triage
-from storage.db import create_engine, create_session_factory
+from storage.db import (
+    Enqueued,
+    create_engine,
+    create_session_factory,
+    off_outbox_commit,
+    on_outbox_commit,
+    writer,
+)
 from storage.migrate import ensure_schema
 from storage.repositories import Units
 from storage.types import utcnow
@@ -231,7 +238,6 @@ class Service:
                 documents=MonthlyReports(session_factory, catalogue, queues),
                 poll_interval=settings.outbox_poll_seconds or 5.0,
             )
-            dispatcher.after_commit.append(service.delivery.kick)
             if shared:
                 limits = FloodLimits.from_settings(settings)
                 service.delivery.pacer.shared = SharedBudget(
@@ -264,7 +270,6 @@ class Service:
             officer_locale=settings.officer_locale,
             poll_interval=settings.outbox_poll_seconds or 2.0,
         )
-        dispatcher.after_commit.append(service.messenger.kick)
         service.messenger.watch = watch
         # An answer a channel would not take waits in the outbox, in order (bot.queued_answers).
         answers = AnswerQueue(session_factory, keyring, cache=flow.conversation_cache)
@@ -354,6 +359,7 @@ class Service:
         return {"telegram": self.telegram_state, **self.channels.states()}
 
     async def start(self) -> None:
+        heap.settle()  # no full collection of the start-up heap while serving
         if (
             self.role.receives
             and self.telegram is not None
@@ -390,15 +396,24 @@ class Service:
             await self.delivery.start()
         if self.messenger is not None and self.role.receives:
             await self.messenger.start()
+        # A commit in this process that enqueued rows wakes the loops that have something
+        # to do, at once (storage.db.on_outbox_commit); one in another process, by
+        # notification (PostgreSQL).
+        on_outbox_commit(self.engine, self._kick_delivery)
         if self.engine.dialect.name == "postgresql":
             self.listener = OutboxListener(self.engine, self._kick_delivery)
             self.listener.start()
 
-    def _kick_delivery(self) -> None:
-        """Another process committed outbox rows: this process's running loops look now."""
+    def _kick_delivery(self, what: Enqueued | None = None) -> None:
+        """Outbox rows were committed (``what``: which; ``None``: anything): the running loops
+        with something to do look now."""
+        what = what or Enqueued.everything()
         if self.delivery is not None and self.delivery.running:
-            self.delivery.kick()
-        if self.messenger is not None:
+            if what.officers:
+                self.delivery.wake()
+            if what.timers is not None:
+                self.delivery.timers.expect(what.timers)
+        if self.messenger is not None and what.citizens:
             self.messenger.kick()
 
     async def stop(self) -> None:
@@ -408,6 +423,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        off_outbox_commit(self.engine, self._kick_delivery)
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None
@@ -431,10 +447,22 @@ class Service:
         if self.schedule is not None and self.schedule.enabled:
             async with self.session_factory() as session, session.begin():
                 await self.schedule.ensure(session, utcnow())
-        async with self.session_factory() as session, session.begin():
-            result = await purge(
-                session, now=utcnow(), draft_ttl=timedelta(hours=self.settings.draft_ttl_hours)
-            )
+        cache = self.flow.conversation_cache
+
+        def forget(keys: Sequence[str]) -> None:
+            # An ended draft's cached state is stale: dropped now rather than on its next step.
+            for key in keys:
+                cache.discard(key)
+
+        result = await purge(
+            self.session_factory,
+            now=utcnow(),
+            draft_ttl=timedelta(hours=self.settings.draft_ttl_hours),
+            lock=lambda: writer(self.engine),
+            ended=forget,
+        )
+        if result.drafts >= heap.TRIM_AFTER_DRAFTS:
+            heap.trim()  # the batches' freed memory back to the system (glibc)
         if self.engine.dialect.name == "postgresql":
             await purge_arrivals(self.session_factory)
         pacer = self.delivery.pacer if self.delivery is not None else None

@@ -3,8 +3,11 @@
 A transaction that enqueues outbox rows notifies ``tinbao_outbox`` in itself
 (:func:`storage.db._notify_outbox`), so PostgreSQL delivers the notification when it commits,
 and only then. Each process that delivers (the officers' worker, the timers, the citizen
-messenger) listens on a dedicated connection and kicks its loops on every notification: a card
-a ``web`` process stored reaches a ``worker`` at once, not at its next poll.
+messenger) listens on a dedicated connection and kicks the loops the notification concerns
+(officers' rows, citizens' rows, a timer due before the timers' next look): a card a ``web``
+process stored reaches a ``worker`` at once, not at its next poll. A process's own commits
+woke its loops already, without a round trip (:func:`storage.db.on_outbox_commit`): their
+notifications, named by the engine's token, are left alone here.
 
 The loops still poll (``TINBAO_OUTBOX_POLL_SECONDS``), as a fallback: a notification sent while
 this process was not listening (its connection broke, the database restarted) is never
@@ -24,7 +27,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import OUTBOX_CHANNEL
+from storage.db import OUTBOX_CHANNEL, Enqueued, outbox_token
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +38,14 @@ RETRY_CAP = 10.0
 
 
 class OutboxListener:
-    """LISTENs on ``tinbao_outbox`` and calls ``kick`` for each notification."""
+    """LISTENs on ``tinbao_outbox`` and calls ``kick`` for each notification from another
+    engine (another process), with what it says was enqueued; ``None`` when the connection
+    was (re)made (anything may have been missed)."""
 
     def __init__(
         self,
         engine: AsyncEngine,
-        kick: Callable[[], None],
+        kick: Callable[[Enqueued | None], None],
         *,
         ping_interval: float = PING_INTERVAL,
         retry: float = 0.5,
@@ -69,9 +74,12 @@ class OutboxListener:
             self._task = None
         self.listening.clear()
 
-    def _notified(self, *_args: Any) -> None:
+    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notified += 1
-        self.kick()
+        token, what = Enqueued.parse(payload)
+        if token == outbox_token(self.engine):
+            return  # this engine's own commit: its wakers had it at once (storage.db)
+        self.kick(what)
 
     async def _run(self) -> None:
         delay = self.retry
@@ -105,7 +113,7 @@ class OutboxListener:
             self.connections += 1
             self.listening.set()
             log.info("listening for outbox wake-ups")
-            self.kick()  # whatever was enqueued while nobody listened
+            self.kick(None)  # whatever was enqueued while nobody listened
             while not lost.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lost.wait(), self.ping_interval)

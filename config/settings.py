@@ -19,6 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: The shortest outbox retention (days) besides 0: a week, as long as update ids are remembered.
+OUTBOX_MIN_DAYS = 7
+
 PLACEHOLDER_SECRETS = frozenset(
     {
         "",
@@ -118,10 +121,11 @@ class Settings(BaseSettings):
     default_locale: Literal["vi", "en"] = "vi"
     draft_ttl_hours: float = Field(default=7 * 24, gt=0)
     report_rate_limit: int = Field(default=5, ge=1)
-    report_rate_window_minutes: int = Field(default=60, ge=1)
+    #: Rate-limit windows end within the two days their hits are kept (handlers.maintenance).
+    report_rate_window_minutes: int = Field(default=60, ge=1, le=2880)
     pin_attempts_per_code: int = Field(default=5, ge=1)
     pin_attempts_per_sender: int = Field(default=10, ge=1)
-    pin_attempt_window_minutes: int = Field(default=15, ge=1)
+    pin_attempt_window_minutes: int = Field(default=15, ge=1, le=2880)
     max_media_per_report: int = Field(default=10, ge=1, le=50)
 
     # --- catalogue and routing --------------------------------------------------------------
@@ -167,6 +171,12 @@ class Settings(BaseSettings):
     retention_text_years: int = Field(default=0, ge=0)
     #: Audit events not tied to a report (enrolments, sign-ins, retention runs).
     retention_audit_days: int = Field(default=0, ge=0)
+    #: Outbox rows that are over (sent, folded into a digest, fired or cancelled timers) this
+    #: many days after they were last due; rows still waiting or being sent are never deleted.
+    #: 0 or at least :data:`OUTBOX_MIN_DAYS`.
+    retention_outbox_days: int = Field(default=30, ge=0)
+    #: Outbox rows the delivery gave up on (``failed``), what an operator looks into.
+    retention_outbox_failed_days: int = Field(default=90, ge=0)
 
     # --- logging and metrics ---------------------------------------------------------------
     log_level: str = "INFO"
@@ -209,6 +219,17 @@ class Settings(BaseSettings):
                     f"TINBAO_{str(info.field_name).upper()}: {exc} (expected addresses or "
                     "networks, comma-separated, e.g. 127.0.0.1,10.0.0.0/8)"
                 ) from exc
+        return value
+
+    @field_validator("retention_outbox_days", "retention_outbox_failed_days")
+    @classmethod
+    def _outbox_floor(cls, value: int, info: ValidationInfo) -> int:
+        if 0 < value < OUTBOX_MIN_DAYS:
+            raise ValueError(
+                f"TINBAO_{str(info.field_name).upper()}={value}: 0 (kept) or at least "
+                f"{OUTBOX_MIN_DAYS} days (an outbox row is deleted only well after anything may "
+                "still look for it)"
+            )
         return value
 
     @field_validator("previous_secret_keys", mode="before")

@@ -6,9 +6,10 @@ subset every channel adapter understands (``<b>``, ``<i>``, ``<code>``, ``<a hre
 ``bot/delivery/officers.py`` turns it into Bot API calls.
 
 Anonymity: a card is built from the report row alone. It never holds the tipster's channel id,
-username, name or phone number (the phone a tipster chose to leave is shown on request by the
-triage flow, not here). Everything the citizen wrote (description, time and place as typed,
-captions) is HTML-escaped; captions travel without a parse mode at all.
+username or name. The one identifying detail it may show is a phone number the tipster chose
+to leave (contact mode "phone"), decrypted for the card only. Everything the citizen wrote
+(description, time and place as typed, captions) is HTML-escaped; captions travel without a
+parse mode at all.
 
 Callback data (``r:<action>:<report id>``) stays far below Telegram's 64 bytes.
 """
@@ -23,7 +24,7 @@ from typing import Final
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from handlers import card_actions
 from handlers.channels import ChannelName
@@ -168,10 +169,12 @@ def _fit_description(description: str, room: int, locale: str) -> str:
 
 
 async def _load_report(session: AsyncSession, report_id: int, *, media: bool) -> Report:
-    options = [selectinload(Report.unit)]
+    """The report with its unit and evidence rows, in one statement (joined)."""
+    options = [joinedload(Report.unit)]
     if media:
-        options.append(selectinload(Report.media))
-    report = await session.scalar(select(Report).options(*options).where(Report.id == report_id))
+        options.append(joinedload(Report.media))
+    result = await session.execute(select(Report).options(*options).where(Report.id == report_id))
+    report = result.unique().scalar_one_or_none()
     if report is None:
         raise LookupError(f"report {report_id} does not exist")
     return report

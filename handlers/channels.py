@@ -44,6 +44,10 @@ class Capabilities:
     edits: bool
     #: The citizen can answer a given message by replying to (quoting) it.
     reply_to: bool
+    #: The citizen reads the channel's messages on the status page, behind their code and PIN
+    #: (the web's anonymous inbox). That page shows an approved reward's claim code itself, and
+    #: issues a new one each time, so a claim code inside a message there would be a stale one.
+    status_page: bool = False
 
 
 CAPABILITIES: dict[ChannelName, Capabilities] = {
@@ -86,6 +90,7 @@ CAPABILITIES: dict[ChannelName, Capabilities] = {
         max_text=20000,
         edits=False,
         reply_to=False,
+        status_page=True,
     ),
 }
 

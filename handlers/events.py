@@ -1,7 +1,7 @@
 """Plain domain events in, plain replies out.
 
-The channel adapters in ``bot/`` translate Telegram (and later Zalo or a web form) into these
-objects at the edge. Nothing in ``handlers/`` sees a library type.
+The channel adapters in ``bot/`` (Telegram, the Zalo bot, the Zalo OA, the web page) translate
+their updates into these objects at the edge. Nothing in ``handlers/`` sees a library type.
 
 A :class:`Sender` carries the raw channel ids only so that the flow can derive the keyed hash
 (HMAC) and encrypt the route back; they are never stored, logged or shown in clear.

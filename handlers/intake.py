@@ -16,10 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.domain import DEFAULT_CONTACT_MODE, REPORT_KIND_EMERGENCY
-from handlers.outbox import CardPayload, Destination, Kind, Priority, TimerPayload, enqueue
+from handlers.outbox import CardPayload, Destination, Kind, Priority, TimerPayload, outbox_row
 from handlers.security import Keyring, PinHasher, new_pin, new_tracking_code
-from storage.models import CardPost, Report, ReportMedia
-from storage.repositories import Reports
+from storage.models import Base, CardPost, Report, ReportMedia
+from storage.repositories import Allocated, Allowance, RateLimits, Reports
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class Origin:
     channel: str
     chat_id: str
     locale: str
+
+
+class AllowanceSpent(Exception):
+    """The sender has filed their allowance of reports in the window: nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -85,15 +89,25 @@ async def store_report(
     settings: IntakeSettings,
     now: datetime,
     pin: tuple[str, str] | None = None,
+    allowance: Allowance | None = None,
 ) -> Stored:
-    """Write a confirmed draft as a report, with everything that must land with it."""
+    """Write a confirmed draft as a report, with everything that must land with it; when the
+    sender has an ``allowance``, raises :class:`AllowanceSpent` if it is used up, and counts
+    a hit against it with the report.
+
+    The report gets its id first (with the allowance checked); its rows are then built here
+    and written together (:meth:`~storage.repositories.Reports.store`: one statement on
+    PostgreSQL)."""
     reports = Reports(session)
-    code = new_tracking_code()
-    while await reports.code_taken(code):
-        code = new_tracking_code()
     if pin is not None:
         plain_pin, pin_hash = pin
     else:
+        if pins.slow and allowance is not None:  # no slow hash for a sender over the allowance
+            hits = await RateLimits(session).count(
+                allowance.scope, allowance.key, allowance.window
+            )
+            if hits >= allowance.limit:
+                raise AllowanceSpent()
         plain_pin = new_pin()
         pin_hash = (
             await asyncio.to_thread(pins.hash, plain_pin) if pins.slow else pins.hash(plain_pin)
@@ -101,7 +115,7 @@ async def store_report(
     mode = draft.get("contact_mode", DEFAULT_CONTACT_MODE)
     emergency = kind == REPORT_KIND_EMERGENCY
     report = Report(
-        code=code,
+        code=new_tracking_code(),
         kind=kind,
         category=draft.get("category"),
         unit_code=draft.get("unit_code"),
@@ -121,8 +135,15 @@ async def store_report(
         created_at=now,
         updated_at=now,
     )
-    media = [
+    while (allocated := await reports.allocate(report, allowance)) != Allocated.OK:
+        if allocated == Allocated.SPENT:
+            raise AllowanceSpent()
+        report.code = new_tracking_code()
+    items = draft.get("media", [])
+    rows: list[Base] = [
         ReportMedia(
+            report_id=report.id,
+            position=position,
             kind=item["kind"],
             mime=item.get("mime"),
             size=item.get("size"),
@@ -130,43 +151,51 @@ async def store_report(
             blob_id=item.get("blob_id"),
             caption=item.get("caption"),
         )
-        for item in draft.get("media", [])
+        for position, item in enumerate(items)
     ]
-    await reports.add(report, media)
-    reports.add_event(
-        report,
-        action="submitted",
-        actor_kind="citizen",
-        to_status="new",
-        data={"kind": kind, "media": len(media), "contact_mode": mode},
+    rows.append(
+        reports.event(
+            report,
+            action="submitted",
+            actor_kind="citizen",
+            to_status="new",
+            data={"kind": kind, "media": len(items), "contact_mode": mode},
+        )
     )
     if mode in ("relay", "phone"):
-        reports.add_contact_route(
-            report,
-            sender_key=origin.sender_key,
-            route=keyring.encrypt({"channel": origin.channel, "chat_id": origin.chat_id}),
-            phone=draft.get("phone") if mode == "phone" else None,
+        rows.append(
+            reports.contact_route(
+                report,
+                sender_key=origin.sender_key,
+                route=keyring.encrypt({"channel": origin.channel, "chat_id": origin.chat_id}),
+                phone=draft.get("phone") if mode == "phone" else None,
+            )
         )
-    enqueue(
-        session,
-        CardPayload(report_id=report.id),
-        Destination.for_unit(report.unit_code),
-        report_id=report.id,
-        dedupe_key=f"card:{report.id}",
-        priority=Priority.EMERGENCY if emergency else Priority.TIP,
+    rows.append(
+        outbox_row(
+            CardPayload(report_id=report.id),
+            Destination.for_unit(report.unit_code),
+            report_id=report.id,
+            dedupe_key=f"card:{report.id}",
+            priority=Priority.EMERGENCY if emergency else Priority.TIP,
+        )
     )
     if emergency:
         timer, due = Kind.TIMER_ESCALATE, now + settings.emergency_ack_timeout
     else:
         timer, due = Kind.TIMER_REMIND_UNCLAIMED, now + settings.tip_claim_reminder
-    enqueue(
-        session,
-        TimerPayload(report_id=report.id),
-        Destination.timer(),
-        kind=timer,
-        report_id=report.id,
-        dedupe_key=f"{timer}:{report.id}",
-        due=due,
+    rows.append(
+        outbox_row(
+            TimerPayload(report_id=report.id),
+            Destination.timer(),
+            kind=timer,
+            report_id=report.id,
+            dedupe_key=f"{timer}:{report.id}",
+            due=due,
+        )
     )
+    if allowance is not None:
+        rows.append(RateLimits.hit_row(allowance.scope, allowance.key))
+    await reports.store(report, rows)
     log.info("report %s stored (%s, unit %s)", report.id, kind, report.unit_code)
     return Stored(report, plain_pin)

@@ -499,6 +499,32 @@ def enqueue(
     )
 
 
+def outbox_row(
+    payload: Payload,
+    destination: Destination,
+    *,
+    kind: Kind | None = None,
+    report_id: int | None = None,
+    dedupe_key: str | None = None,
+    due: datetime | None = None,
+    priority: int | None = None,
+) -> OutboxMessage:
+    """An outbox row as :func:`enqueue` adds it, not added: for a write that stores it with
+    other rows (:meth:`storage.repositories.Reports.store`)."""
+    row_kind = kind or payload.KIND
+    if not isinstance(payload, PAYLOADS[row_kind]):
+        raise TypeError(f"{type(payload).__name__} is not a payload of {row_kind}")
+    return Outbox.row(
+        kind=row_kind.value,
+        destination=str(destination),
+        payload=payload.to_json(),
+        report_id=report_id,
+        dedupe_key=dedupe_key,
+        due=due,
+        priority=int(payload.PRIORITY if priority is None else priority),
+    )
+
+
 async def enqueue_once(
     session: AsyncSession,
     payload: Payload,
@@ -552,6 +578,7 @@ __all__ = [
     "Where",
     "enqueue",
     "enqueue_once",
+    "outbox_row",
     "payload_of",
     "reply_from_json",
     "reply_to_json",

@@ -50,13 +50,16 @@ def numbered_text(buttons: list[list[Button]]) -> str:
 
 
 def split_text(text: str, limit: int) -> list[str]:
-    """``text`` in parts of at most ``limit`` characters, cut at a line break or a space."""
+    """``text`` in parts of at most ``limit`` characters, cut at a line break or a space.
+
+    A line break is preferred only in the second half of a part: one early on (a heading's)
+    would leave a short first part and one message more than needed."""
     parts: list[str] = []
     rest = text
     while len(rest) > limit:
-        cut = rest.rfind("\n", 0, limit + 1)
-        if cut <= 0:
-            cut = rest.rfind(" ", 0, limit + 1)
+        cut = rest.rfind("\n", limit // 2, limit + 1)
+        if cut <= 0:  # else the last space or line break
+            cut = max(rest.rfind(" ", 0, limit + 1), rest.rfind("\n", 0, limit + 1))
         if cut <= 0:
             cut = limit
         parts.append(rest[:cut].rstrip())

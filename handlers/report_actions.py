@@ -156,7 +156,7 @@ class ReportActions:
         waiting = await self.session.scalar(
             select(OutboxMessage.id).where(
                 OutboxMessage.report_id == report.id,
-                OutboxMessage.kind == "report_card",
+                OutboxMessage.kind == outbox.Kind.REPORT_CARD,
                 OutboxMessage.destination == destination,
                 OutboxMessage.status.in_(("pending", "sending")),
             )

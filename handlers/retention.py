@@ -9,6 +9,13 @@ own history, so an officer sees why its evidence or route is gone.
 A report is closed when its status is one of :data:`CLOSED_STATUSES`; it was closed at its last
 event into such a status. A report whose reward is still proposed or approved keeps its route:
 the claim code has to reach the tipster.
+
+The delivery outbox is pruned in the same run, in its own batches (:data:`OUTBOX_BATCH_SIZE`):
+rows that are over (:data:`SETTLED`: sent, folded into a digest, a fired or cancelled timer)
+after ``outbox``, rows given up on (``failed``) after ``outbox_failed``, counted from the moment
+the row was last due (``next_attempt_at``, and ``sent_at`` when it has one). A ``pending`` or
+``sending`` row is never deleted. Why that is safe (dedupe keys, the flood budget, card edits, a
+reply to a relayed question): docs/operations.md, "Retention".
 """
 
 from __future__ import annotations
@@ -16,14 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.card_actions import CLOSED_STATUSES
+from handlers.citizen.relay import SENT_MESSAGE_ID
+from handlers.outbox import Kind, Status
 from storage.models import (
     AuditEvent,
     ContactRoute,
     MediaBlob,
+    OutboxMessage,
     RelayMessage,
     Report,
     ReportEvent,
@@ -35,6 +45,12 @@ BATCH_SIZE = 500
 TEXT_YEAR = timedelta(days=365)
 #: Rewards still waiting for the tipster: their report keeps its route back.
 OPEN_REWARD_STATUSES = ("proposed", "approved")
+#: Outbox rows are small and deleted through an index: a batch of them is ten of the others, so
+#: that a day's sent messages take one batch (and one audit event), not a dozen.
+OUTBOX_BATCH_SIZE = 5000
+#: Outbox rows that are over. ``failed`` (given up on) has its own limit; ``pending`` and
+#: ``sending`` are never deleted.
+SETTLED = (Status.SENT, Status.FOLDED, Status.DONE, Status.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -45,10 +61,21 @@ class RetentionPolicy:
     evidence_after_close: timedelta | None
     text_after_close: timedelta | None
     audit_events: timedelta | None
+    #: Settled outbox rows (:data:`SETTLED`), after they were last due.
+    outbox: timedelta | None = None
+    #: Outbox rows given up on (``failed``).
+    outbox_failed: timedelta | None = None
 
     @classmethod
     def from_days(
-        cls, *, route_days: int, evidence_days: int, text_years: int, audit_days: int
+        cls,
+        *,
+        route_days: int,
+        evidence_days: int,
+        text_years: int,
+        audit_days: int,
+        outbox_days: int = 0,
+        outbox_failed_days: int = 0,
     ) -> RetentionPolicy:
         """From the settings' numbers, where 0 means kept."""
         return cls(
@@ -56,6 +83,8 @@ class RetentionPolicy:
             evidence_after_close=timedelta(days=evidence_days) if evidence_days else None,
             text_after_close=TEXT_YEAR * text_years if text_years else None,
             audit_events=timedelta(days=audit_days) if audit_days else None,
+            outbox=timedelta(days=outbox_days) if outbox_days else None,
+            outbox_failed=timedelta(days=outbox_failed_days) if outbox_failed_days else None,
         )
 
 
@@ -68,10 +97,22 @@ class RetentionResult:
     blobs: int = 0
     texts: int = 0
     audit_events: int = 0
+    #: Settled outbox rows deleted.
+    outbox: int = 0
+    #: Failed outbox rows deleted.
+    outbox_failed: int = 0
 
     @property
     def total(self) -> int:
-        return self.routes + self.evidence_files + self.texts + self.audit_events
+        """Everything deleted but the blobs (which go only with an evidence file)."""
+        return (
+            self.routes
+            + self.evidence_files
+            + self.texts
+            + self.audit_events
+            + self.outbox
+            + self.outbox_failed
+        )
 
     def __add__(self, other: RetentionResult) -> RetentionResult:
         return RetentionResult(
@@ -241,6 +282,55 @@ async def _delete_audit_events(session: AsyncSession, cutoff: datetime, batch: i
     return len(ids)
 
 
+def _awaited_reply() -> ColumnElement[bool]:
+    """A relayed question the tipster received while their route back exists: a reply to that
+    message is their answer, and the report is found through this row
+    (:func:`handlers.citizen.relay.replied_question`, which joins the route too)."""
+    return and_(
+        OutboxMessage.kind == Kind.CITIZEN_MESSAGE.value,
+        OutboxMessage.payload[SENT_MESSAGE_ID].as_string().is_not(None),
+        exists().where(ContactRoute.report_id == OutboxMessage.report_id),
+    )
+
+
+async def _prune_outbox(
+    session: AsyncSession, cutoff: datetime, statuses: tuple[Status, ...], batch: int
+) -> int:
+    """Delete up to ``batch`` outbox rows in ``statuses`` last due before ``cutoff``.
+
+    The ids come first, one query per status, each an index range scan on
+    ``ix_outbox_status_due`` (``status``, ``next_attempt_at``) that stops at the batch's size;
+    then one delete by primary key. (``DELETE ... WHERE id IN (SELECT ... LIMIT n)`` lets
+    PostgreSQL plan a hash join over the whole table, a sequential scan for every batch.)
+    """
+    ids: list[int] = []
+    for status in statuses:
+        if len(ids) >= batch:
+            break
+        terms = [
+            OutboxMessage.status == status.value,
+            OutboxMessage.next_attempt_at < cutoff,
+            or_(OutboxMessage.sent_at.is_(None), OutboxMessage.sent_at < cutoff),
+        ]
+        if status == Status.SENT:
+            terms.append(~_awaited_reply())
+        found = await session.scalars(
+            select(OutboxMessage.id)
+            .where(*terms)
+            .order_by(OutboxMessage.next_attempt_at)
+            .limit(batch - len(ids))
+        )
+        ids += found.all()
+    if not ids:
+        return 0
+    result = await session.execute(
+        delete(OutboxMessage)
+        .where(OutboxMessage.id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def apply_retention(
     session: AsyncSession,
     policy: RetentionPolicy,
@@ -248,11 +338,13 @@ async def apply_retention(
     now: datetime,
     via: str = "system",
     batch: int = BATCH_SIZE,
+    outbox_batch: int = OUTBOX_BATCH_SIZE,
 ) -> RetentionResult:
     """Apply one batch of ``policy`` inside the caller's transaction; counts of what went.
 
     Call again (after committing) until :attr:`RetentionResult.total` is 0. A run with nothing
-    to delete writes nothing, so running twice is a no-op.
+    to delete writes nothing, so running twice is a no-op. ``outbox_batch`` bounds each of the
+    two outbox items (settled, failed).
     """
     touched: dict[int, dict[str, int]] = {}
     routes = evidence = blobs = texts = audit = 0
@@ -267,7 +359,22 @@ async def apply_retention(
         )
     if policy.text_after_close is not None:
         texts = await _redact_texts(session, now - policy.text_after_close, batch, touched)
-    result = RetentionResult(routes, evidence, blobs, texts, audit)
+    outbox = outbox_failed = 0
+    if policy.outbox is not None:
+        outbox = await _prune_outbox(session, now - policy.outbox, SETTLED, outbox_batch)
+    if policy.outbox_failed is not None:
+        outbox_failed = await _prune_outbox(
+            session, now - policy.outbox_failed, (Status.FAILED,), outbox_batch
+        )
+    result = RetentionResult(
+        routes=routes,
+        evidence_files=evidence,
+        blobs=blobs,
+        texts=texts,
+        audit_events=audit,
+        outbox=outbox,
+        outbox_failed=outbox_failed,
+    )
     if result.total == 0:
         return result
     session.add_all(

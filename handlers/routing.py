@@ -24,7 +24,9 @@ Lookup (:meth:`UnitLocator.locate`):
 Without a geometry file :meth:`UnitLocator.empty` locates nothing and the citizen picks the
 commune by name (``handlers.places``).
 
-This module must not import ``telegram``.
+This module must not import ``telegram``. numpy and shapely (~20 MB) are imported when a
+geometry file is read: a service without one (or a panel that never draws the map) never loads
+them.
 """
 
 from __future__ import annotations
@@ -34,12 +36,11 @@ import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import shapely
-from shapely.geometry import shape
-from shapely.geometry.base import BaseGeometry
+if TYPE_CHECKING:
+    import numpy as np
+    from shapely.geometry.base import BaseGeometry
 
 #: Mean Earth radius (IUGG), km.
 EARTH_RADIUS_KM = 6371.0088
@@ -108,18 +109,32 @@ class UnitLocator:
         """
         items = sorted((boundaries or {}).items())
         self._boundary_codes: tuple[str, ...] = tuple(code for code, _ in items)
-        geoms = np.array([geom for _, geom in items], dtype=object)
-        shapely.prepare(geoms)
-        self._boundaries = geoms
-        self._areas: tuple[float, ...] = tuple(float(a) for a in shapely.area(geoms))
-        self._tree = shapely.STRtree(geoms) if len(geoms) else None
+        self._boundaries: Any = ()
+        self._areas: tuple[float, ...] = ()
+        self._tree: Any = None
+        if items:
+            import numpy as np
+            import shapely
+
+            geoms = np.array([geom for _, geom in items], dtype=object)
+            shapely.prepare(geoms)
+            self._boundaries = geoms
+            self._areas = tuple(float(a) for a in shapely.area(geoms))
+            self._tree = shapely.STRtree(geoms)
 
         ordered = sorted(centres, key=lambda c: c.code)
         self._centres: tuple[Centre, ...] = tuple(ordered)
-        self._centre_lat = np.radians(np.array([c.latitude for c in ordered], dtype=float))
-        self._centre_lon = np.radians(np.array([c.longitude for c in ordered], dtype=float))
-        self._centre_cos_lat = np.cos(self._centre_lat)
-        self._centre_radius = np.array([c.radius_km for c in ordered], dtype=float)
+        self._centre_lat: np.ndarray[Any, Any] | None = None
+        self._centre_lon: np.ndarray[Any, Any] | None = None
+        self._centre_cos_lat: np.ndarray[Any, Any] | None = None
+        self._centre_radius: np.ndarray[Any, Any] | None = None
+        if ordered:
+            import numpy as np
+
+            self._centre_lat = np.radians(np.array([c.latitude for c in ordered], dtype=float))
+            self._centre_lon = np.radians(np.array([c.longitude for c in ordered], dtype=float))
+            self._centre_cos_lat = np.cos(self._centre_lat)
+            self._centre_radius = np.array([c.radius_km for c in ordered], dtype=float)
         self._units = frozenset(self._boundary_codes) | {c.code for c in ordered}
 
     # ----------------------------------------------------------------------- construction
@@ -187,6 +202,8 @@ class UnitLocator:
     def _in_boundary(self, lat: float, lon: float) -> str | None:
         if self._tree is None:
             return None
+        import shapely
+
         candidates = self._tree.query(shapely.Point(lon, lat))
         best: tuple[float, str] | None = None
         for index in candidates:
@@ -200,6 +217,10 @@ class UnitLocator:
     def _near_centre(self, lat: float, lon: float) -> str | None:
         if not self._centres:
             return None
+        import numpy as np
+
+        assert self._centre_lat is not None and self._centre_lon is not None
+        assert self._centre_cos_lat is not None and self._centre_radius is not None
         phi = math.radians(lat)
         dphi = self._centre_lat - phi
         dlambda = self._centre_lon - math.radians(lon)
@@ -267,8 +288,14 @@ def _parse_geojson(
 
     boundaries: dict[str, BaseGeometry] = {}
     for code, geoms in parts.items():
-        boundaries[code] = geoms[0] if len(geoms) == 1 else shapely.union_all(geoms)
+        boundaries[code] = geoms[0] if len(geoms) == 1 else _union(geoms)
     return UnitLocator(boundaries, tuple(centres.values()))
+
+
+def _union(geoms: list[BaseGeometry]) -> BaseGeometry:
+    import shapely
+
+    return shapely.union_all(geoms)
 
 
 def _feature_code(properties: Mapping[str, Any]) -> str | None:
@@ -313,6 +340,9 @@ def _parse_centre(
 def _parse_boundary(
     geometry: Mapping[str, Any], where: str, fail: Callable[[str], ValueError]
 ) -> BaseGeometry:
+    import shapely
+    from shapely.geometry import shape
+
     try:
         geom = shape(geometry)
     except Exception as exc:  # shapely raises ValueError, TypeError, GEOSException, ...
@@ -337,6 +367,8 @@ def _parse_boundary(
 
 def _polygonal_part(geom: BaseGeometry) -> BaseGeometry | None:
     """The polygons of a (repaired) geometry, or None if it holds no area."""
+    import shapely
+
     if geom.geom_type in _POLYGONAL:
         return None if geom.is_empty or geom.area < MIN_AREA_DEG2 else geom
     if geom.geom_type == "GeometryCollection":

@@ -11,14 +11,17 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import stat
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, pool, text
+from sqlalchemy import event, func, pool, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -28,6 +31,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.util import await_
 
 from storage.sqlite_driver import Driver as SQLiteDriver
 
@@ -168,11 +172,22 @@ def install_idle_ping(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE
         if since is None or time.monotonic() - since < idle_seconds:
             return
         try:
-            alive = sync_engine.dialect.do_ping(dbapi_connection)
+            alive = _ping(sync_engine, dbapi_connection)
         except Exception as exc:
             raise DisconnectionError("the idle connection is gone") from exc
         if alive is False:
             raise DisconnectionError("the idle connection is gone")
+
+
+def _ping(sync_engine: Any, dbapi_connection: Any) -> bool:
+    """One round trip on asyncpg (an empty query outside any transaction); SQLAlchemy's own
+    ping wraps it in ``BEGIN`` and ``ROLLBACK`` (for PgBouncer in transaction mode, not used
+    here), three round trips on every checkout of a connection that sat idle."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if sync_engine.dialect.driver == "asyncpg" and driver is not None:
+        await_(driver.fetchrow(";"))
+        return True
+    return bool(sync_engine.dialect.do_ping(dbapi_connection))
 
 
 def probe_engine(engine: AsyncEngine) -> AsyncEngine:
@@ -201,14 +216,14 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             prepare_sqlite_file(path)
         # One thread hop per operation instead of aiosqlite's three or four, one writer at a
         # time, lone writes committed together (storage.sqlite_driver).
-        driver = SQLiteDriver(SQLITE_PRAGMAS, connections=SQLITE_CONNECTIONS)
+        # An in-memory database lives in one SQLite connection (SQLAlchemy's StaticPool).
+        memory = path is None
+        driver = SQLiteDriver(SQLITE_PRAGMAS, connections=1 if memory else SQLITE_CONNECTIONS)
+        pool: dict[str, int] = (
+            {} if memory else {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW}
+        )
         engine = create_async_engine(
-            parsed,
-            echo=echo,
-            json_serializer=_json_dumps,
-            module=driver,
-            pool_size=SQLITE_POOL_SIZE,
-            max_overflow=SQLITE_MAX_OVERFLOW,
+            parsed, echo=echo, json_serializer=_json_dumps, module=driver, **pool
         )
         event.listen(engine.sync_engine, "engine_disposed", lambda _engine: driver.dispose())
         return engine
@@ -219,6 +234,11 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             json_serializer=_json_dumps,
             pool_size=PG_POOL_SIZE,
             max_overflow=PG_MAX_OVERFLOW,
+            # The connection used last goes out first: at a quiet moment the few connections
+            # in use stay warm (their statements prepared, not idle long enough to need a
+            # ping) and the others sit; a spread of checkouts over all ten would have each
+            # prepare every statement and, after a quiet spell, be pinged.
+            pool_use_lifo=True,
             pool_timeout=30,
             # Drop connections before a server or proxy idle timeout closes them under us.
             pool_recycle=1800,
@@ -235,10 +255,99 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
 #: ``session.info`` keys of :class:`TrackedSession`.
 CONNECTION_BEGUN = "connection_begun"
 LONE_WRITE_DONE = "lone_write_done"
-#: Set in ``session.info`` when a transaction enqueued an outbox message.
+#: In ``session.info`` when a transaction enqueued outbox rows: an :class:`Enqueued` (or
+#: ``True``, wake every loop), for the wake-ups after its commit.
 OUTBOX_ENQUEUED = "outbox_enqueued"
+#: In ``session.info``: the outbox notification the transaction already sent (its payload).
+OUTBOX_NOTIFIED = "outbox_notified"
+#: In ``session.info``: new ORM objects the transaction wrote without the ORM's flush
+#: (``Reports.store``), for listeners that count what flushes write (``bot.metrics``, at
+#: ``after_commit``); forgotten when the transaction ends.
+WRITTEN_UNFLUSHED = "written_unflushed"
 #: The PostgreSQL notification channel of outbox wake-ups (:func:`_notify_outbox`).
 OUTBOX_CHANNEL = "tinbao_outbox"
+#: The ``kind`` values of the rows the citizen messenger sends (``handlers.outbox.Kind``);
+#: timers' kinds start with :data:`TIMER_KIND_PREFIX`; every other kind goes to officers.
+CITIZEN_KINDS = frozenset({"citizen_message", "citizen_answer"})
+TIMER_KIND_PREFIX = "timer."
+
+
+@dataclass
+class Enqueued:
+    """What a transaction enqueued, so that only the loops with something to do are woken:
+    the officers' worker, the citizen messenger, the timers (by the earliest timer's due
+    moment: one due in a day wakes nobody now)."""
+
+    officers: bool = False
+    citizens: bool = False
+    timers: datetime | None = None
+
+    @classmethod
+    def everything(cls) -> Enqueued:
+        return cls(officers=True, citizens=True, timers=datetime.min.replace(tzinfo=UTC))
+
+    def add(self, kind: str, due: datetime | None = None) -> None:
+        if kind.startswith(TIMER_KIND_PREFIX):
+            moment = due or datetime.min.replace(tzinfo=UTC)
+            self.timers = moment if self.timers is None else min(self.timers, moment)
+        elif kind in CITIZEN_KINDS:
+            self.citizens = True
+        else:
+            self.officers = True
+
+    def payload(self, token: str) -> str:
+        """The notification's payload: ``<token> <o?c?> <timer's epoch or ->``."""
+        flags = ("o" if self.officers else "") + ("c" if self.citizens else "")
+        due = f"{self.timers.timestamp():.3f}" if self.timers is not None else "-"
+        return f"{token} {flags or '-'} {due}"
+
+    @classmethod
+    def parse(cls, payload: str) -> tuple[str, Enqueued]:
+        """The sender's token and what it enqueued; anything unreadable wakes everything."""
+        try:
+            token, flags, due = payload.split(" ")
+            timers = None if due == "-" else datetime.fromtimestamp(float(due), tz=UTC)
+        except ValueError:
+            return "", cls.everything()
+        return token, cls(officers="o" in flags, citizens="c" in flags, timers=timers)
+
+
+def enqueued(session: AsyncSession | Session) -> Enqueued:
+    """The transaction's record of what it enqueued (created on first use)."""
+    found = session.info.get(OUTBOX_ENQUEUED)
+    if not isinstance(found, Enqueued):
+        found = Enqueued.everything() if found else Enqueued()
+        session.info[OUTBOX_ENQUEUED] = found
+    return found
+
+
+_TOKENS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_WAKERS: weakref.WeakKeyDictionary[Any, list[Callable[[Enqueued], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def outbox_token(engine: Any) -> str:
+    """A random name of ``engine`` (an engine or its sync engine), sent with its outbox
+    notifications: its own listener leaves them to the in-process wake-up."""
+    sync = getattr(engine, "sync_engine", engine)
+    token = _TOKENS.get(sync)
+    if token is None:
+        token = _TOKENS[sync] = secrets.token_hex(8)
+    return token
+
+
+def on_outbox_commit(engine: AsyncEngine, waker: Callable[[Enqueued], None]) -> None:
+    """Call ``waker`` after each commit on ``engine`` that enqueued outbox rows, in this
+    process, with what it enqueued: the delivering loops wake at once, whichever code path
+    committed (on PostgreSQL the other processes hear of it by notification)."""
+    _WAKERS.setdefault(engine.sync_engine, []).append(waker)
+
+
+def off_outbox_commit(engine: AsyncEngine, waker: Callable[[Enqueued], None]) -> None:
+    wakers = _WAKERS.get(engine.sync_engine, [])
+    if waker in wakers:
+        wakers.remove(waker)
 
 
 class TrackedSession(Session):
@@ -256,6 +365,8 @@ def _transaction_ended(session: Session, transaction: SessionTransaction) -> Non
     if transaction.parent is None:
         session.info.pop(CONNECTION_BEGUN, None)
         session.info.pop(LONE_WRITE_DONE, None)
+        session.info.pop(OUTBOX_NOTIFIED, None)
+        session.info.pop(WRITTEN_UNFLUSHED, None)
 
 
 @event.listens_for(TrackedSession, "do_orm_execute")
@@ -275,11 +386,35 @@ def _notify_outbox(session: Session) -> None:
     """On PostgreSQL, a transaction that enqueued outbox rows notifies ``tinbao_outbox`` in
     itself: the notification is delivered when (and only if) it commits, to every process
     listening (``bot/wakeup.py``), so a worker in another process wakes at once instead of at
-    its next poll. SQLite is one process: the in-process wake-ups do it."""
+    its next poll. It says what was enqueued, and which engine sent it (:func:`outbox_token`).
+    Nothing is sent if the transaction already sent it (:meth:`storage.repositories.Reports.
+    store` does, in its statement). In this process the wake-up is :func:`_wake_outbox`."""
     if not session.info.get(OUTBOX_ENQUEUED) or session.info.get(LONE_WRITE_DONE):
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    payload = outbox_payload(session)
+    if session.info.get(OUTBOX_NOTIFIED) != payload:
+        session.execute(select(func.pg_notify(OUTBOX_CHANNEL, payload)))
+
+
+def outbox_payload(session: AsyncSession | Session) -> str:
+    """The outbox notification of what ``session``'s transaction enqueued."""
+    return enqueued(session).payload(outbox_token(session.get_bind()))
+
+
+@event.listens_for(TrackedSession, "after_commit")
+def _wake_outbox(session: Session) -> None:
+    """After a commit that enqueued outbox rows: the wakers of this process (on any backend),
+    at once."""
+    if not session.info.get(OUTBOX_ENQUEUED):
+        return
+    wakers = _WAKERS.get(session.get_bind())
+    if wakers:
+        what = enqueued(session)
+        for waker in list(wakers):
+            waker(what)
 
 
 def lone_writes(dialect: Any) -> bool:
@@ -331,6 +466,22 @@ def lone_write_done(session: AsyncSession) -> None:
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions whose objects stay usable after commit (no lazy reload on attribute access)."""
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=TrackedSession)
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    session_factory: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """A session that only reads. On PostgreSQL its statements run in autocommit: a read costs
+    its own round trip, without the ``BEGIN`` before it and the ``ROLLBACK`` when the session
+    closes (three round trips for a one-statement read). Nothing is lost: under ``READ
+    COMMITTED`` (the default) each statement of a transaction takes its own snapshot anyway.
+    A write in it would be committed at once: use a transaction for writes."""
+    async with session_factory() as session:
+        bind = session.bind
+        if bind is not None and bind.dialect.name == "postgresql":
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 async def check_database(engine: AsyncEngine) -> bool:

@@ -12,22 +12,22 @@ on the rows that point at it. ``PRAGMA foreign_key_check`` must come back empty 
 revision commits. (An in-memory SQLite database, for tests, is migrated on its own engine's
 single connection.) On PostgreSQL, a session advisory lock keeps two ``tinbao migrate`` from
 running at once.
+
+Alembic (with Mako and Pygments, ~10 MB) is imported only when a migration or a comparison
+runs: a start-up whose database is already at this code's revision reads ``alembic_version``
+with one plain query and the head from the revision files (:func:`head_in_files`), and never
+imports it.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib.util
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.autogenerate.api import AutogenContext
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext, MigrationInfo
-from alembic.script import ScriptDirectory
 from sqlalchemy import JSON, Connection, event, inspect, pool, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, make_url
@@ -36,6 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from storage.db import SQLITE_PRAGMAS, install_sqlite_pragmas, sqlite_file
 from storage.models import Base
 from storage.types import UTCDateTime
+
+if TYPE_CHECKING:
+    from alembic.autogenerate.api import AutogenContext
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext, MigrationInfo
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -57,6 +63,8 @@ class SchemaMismatch(RuntimeError):
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic :class:`Config` built in code; ``connection`` is handed to ``env.py``."""
+    from alembic.config import Config
+
     config = Config()
     # The value goes through ConfigParser interpolation: a literal "%" must be doubled.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -193,7 +201,46 @@ async def run_alembic(engine: AsyncEngine, fn: Callable[[Config], None]) -> None
 
 @functools.cache
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
+
+
+def head_in_files(directory: Path | None = None) -> str | None:
+    """The newest revision, read from the revision files without Alembic: the one revision
+    that no other names as its ``down_revision``. ``None`` when the files do not say it
+    plainly (a merge, a branch, a value that is not a literal): then ask Alembic."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    versions = (directory or MIGRATIONS_DIR) / "versions"
+    for path in versions.glob("*.py"):
+        values: dict[str, Any] = {}
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            return None
+        for node in tree.body:
+            target: ast.expr | None = None
+            if isinstance(node, ast.AnnAssign):
+                target = node.target
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+            value = getattr(node, "value", None)
+            if isinstance(target, ast.Name) and value is not None:
+                try:
+                    values[target.id] = ast.literal_eval(value)
+                except ValueError:
+                    values[target.id] = ...
+        revision, down = values.get("revision"), values.get("down_revision")
+        if not isinstance(revision, str) or not (down is None or isinstance(down, str)):
+            return None
+        if values.get("branch_labels") is not None or values.get("depends_on") is not None:
+            return None
+        revisions.add(revision)
+        if down is not None:
+            parents.add(down)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
 
 
 def head_revision() -> str:
@@ -210,20 +257,30 @@ def known_revisions() -> frozenset[str]:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Upgrade the database to ``revision`` (the newest by default), one transaction each."""
+    from alembic import command
+
     await run_alembic(engine, lambda config: command.upgrade(config, revision))
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Downgrade the database to ``revision`` (``"base"`` drops everything)."""
+    from alembic import command
+
     await run_alembic(engine, lambda config: command.downgrade(config, revision))
+
+
+def _recorded_heads(sync: Connection) -> tuple[str, ...]:
+    """``alembic_version``'s rows, read as Alembic does (no table: no revision)."""
+    if not inspect(sync).has_table("alembic_version"):
+        return ()
+    rows = sync.execute(text("SELECT version_num FROM alembic_version"))
+    return tuple(str(row[0]) for row in rows)
 
 
 async def current_heads(engine: AsyncEngine) -> tuple[str, ...]:
     """The revisions recorded in ``alembic_version`` (empty on an empty database)."""
     async with engine.connect() as connection:
-        return await connection.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_heads()
-        )
+        return await connection.run_sync(_recorded_heads)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
@@ -236,6 +293,9 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 async def schema_diff(engine: AsyncEngine) -> list[Any]:
     """What ``alembic check`` would report: the models compared with the database (``[]``)."""
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
 
     def diff(sync: Connection) -> list[Any]:
         context = MigrationContext.configure(sync, opts=context_options(sync.dialect.name))
@@ -260,8 +320,10 @@ async def ensure_schema(engine: AsyncEngine, *, auto_upgrade: bool) -> None:
     With ``auto_upgrade`` (the embedded SQLite) an empty or older database is upgraded here.
     A database newer than this code is never touched.
     """
-    head = head_revision()
     heads = await current_heads(engine)
+    if len(heads) == 1 and heads[0] == head_in_files():
+        return  # the usual start-up: no Alembic
+    head = head_revision()
     if heads == (head,):
         return
     unknown = [rev for rev in heads if rev not in known_revisions()]

@@ -11,16 +11,29 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import ColumnDefault, Table, delete, exists, func, insert, literal, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql.selectable import ScalarSelect
 
-from storage.db import OUTBOX_ENQUEUED, begin_lone_write, lone_write_done
+from storage.db import (
+    OUTBOX_CHANNEL,
+    OUTBOX_ENQUEUED,
+    OUTBOX_NOTIFIED,
+    WRITTEN_UNFLUSHED,
+    begin_lone_write,
+    enqueued,
+    lone_write_done,
+    outbox_payload,
+)
 from storage.models import (
+    Base,
     ContactRoute,
     Conversation,
     MediaBlob,
@@ -42,6 +55,7 @@ if TYPE_CHECKING:
 #: has committed (:func:`publish_conversations`).
 CONVERSATIONS_WRITTEN = "conversations_written"
 
+
 _CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
 _CONVERSATION_COLUMNS = (
     _CONVERSATIONS.c.locale,
@@ -52,6 +66,21 @@ _CONVERSATION_COLUMNS = (
     _CONVERSATIONS.c.created_at,
     _CONVERSATIONS.c.expires_at,
 )
+
+
+def column_values(row: Base) -> dict[str, Any]:
+    """The column values of a new ORM object as its flush would write them: those set on it,
+    and the Python-side defaults of the others (server-side ones are left to the server)."""
+    state = row.__dict__
+    values: dict[str, Any] = {}
+    for attribute in sa_inspect(type(row)).column_attrs:
+        column = attribute.columns[0]
+        if attribute.key in state:
+            values[column.key] = state[attribute.key]
+        elif isinstance(column.default, ColumnDefault):
+            default = column.default
+            values[column.key] = default.arg(None) if default.is_callable else default.arg
+    return values
 
 
 class UpdateLog:
@@ -276,13 +305,23 @@ class Conversations:
             self.session.add(conversation)
         return conversation
 
-    async def expired_drafts(self, now: datetime, limit: int = 500) -> Sequence[Conversation]:
-        result = await self.session.scalars(
-            select(Conversation)
-            .where(Conversation.expires_at.is_not(None), Conversation.expires_at < now)
-            .limit(limit)
-        )
-        return result.all()
+
+@dataclass(frozen=True)
+class Allowance:
+    """At most ``limit`` hits under ``scope`` and ``key`` in the last ``window``."""
+
+    scope: str
+    key: str
+    window: timedelta
+    limit: int
+
+
+class Allocated(Enum):
+    """What :meth:`Reports.allocate` did."""
+
+    OK = "ok"
+    TAKEN = "taken"  # the report's code is another's
+    SPENT = "spent"  # the sender has used up the allowance
 
 
 class RateLimits:
@@ -292,16 +331,29 @@ class RateLimits:
         self.session = session
 
     async def count(self, scope: str, key: str, window: timedelta) -> int:
-        since = utcnow() - window
-        total = await self.session.scalar(
-            select(func.count())
-            .select_from(RateHit)
-            .where(RateHit.scope == scope, RateHit.key == key, RateHit.at >= since)
-        )
+        total = await self.session.scalar(select(self.counting(Allowance(scope, key, window, 0))))
         return int(total or 0)
 
+    @staticmethod
+    def counting(allowance: Allowance) -> ScalarSelect[int]:
+        """The hits counted against ``allowance``, as a subquery."""
+        since = utcnow() - allowance.window
+        return (
+            select(func.count())
+            .select_from(RateHit)
+            .where(
+                RateHit.scope == allowance.scope, RateHit.key == allowance.key, RateHit.at >= since
+            )
+            .scalar_subquery()
+        )
+
     def hit(self, scope: str, key: str) -> None:
-        self.session.add(RateHit(scope=scope, key=key, at=utcnow()))
+        self.session.add(self.hit_row(scope, key))
+
+    @staticmethod
+    def hit_row(scope: str, key: str) -> RateHit:
+        """A hit, not added (for :meth:`Reports.store`)."""
+        return RateHit(scope=scope, key=key, at=utcnow())
 
     async def clear(self, scope: str, key: str) -> None:
         await self.session.execute(
@@ -363,6 +415,69 @@ class Reports:
     async def by_code(self, code: str) -> Report | None:
         return await self.session.scalar(select(Report).where(Report.code == code))
 
+    @property
+    def batched(self) -> bool:
+        """On PostgreSQL a report is given its id first (:meth:`allocate`) and written with
+        everything that goes with it in one statement (:meth:`store`)."""
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    async def allocate(self, report: Report, allowance: Allowance | None = None) -> Allocated:
+        """Give ``report`` its id, unless its code is taken (pick another code and call again)
+        or the sender has used up their ``allowance``.
+
+        PostgreSQL: the id is taken from the table's sequence, the code checked and the
+        sender's hits counted in one statement; nothing is written yet (:meth:`store` writes
+        it). SQLite: the hits are counted, the code is checked, and the report added and
+        flushed for its id."""
+        counted = RateLimits.counting(allowance) if allowance is not None else literal(0)
+        taken = exists().where(Report.code == report.code)
+        if self.batched:
+            next_id = func.nextval(func.pg_get_serial_sequence("reports", "id"))
+            found = (await self.session.execute(select(next_id, taken, counted))).one()
+            if allowance is not None and int(found[2]) >= allowance.limit:
+                return Allocated.SPENT
+            if found[1]:
+                return Allocated.TAKEN
+            report.id = int(found[0])
+            return Allocated.OK
+        found = (await self.session.execute(select(taken, counted))).one()
+        if allowance is not None and int(found[1]) >= allowance.limit:
+            return Allocated.SPENT
+        if found[0]:
+            return Allocated.TAKEN
+        self.session.add(report)
+        await self.session.flush()
+        return Allocated.OK
+
+    async def store(self, report: Report, rows: Sequence[Base]) -> None:
+        """Write ``report`` (given its id by :meth:`allocate`) and the new ``rows`` that go
+        with it (its media, event, route back, outbox rows, a rate-limit hit).
+
+        PostgreSQL: one statement, whatever the tables (a data-modifying CTE per table; the
+        foreign keys are checked at its end), so the report's row, and the statistics row its
+        trigger updates and holds locked until the commit, are written last but for the
+        conversation; with the outbox notification when outbox rows are among them. SQLite:
+        added to the session (the ORM writes them at the next flush)."""
+        for row in rows:
+            if isinstance(row, OutboxMessage):
+                enqueued(self.session).add(row.kind, row.next_attempt_at)
+        if not self.batched:
+            self.session.add_all(rows)
+            return
+        # A CTE per row (a multi-row VALUES is compiled afresh each time, one row's is cached),
+        # with anonymous binds (the tables share column names: kind, report_id, created_at).
+        writes = []
+        for index, row in enumerate((report, *rows)):
+            table = cast(Table, row.__table__)
+            values = {k: literal(v, table.c[k].type) for k, v in column_values(row).items()}
+            writes.append(insert(table).values(values).cte(f"add_{index}"))
+        payload = outbox_payload(self.session) if self.session.info.get(OUTBOX_ENQUEUED) else None
+        head = func.pg_notify(OUTBOX_CHANNEL, payload) if payload else literal(True)
+        await self.session.execute(select(head).add_cte(*writes))
+        self.session.info.setdefault(WRITTEN_UNFLUSHED, []).extend((report, *rows))
+        if payload:  # (sent again at the commit if more is enqueued after)
+            self.session.info[OUTBOX_NOTIFIED] = payload
+
     async def add(self, report: Report, media: Sequence[ReportMedia]) -> Report:
         self.session.add(report)
         await self.session.flush()
@@ -384,7 +499,33 @@ class Reports:
         reason: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> ReportEvent:
-        event = ReportEvent(
+        event = self.event(
+            report,
+            action=action,
+            actor_kind=actor_kind,
+            actor_id=actor_id,
+            from_status=from_status,
+            to_status=to_status,
+            reason=reason,
+            data=data,
+        )
+        self.session.add(event)
+        return event
+
+    @staticmethod
+    def event(
+        report: Report,
+        *,
+        action: str,
+        actor_kind: str,
+        actor_id: int | None = None,
+        from_status: str | None = None,
+        to_status: str | None = None,
+        reason: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> ReportEvent:
+        """An audit event of ``report``, not added (for :meth:`store`)."""
+        return ReportEvent(
             report_id=report.id,
             actor_kind=actor_kind,
             actor_id=actor_id,
@@ -395,17 +536,20 @@ class Reports:
             data=data,
             at=utcnow(),
         )
-        self.session.add(event)
-        return event
 
     def add_contact_route(
         self, report: Report, *, sender_key: str, route: str, phone: str | None
     ) -> ContactRoute:
-        contact = ContactRoute(
-            report_id=report.id, sender_key=sender_key, route=route, phone=phone
-        )
+        contact = self.contact_route(report, sender_key=sender_key, route=route, phone=phone)
         self.session.add(contact)
         return contact
+
+    @staticmethod
+    def contact_route(
+        report: Report, *, sender_key: str, route: str, phone: str | None
+    ) -> ContactRoute:
+        """The route back to ``report``'s tipster, not added (for :meth:`store`)."""
+        return ContactRoute(report_id=report.id, sender_key=sender_key, route=route, phone=phone)
 
     async def events(self, report_id: int) -> Sequence[ReportEvent]:
         result = await self.session.scalars(
@@ -431,9 +575,33 @@ class Outbox:
     ) -> OutboxMessage:
         """Add a row in the caller's transaction. The typed way in is
         :func:`handlers.outbox.enqueue`; this is its storage half."""
+        message = self.row(
+            kind=kind,
+            destination=destination,
+            payload=payload,
+            report_id=report_id,
+            dedupe_key=dedupe_key,
+            due=due,
+            priority=priority,
+        )
+        self.session.add(message)
         # Tells the caller, after its commit, that there is something to deliver.
-        self.session.info[OUTBOX_ENQUEUED] = True
-        message = OutboxMessage(
+        enqueued(self.session).add(message.kind, message.next_attempt_at)
+        return message
+
+    @staticmethod
+    def row(
+        *,
+        kind: str,
+        destination: str,
+        payload: dict[str, Any],
+        report_id: int | None = None,
+        dedupe_key: str | None = None,
+        due: datetime | None = None,
+        priority: int = 0,
+    ) -> OutboxMessage:
+        """An outbox row, not added (for :meth:`Reports.store`)."""
+        return OutboxMessage(
             kind=kind,
             destination=destination,
             payload=payload,
@@ -445,8 +613,6 @@ class Outbox:
             attempts=0,
             message_count=0,
         )
-        self.session.add(message)
-        return message
 
     async def enqueue_absent(
         self,
@@ -481,7 +647,7 @@ class Outbox:
         )
         added = bool(getattr(result, "rowcount", 0))
         if added:
-            self.session.info[OUTBOX_ENQUEUED] = True
+            enqueued(self.session).add(kind, due or now)
         return added
 
 

@@ -625,6 +625,49 @@ async def test_claim_time_percentiles(env: Env) -> None:
     assert figures.claim.p90 == pytest.approx(91 * 60, abs=1)
 
 
+async def test_dashboard_reads_the_rollups_and_agrees_with_a_recount(env: Env) -> None:
+    """The landing page reads this month from the statistics rollups (fast at any number of
+    reports); its counts equal a recount from the reports table, within the viewer's scope."""
+    from admin.dashboard_views import as_stats
+    from admin.queries import Period, stats
+    from admin.stats.queries import figures, period_months
+
+    await env.add_officer("chief", "admin")
+    await env.add_officer("lan", "officer", "qa")
+    now = datetime.now(UTC)
+    for status, minutes in (("new", None), ("assigned", 12), ("resolved", 40)):
+        claimed = now + timedelta(minutes=minutes) if minutes else None
+        await env.add_report(env.unit_a, status=status, created_at=now, claimed_at=claimed)
+    await env.add_report(env.unit_b, category="drugs", created_at=now)
+    await env.add_report(
+        env.unit_b,
+        kind="emergency",
+        status="acknowledged",
+        created_at=now,
+        acknowledged_at=now + timedelta(seconds=90),
+    )
+    await env.add_report(None, category="fraud", created_at=now)  # unit unknown
+    period = Period.parse(None)
+    async with env.service.session_factory() as db:
+        recount = await stats(db, period, None)
+        shown = as_stats(period, await figures(db, period_months(period), None))
+    assert shown.total == recount.total == 6
+    assert shown.by_status == recount.by_status
+    assert shown.by_category == recount.by_category
+    assert shown.by_unit == recount.by_unit
+    assert shown.claim.count == recount.claim.count == 2
+    assert shown.acknowledge.count == recount.acknowledge.count == 1
+    # Interpolated within the histogram's bucket (60-120 s) that holds the one 90 s sample.
+    assert shown.acknowledge.median is not None and 60 <= shown.acknowledge.median <= 120
+
+    assert await env.login("chief") == 303
+    page = await (await env.client.get("/admin/")).text()
+    assert '<p class="big">6</p>' in page
+    assert await env.login("lan") == 303
+    page = await (await env.client.get("/admin/")).text()
+    assert '<p class="big">3</p>' in page  # queue A's unit only
+
+
 # --------------------------------------------------------------------------- CLI
 
 

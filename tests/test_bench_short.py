@@ -31,7 +31,8 @@ async def test_the_tip_flow_benchmark_runs_short(backend, rate, capsys, monkeypa
         if rate is None
         else {"p50_ms", "p95_ms", "p99_ms", "echo_p95_ms"}
     )
-    assert metrics == expected | {"confirm_to_card_p95_ms"}
+    cpu = {"cpu_ms_per_update", "echo_cpu_ms_per_update"}
+    assert metrics == expected | {"confirm_to_card_p95_ms"} | cpu
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -53,8 +54,13 @@ async def test_the_memory_benchmark_runs_short(backend, capsys, monkeypatch):
         "rss_idle_mb",
         "rss_10k_drafts_mb",
         "rss_after_expiry_mb",
+        "rss_growth_per_round_mb",
     }
-    assert all(line["bench"] == "memory" and line["value"] > 0 for line in lines)
+    assert all(
+        line["bench"] == "memory"
+        and (line["value"] > 0 or line["metric"].startswith("rss_growth"))
+        for line in lines
+    )
 
 
 async def test_the_processes_benchmark_runs_short(capsys, monkeypatch):
@@ -76,3 +82,37 @@ async def test_the_processes_benchmark_runs_short(capsys, monkeypatch):
         "echo_webhook_1p_ups",
     }
     assert all(line["backend"] == "postgresql" and line["value"] > 0 for line in lines)
+
+
+async def test_the_retention_benchmark_runs_short(capsys):
+    """A few thousand outbox rows: every statement's plan is printed, the backlog goes, and the
+    figures are printed (never a time checked here)."""
+    import argparse
+    import secrets
+
+    from bench import retention
+
+    url = os.environ.get("TINBAO_TEST_POSTGRES_URL", "").strip()
+    if not url:
+        pytest.skip("TINBAO_TEST_POSTGRES_URL is not set")
+    args = argparse.Namespace(
+        url=url,
+        rows=3000,
+        days=400,
+        database=f"tinbao_bench_retention_{secrets.token_hex(4)}",
+        keep=False,
+        skip_seed=False,
+    )
+    await retention.main(args)
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith('{"bench"')]
+    plans = [line for line in lines if "plan" in line]
+    assert plans and all(line["scans"] for line in plans)
+    assert {line["metric"] for line in lines if "metric" in line} == {
+        "backlog_run_s",
+        "backlog_rows_per_s",
+        "nothing_left_run_ms",
+        "a_day_later_run_ms",
+    }
+    first = next(line for line in out.splitlines() if line.startswith("first run: "))
+    assert "'outbox': 0" not in first

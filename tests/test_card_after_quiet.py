@@ -58,3 +58,13 @@ async def test_a_group_that_spent_half_its_burst_holds_a_young_tip(session_facto
     # once it has waited digest_hold, it goes as its own card
     old = await busy.plan(GROUP, [tip_row(3, limits.digest_hold + 0.5)], utcnow())
     assert [row.id for row in old.rows] == [3]
+
+
+async def test_a_backlog_in_a_calm_group_waits_to_fill_a_digest(session_factory):
+    """Tips arriving faster than cards go (a storm's start) are not spent as cards one by one:
+    they wait up to digest_hold to fill a digest (the folding itself, with real outbox rows, is
+    tests/test_delivery.py's storm test)."""
+    calm = planner(session_factory, spent=0)
+    young = await calm.plan(GROUP, [tip_row(4, 0.2), tip_row(5, 0.1)], utcnow())
+    assert young.rows == [] and young.folded == 0
+    assert GROUP in calm.pacer.blocked

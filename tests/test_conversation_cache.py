@@ -125,11 +125,10 @@ async def test_a_draft_swept_by_maintenance_is_not_revived_by_the_cache(
     await c.command("start")
     await c.press(label("vi", "menu.tip"))
     await c.press(label("vi", "cat.theft"))
-    # Another process sweeps the draft as expired (through the ORM, bumping the version).
-    async with second_factory() as session, session.begin():
-        swept = await purge(
-            session, now=utcnow() + timedelta(hours=2), draft_ttl=flow.settings.draft_ttl
-        )
+    # Another process sweeps the draft as expired (bumping the version).
+    swept = await purge(
+        second_factory, now=utcnow() + timedelta(hours=2), draft_ttl=flow.settings.draft_ttl
+    )
     assert swept.drafts == 1
     # A's cache still holds the draft at the place step; the answer must see it gone.
     await c.press_data("999:m:tip")

@@ -1,5 +1,6 @@
-"""A send to officers that timed out on the client, while Telegram did create the message, is
-never posted twice (bot/delivery/landing.py), on SQLite and PostgreSQL.
+"""A send to officers that timed out on the client, or whose connection was lost after the
+request went out, while Telegram did create the message, is never posted twice
+(bot/delivery/landing.py), on SQLite and PostgreSQL.
 
 The stand-in carries the call out at once and holds its answer back past the client's read
 timeout (``delay_response``): exactly what happens when Telegram's answer is lost. Real
@@ -124,6 +125,49 @@ async def test_a_card_whose_timed_out_send_did_not_land_is_sent_again_once(sessi
     assert row.status == "sent"
     assert len(cards_in_chat(standin, code)) == 1 and code_counts(standin, UNIT_CHAT)[code] == 1
     assert worker.stats.resent == 1 and worker.stats.adopted == 0
+
+
+async def test_a_card_whose_connection_was_lost_after_it_landed_is_adopted(session_factory):
+    """A connection reset after the request went out (not a time-out) is a send in doubt too:
+    probed for and adopted, never posted again."""
+    await seed(session_factory, 1)
+    async with BotAPIStandIn() as standin:
+        worker = await make_worker(session_factory, standin)
+        await worker.run_once()
+        [(report_id, code)] = await seed(session_factory, 1)
+        standin.drop_connection("sendMessage", chat_id=UNIT_CHAT)
+        await worker.run_once()
+        assert standin.stats.dropped_connections == 1
+        assert len(cards_in_chat(standin, code)) == 1
+        [row] = await rows(session_factory, report_id=report_id)
+        assert row.status == "pending" and "unsure" in row.payload
+        await settle(worker)
+        await worker.bot.shutdown()
+    [row] = await rows(session_factory, report_id=report_id)
+    assert row.status == "sent" and "unsure" not in row.payload
+    assert len(cards_in_chat(standin, code)) == 1 and code_counts(standin, UNIT_CHAT)[code] == 1
+    assert worker.stats.adopted == 1 and worker.stats.resent == 0
+
+
+async def test_a_refused_connection_is_sent_again_without_a_probe() -> None:
+    """Nothing was sent when no connection could be opened: a plain NetworkError, not a send
+    in doubt."""
+    import aiohttp
+    from telegram.error import NetworkError
+
+    from bot.answers import maybe_delivered
+    from bot.http import ConnectionLost
+
+    request = AiohttpRequest(read_timeout=READ_TIMEOUT)
+    await request.initialize()
+    try:
+        with pytest.raises(NetworkError) as raised:  # the discard port: nothing listens
+            await request.post(f"http://127.0.0.1:9/bot{DEFAULT_TOKEN}/sendMessage")
+    finally:
+        await request.shutdown()
+    assert isinstance(raised.value.__cause__, aiohttp.ClientConnectorError)
+    assert not isinstance(raised.value, ConnectionLost)
+    assert not maybe_delivered(raised.value)
 
 
 async def test_a_row_in_doubt_holds_its_chat_and_goes_first(session_factory):

@@ -139,6 +139,8 @@ async def test_closed_report_loses_route_and_evidence_open_one_keeps_them(sessio
             "blobs": 3,
             "texts": 0,
             "audit_events": 0,
+            "outbox": 0,
+            "outbox_failed": 0,
             "reports": 2,
         }
         # The report's own history says what went, in counts; free text is untouched.
@@ -216,3 +218,5 @@ def test_settings_defaults_are_the_documented_policy():
     assert policy.evidence_after_close == timedelta(days=365)
     assert policy.text_after_close is None
     assert policy.audit_events is None
+    assert policy.outbox == timedelta(days=30)
+    assert policy.outbox_failed == timedelta(days=90)

@@ -95,3 +95,27 @@ def test_placeholder_token_refuses():
     with pytest.raises(ConfigError, match="TINBAO_TELEGRAM_TOKEN"):
         Settings(telegram_token="changeme").check()
     Settings(telegram_token="").check()  # empty is "not set"
+
+
+@pytest.mark.parametrize(
+    "variable", ["TINBAO_REPORT_RATE_WINDOW_MINUTES", "TINBAO_PIN_ATTEMPT_WINDOW_MINUTES"]
+)
+def test_a_rate_window_longer_than_its_hits_are_kept_refuses(monkeypatch, variable):
+    """Rate-limit hits are purged after two days: a longer window would silently be cut."""
+    from pydantic import ValidationError
+
+    monkeypatch.setenv(variable, "2880")
+    Settings()
+    monkeypatch.setenv(variable, "2881")
+    with pytest.raises(ValidationError, match=variable.removeprefix("TINBAO_").lower()):
+        Settings()
+
+
+def test_a_login_window_longer_than_its_hits_are_kept_refuses(monkeypatch):
+    from pydantic import ValidationError
+
+    from admin.settings import AdminSettings
+
+    monkeypatch.setenv("TINBAO_ADMIN_LOGIN_WINDOW_MINUTES", "2881")
+    with pytest.raises(ValidationError, match="login_window_minutes"):
+        AdminSettings()

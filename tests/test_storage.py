@@ -279,6 +279,35 @@ async def test_ensure_schema_passes_at_head(engine: AsyncEngine) -> None:
     await ensure_schema(engine, auto_upgrade=True)
 
 
+def test_head_in_files_is_alembics_head(
+    tmp_path: Path, use_migrations: Callable[[Path], None]
+) -> None:
+    """The start-up's check without Alembic reads the same head as Alembic, and says nothing
+    (so Alembic decides) when the files are not one plain line of revisions."""
+    assert migrate.head_in_files() == head_revision() == REAL_HEAD
+    use_migrations(write_scratch_migrations(tmp_path, "pass"))
+    assert migrate.head_in_files() == head_revision() == "9001"
+    versions = tmp_path / "merge" / "versions"
+    versions.mkdir(parents=True)
+    for revision, down in (("a", None), ("b", "a"), ("c", "a"), ("d", ("b", "c"))):
+        (versions / f"{revision}.py").write_text(
+            f"revision = {revision!r}\ndown_revision = {down!r}\n", encoding="utf-8"
+        )
+    assert migrate.head_in_files(tmp_path / "merge") is None
+    (versions / "d.py").unlink()
+    assert migrate.head_in_files(tmp_path / "merge") is None  # two heads: b and c
+
+
+async def test_ensure_schema_at_head_does_not_need_alembic(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_alembic() -> None:
+        raise AssertionError("Alembic asked at a start-up at head")
+
+    monkeypatch.setattr(migrate, "_script", no_alembic)
+    await ensure_schema(engine, auto_upgrade=False)
+
+
 @pytest.mark.parametrize("auto_upgrade", [False, True])
 async def test_ensure_schema_refuses_a_newer_database(
     engine: AsyncEngine, auto_upgrade: bool

@@ -1,5 +1,7 @@
-"""Workers wake at once on PostgreSQL: a transaction that enqueues outbox rows notifies
-``tinbao_outbox`` as it commits, and every delivering process listens (bot/wakeup.py).
+"""Workers wake at once: a commit that enqueued outbox rows wakes this process's loops that
+have something to do (storage.db.on_outbox_commit), and on PostgreSQL notifies
+``tinbao_outbox`` as it commits, which every other delivering process listens to
+(bot/wakeup.py).
 
 The fallback poll is set to ten minutes here, so only a notification can bring the card out
 within the test; no timing is asserted (figures belong in bench/)."""
@@ -7,6 +9,7 @@ within the test; no timing is asserted (figures belong in bench/)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import aiohttp
 import pytest
@@ -14,9 +17,25 @@ from sqlalchemy import text
 
 from bench.tip_flow import Answers, Driver, Run, description_for, tip_steps
 from bot.wakeup import OutboxListener
-from handlers.outbox import ChatTextPayload, Destination, enqueue
-from storage.db import create_engine, create_session_factory
+from handlers.outbox import (
+    TIMER_KINDS,
+    ChatTextPayload,
+    Destination,
+    Kind,
+    TimerPayload,
+    enqueue,
+)
+from storage.db import (
+    CITIZEN_KINDS,
+    TIMER_KIND_PREFIX,
+    Enqueued,
+    create_engine,
+    create_session_factory,
+    off_outbox_commit,
+    on_outbox_commit,
+)
 from storage.migrate import upgrade
+from storage.types import utcnow
 from tests.cluster import cluster
 from tests.standin import BotAPIStandIn, UpdateFactory
 
@@ -38,7 +57,10 @@ async def test_a_commit_that_enqueues_wakes_a_listener_and_it_listens_again_afte
     await upgrade(engine)
     sessions = create_session_factory(engine)
     woken = asyncio.Event()
-    listener = OutboxListener(engine, woken.set, retry=0.05)
+    # The listener's own engine stands for another process (a process's own commits are left
+    # to its in-process wake-up: test_own_commits_wake_in_process_and_only_whom_they_concern).
+    elsewhere = create_engine(db_url)
+    listener = OutboxListener(elsewhere, lambda _what: woken.set(), retry=0.05)
     try:
         listener.start()
         await asyncio.wait_for(listener.listening.wait(), 10)
@@ -56,7 +78,8 @@ async def test_a_commit_that_enqueues_wakes_a_listener_and_it_listens_again_afte
             ended = await connection.scalar(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE query ILIKE 'LISTEN%tinbao_outbox%' AND pid <> pg_backend_pid()"
+                    "WHERE query ILIKE 'LISTEN%tinbao_outbox%' AND pid <> pg_backend_pid() "
+                    "AND datname = current_database()"
                 )
             )
         assert ended == 1
@@ -71,6 +94,92 @@ async def test_a_commit_that_enqueues_wakes_a_listener_and_it_listens_again_afte
     finally:
         await listener.stop()
         await engine.dispose()
+        await elsewhere.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+async def test_own_commits_wake_in_process_and_only_whom_they_concern(db_url):
+    """A commit that enqueued rows calls this process's wakers at once, with what it
+    enqueued (officers' rows, citizens' rows, the earliest timer); the notification it sends
+    (PostgreSQL) names its engine, whose own listener leaves it alone, and tells another
+    engine the same."""
+    engine = create_engine(db_url)
+    await upgrade(engine)
+    sessions = create_session_factory(engine)
+    woken: list[Enqueued] = []
+    on_outbox_commit(engine, woken.append)
+    heard: list[Enqueued | None] = []
+    postgres = engine.dialect.name == "postgresql"
+    own = OutboxListener(engine, heard.append, retry=0.05)
+    elsewhere = create_engine(db_url) if postgres else None
+    others: asyncio.Queue[Enqueued | None] = asyncio.Queue()
+    other = OutboxListener(elsewhere, others.put_nowait, retry=0.05) if elsewhere else None
+    try:
+        for listener in (own, other) if other is not None else ():
+            listener.start()
+            await asyncio.wait_for(listener.listening.wait(), 10)
+        while not others.empty():
+            others.get_nowait()  # the kick every (re)connection gives
+        heard.clear()
+        soon = utcnow() + timedelta(minutes=3)
+        async with sessions() as session, session.begin():
+            enqueue(session, ChatTextPayload(text="một"), Destination.duty())
+            enqueue(
+                session,
+                TimerPayload(report_id=1),
+                Destination.timer(),
+                kind=Kind.TIMER_ESCALATE,
+                due=soon,
+            )
+            enqueue(
+                session,
+                TimerPayload(report_id=1),
+                Destination.timer(),
+                kind=Kind.TIMER_REMIND_UNCLAIMED,
+                due=soon + timedelta(days=1),
+            )
+        assert len(woken) == 1
+        assert woken[0].officers and not woken[0].citizens
+        assert woken[0].timers is not None
+        assert abs((woken[0].timers - soon).total_seconds()) < 0.01  # the earliest
+        async with sessions() as session, session.begin():
+            enqueue(session, ChatTextPayload(text="hai"), Destination.duty())
+            await session.rollback()  # nothing committed: nobody woken
+        async with sessions() as session, session.begin():
+            enqueue(
+                session,
+                TimerPayload(report_id=1),
+                Destination.timer(),
+                kind=Kind.TIMER_REMIND_UNCLAIMED,
+                due=soon,
+            )
+        assert len(woken) == 2
+        assert not woken[1].officers and not woken[1].citizens and woken[1].timers is not None
+        if other is not None:
+            first = await asyncio.wait_for(others.get(), 10)
+            second = await asyncio.wait_for(others.get(), 10)
+            assert first is not None and second is not None
+            assert first.officers and first.timers is not None
+            assert abs((first.timers - soon).total_seconds()) < 0.01
+            assert not second.officers and second.timers is not None
+            assert own.notified == 2  # heard, and left to the in-process wake-up
+        assert heard == []
+    finally:
+        off_outbox_commit(engine, woken.append)
+        await own.stop()
+        if other is not None:
+            await other.stop()
+        await engine.dispose()
+        if elsewhere is not None:
+            await elsewhere.dispose()
+
+
+def test_the_wake_up_kinds_are_the_outbox_kinds():
+    """storage.db classifies rows by their kind's value; handlers.outbox names them."""
+    assert {Kind.CITIZEN_MESSAGE.value, Kind.CITIZEN_ANSWER.value} == CITIZEN_KINDS
+    assert all(kind.value.startswith(TIMER_KIND_PREFIX) for kind in TIMER_KINDS)
+    others = set(Kind) - set(TIMER_KINDS) - {Kind.CITIZEN_MESSAGE, Kind.CITIZEN_ANSWER}
+    assert not any(kind.value.startswith(TIMER_KIND_PREFIX) for kind in others)
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

@@ -17,7 +17,7 @@ from bot.runtime import Service
 from handlers.i18n import t
 from storage.models import Report
 from tests.e2e import Chat, service_settings
-from tests.standin import BotAPIStandIn
+from tests.standin import ApiCall, BotAPIStandIn
 from tests.standin.factory import UpdateFactory
 
 SECRET = "webhook-secret-0123456789abcdef"
@@ -200,3 +200,99 @@ async def test_a_malformed_update_between_two_good_ones_by_webhook(
     lines = [r.getMessage() for r in caplog.records if r.name == "bot.telegram_intake"]
     assert len(lines) == 1 and str(bad_id) in lines[0]
     assert str(factory.vi_user.id) not in lines[0]
+
+
+# ---------------------------------------------------------------- the spool cannot be written (15)
+
+
+async def test_an_unwritable_spool_answers_503_and_telegrams_retry_is_handled_once(
+    standin, webhook_service
+):
+    """The update must be on disk before the 200: when the spool cannot be written (a file
+    stands where its directory should be), the webhook answers 503 and nothing is handled.
+    Telegram keeps delivering it; once the spool can be written again, the retry is answered
+    200 and handled exactly once (one report, one confirmation with one code)."""
+    service, _ = webhook_service
+    assert service.spool is not None and service.telegram is not None
+    factory = UpdateFactory(standin)
+    chat = Chat(standin, factory, service, factory.vi_user)
+    await chat.command("start")
+    await chat.press(t("vi", "menu.tip"))
+    await chat.press(t("vi", "cat.theft"))
+    await chat.say(t("vi", "place.dont_know"))
+    await chat.press(t("vi", "when.today"))
+    await chat.say("Trộm cắp điện thoại tại bến xe khách")
+    await chat.press(t("vi", "ev.skip"))
+    await chat.press(t("vi", "contact.none", mark=""))
+    call = chat.last_keyboard_message()
+    button = next(
+        b
+        for row in call.params["reply_markup"]["inline_keyboard"]
+        for b in row
+        if b["text"] == t("vi", "summary.confirm")
+    )
+    confirm = factory.callback(chat.user, button["callback_data"], message=call.result)
+    directory = service.spool.spool.directory
+    assert directory.is_dir() and not any(directory.iterdir())  # nothing waits in it
+    away = directory.with_name("spool-away")
+    directory.rename(away)
+    directory.write_bytes(b"")  # the disk goes wrong: no directory to write into
+    handled = service.telegram.updates_handled
+    start = len(standin.calls)
+    failures = service.spool.spool.failures
+    update_id = standin.push_update(confirm)
+
+    def deliveries() -> list[int | None]:
+        return [d.status for d in standin.webhook_deliveries if d.update["update_id"] == update_id]
+
+    async with asyncio.timeout(30):
+        while deliveries().count(503) < 3:  # noqa: ASYNC110 - Telegram keeps trying
+            await asyncio.sleep(0.05)
+    assert set(deliveries()) == {503}
+    assert service.spool.spool.failures >= failures + 3
+    assert service.telegram.updates_handled == handled  # nothing handled from a 503
+    assert [c for c in standin.calls[start:] if c.chat_id == chat.user.id] == []
+    async with service.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(Report)) == 0
+
+    directory.unlink()  # writable again
+    away.rename(directory)
+    await service.telegram.wait_handled(handled + 1, timeout=30)
+    async with asyncio.timeout(30):
+        while standin.pending_updates:  # noqa: ASYNC110 - the stand-in's queue
+            await asyncio.sleep(0.02)
+    await service.spool.drained()
+    statuses = deliveries()
+    assert statuses[-1] == 200 and statuses.count(200) == 1
+    assert set(statuses[:-1]) == {503}
+
+    def answered() -> tuple[list[ApiCall], list[ApiCall]]:
+        """The press answered, and the messages to the citizen that carry the report's code."""
+        pressed = [
+            c
+            for c in standin.calls[start:]
+            if c.method == "answerCallbackQuery"
+            and c.params.get("callback_query_id") == confirm["callback_query"]["id"]
+        ]
+        with_code = [
+            c
+            for c in standin.calls[start:]
+            if c.chat_id == chat.user.id
+            and c.method in ("sendMessage", "editMessageText")
+            and code in (c.text or "").replace("-", "")
+        ]
+        return pressed, with_code
+
+    async with service.session_factory() as session:
+        report = await session.scalar(select(Report))
+        assert report is not None
+        code = report.code
+    pressed, with_code = answered()
+    assert len(pressed) == 1 and len(with_code) == 1, [c.text for c in with_code]
+    # A copy Telegram sends once more (its 200 lost on the way) makes no second report.
+    assert await standin.deliver_webhook(None, confirm) == 200
+    await service.telegram.wait_handled(handled + 2, timeout=30)
+    await service.spool.drained()
+    async with service.session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(Report)) == 1
+    assert len(answered()[1]) == 1

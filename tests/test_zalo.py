@@ -52,6 +52,16 @@ def test_buttons_become_a_numbered_list_and_long_text_is_split():
     assert " ".join(pieces) == long.text
 
 
+def test_an_early_line_break_does_not_cost_a_message():
+    """A heading's line break is no place to cut 2,500 characters: two messages, not three."""
+    body = " ".join(f"từ{n:04d}" for n in range(1, 360))
+    pieces = render_texts([Reply(text=f"❓ Câu hỏi về tin báo ABCDE-FGHJK:\n{body}")], ZALO_CAPS)
+    assert len(pieces) == 2 and all(1 <= len(p) <= 2000 for p in pieces)
+    assert pieces[0].startswith("❓ Câu hỏi") and pieces[1].endswith("từ0359")
+    lines = "\n".join(f"dòng {i} " + "chữ " * 30 for i in range(30))  # ~3,800 characters
+    assert all(p.endswith("chữ") for p in render_texts([Reply(text=lines)], ZALO_CAPS)[:-1])
+
+
 def test_both_documented_update_shapes_are_accepted():
     user = ZaloUser("u1")
     with_name = user.text("xin chào")

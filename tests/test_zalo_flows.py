@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -15,7 +17,9 @@ import pytest
 from sqlalchemy import select
 
 from admin.web import build_web_app
+from bot.runtime import Service
 from bot.zalo import ZaloBotChannel, ZaloOAChannel
+from config.settings import Settings
 from handlers.i18n import t
 from handlers.security import format_code
 from storage.models import CardPost, ContactRoute, OutboxMessage, Report
@@ -56,15 +60,16 @@ async def zalo_oa():
         yield server
 
 
-@pytest.fixture
-async def service(telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path: Path):
+def flow_settings(telegram, zalo_bot, zalo_oa, db_url, tmp_path: Path, **extra) -> Settings:
+    """Both Zalo channels (the bot by long polling unless ``extra`` says otherwise), the
+    officers in Telegram, and the Long Xuyên queue."""
     queues = tmp_path / "queues.toml"
     queues.write_text(
         f'[[queue]]\nkey = "long-xuyen"\nname = "Cụm Long Xuyên"\nchat_id = {LX.id}\n'
         'units = ["30307", "30292"]\n',
         encoding="utf-8",
     )
-    settings = service_settings(
+    return service_settings(
         telegram,
         db_url,
         tmp_path,
@@ -80,7 +85,13 @@ async def service(telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path: Path):
         queues_file=queues,
         duty_chat_id=DUTY,
         admin_telegram_ids=[ADMIN_ID],
+        **extra,
     )
+
+
+@asynccontextmanager
+async def served(settings: Settings) -> AsyncIterator[Service]:
+    """The running service with its web server (the webhooks, ``/healthz``) at ``test_url``."""
     async with running_service(settings) as running:
         runner = aiohttp.web.AppRunner(build_web_app(running))
         await runner.setup()
@@ -92,6 +103,12 @@ async def service(telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path: Path):
             yield running
         finally:
             await runner.cleanup()
+
+
+@pytest.fixture
+async def service(telegram, zalo_bot, zalo_oa, db_url, engine, tmp_path: Path):
+    async with served(flow_settings(telegram, zalo_bot, zalo_oa, db_url, tmp_path)) as running:
+        yield running
 
 
 async def until(predicate, seconds: float = 30.0):
@@ -112,12 +129,26 @@ class BotCitizen:
     def user_id(self) -> str:
         return self.user.user_id
 
-    async def say(self, text: str) -> str:
-        before = len(self.standin.sent(self.user_id))
+    def update(self, text: str) -> dict:
+        return self.user.text(text)
+
+    def image(self, url: str) -> dict:
+        return self.user.image(url)
+
+    async def deliver(self, update: dict) -> None:
+        """Zalo hands ``update`` out (at the next ``getUpdates``)."""
+        self.standin.updates.put_nowait(update)
+
+    async def send(self, update: dict) -> str:
+        """Deliver ``update``, wait until it is handled; what the citizen received meanwhile."""
+        before = len(self.received())
         target = self.channel.updates_handled + 1
-        self.standin.updates.put_nowait(self.user.text(text))
+        await self.deliver(update)
         await self.channel.wait_handled(target, timeout=20)
-        return "\n".join(self.standin.sent(self.user_id)[before:])
+        return "\n".join(self.received()[before:])
+
+    async def say(self, text: str) -> str:
+        return await self.send(self.update(text))
 
     def received(self) -> list[str]:
         return self.standin.sent(self.user_id)
@@ -133,20 +164,36 @@ class OACitizen:
 
     async def event(self, name: str, message: dict | None, *, handled: bool = True) -> None:
         target = self.channel.updates_handled + 1
-        event = self.standin.event(self.user_id, name, message)
+        await self.deliver(self.standin.event(self.user_id, name, message))
+        if handled:
+            await self.channel.wait_handled(target, timeout=20)
+
+    def update(self, text: str) -> dict:
+        return self.standin.event(self.user_id, "user_send_text", {"text": text})
+
+    def image(self, url: str) -> dict:
+        attachment = {"type": "image", "payload": {"url": url, "thumbnail": url}}
+        return self.standin.event(self.user_id, "user_send_image", {"attachments": [attachment]})
+
+    async def deliver(self, event: dict) -> None:
+        """Zalo posts ``event`` to the webhook, signed; the same bytes each time."""
         raw, headers = signed(event)
         async with (
             aiohttp.ClientSession() as http,
             http.post(f"{self.service.test_url}/zalo/oa/webhook", data=raw, headers=headers) as r,
         ):
             assert r.status == 200
-        if handled:
-            await self.channel.wait_handled(target, timeout=20)
+
+    async def send(self, event: dict) -> str:
+        """Deliver ``event``, wait until it is handled; what the citizen received meanwhile."""
+        before = len(self.received())
+        target = self.channel.updates_handled + 1
+        await self.deliver(event)
+        await self.channel.wait_handled(target, timeout=20)
+        return "\n".join(self.received()[before:])
 
     async def say(self, text: str) -> str:
-        before = len(self.received())
-        await self.event("user_send_text", {"text": text})
-        return "\n".join(self.received()[before:])
+        return await self.send(self.update(text))
 
     def received(self) -> list[str]:
         return self.standin.delivered(self.user_id)
@@ -154,6 +201,23 @@ class OACitizen:
 
 async def type_tip(citizen, description: str) -> tuple[str, str]:
     """A theft tip typed from the menu to the confirmation; its code and PIN."""
+    await type_to_evidence(citizen, description)
+    await citizen.say("bỏ qua")  # no evidence
+    summary = await citizen.say("1")  # contact through the bot
+    assert description in summary
+    done = await citizen.say("có")  # confirm
+    return submitted(done)
+
+
+def submitted(done: str) -> tuple[str, str]:
+    """The code and PIN in the answer to a confirmation."""
+    found = SUBMITTED.search(done)
+    assert found is not None, done
+    return found.group(1), found.group(2)
+
+
+async def type_to_evidence(citizen, description: str) -> str:
+    """A theft tip typed from the menu to its description; the evidence step's prompt."""
     menu = await citizen.say("xin chào")
     assert "1. " in menu and "0. " not in menu.split("\n")[0]
     categories = await citizen.say("1")  # the menu's first choice: a tip
@@ -163,14 +227,7 @@ async def type_tip(citizen, description: str) -> tuple[str, str]:
     assert "Long Xuyên" in places
     await citizen.say("1")
     await citizen.say("vừa xong")  # "now", typed as words
-    await citizen.say(description)
-    await citizen.say("bỏ qua")  # no evidence
-    summary = await citizen.say("1")  # contact through the bot
-    assert description in summary
-    done = await citizen.say("có")  # confirm
-    found = SUBMITTED.search(done)
-    assert found is not None, done
-    return found.group(1), found.group(2)
+    return await citizen.say(description)
 
 
 async def type_accident(citizen) -> tuple[str, str]:

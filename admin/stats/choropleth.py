@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
 
-import shapely
-from shapely.geometry.base import BaseGeometry
-
 from handlers.routing import UnitLocator
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
 
 WIDTH = 800
 MARGIN = 10
@@ -50,6 +51,8 @@ def project(boundaries: Mapping[str, BaseGeometry]) -> Shapes:
     """SVG paths of ``boundaries`` (code → lon/lat geometry) fitted to :data:`WIDTH`."""
     if not boundaries:
         return Shapes({}, 0)
+    import shapely  # with the first map: a process that draws none does not load it
+
     min_x, min_y, max_x, max_y = shapely.total_bounds(list(boundaries.values()))
     squash = math.cos(math.radians((min_y + max_y) / 2))
     span_x = max((max_x - min_x) * squash, 1e-9)

@@ -1,5 +1,8 @@
 """The statistics' filters (unit, queue, category, kind), read from a request; every view,
-chart, export and report applies them on top of the viewer's scope."""
+chart, export and report applies them on top of the viewer's scope.
+
+The panel's context (:mod:`admin.context`, with the login's argon2 and Jinja2) is imported when a
+request is read: the worker's monthly report uses :class:`StatsFilter` without a request."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from urllib.parse import urlencode
 from aiohttp import web
 from sqlalchemy import ColumnElement
 
-from admin.context import panel_of, scope_of
 from admin.scope import in_queue
 from handlers.domain import CATEGORIES
 from storage.models import Report
@@ -28,6 +30,8 @@ class StatsFilter:
 
     @classmethod
     def from_query(cls, request: web.Request) -> StatsFilter:
+        from admin.context import panel_of
+
         q = request.query
         panel = panel_of(request)
         unit = q.get("unit") or None
@@ -42,6 +46,8 @@ class StatsFilter:
         )
 
     def condition(self, request: web.Request) -> ColumnElement[bool] | None:
+        from admin.context import panel_of
+
         parts: list[ColumnElement[bool]] = []
         if self.unit:
             parts.append(Report.unit_code == self.unit)
@@ -74,4 +80,6 @@ class StatsFilter:
 
 def where_of(request: web.Request, filters: StatsFilter) -> ColumnElement[bool] | None:
     """The viewer's scope and the filters, as one condition on reports."""
+    from admin.context import scope_of
+
     return combine(scope_of(request), filters.condition(request))

@@ -148,8 +148,10 @@ class Figures:
     assisted: int = 0
     assisted_by_category: dict[str, int] = field(default_factory=dict)
     claim_median: float | None = None
+    claim_p90: float | None = None
     claim_count: int = 0
     ack_median: float | None = None
+    ack_p90: float | None = None
     ack_count: int = 0
 
 
@@ -220,8 +222,12 @@ async def figures(
         if assisted:
             out.assisted += int(assisted)
             _add(out.assisted_by_category, category_key(kind, category), int(assisted))
-    out.claim_count, out.claim_median = median_of({i: int(n or 0) for i, n in enumerate(claim)})
-    out.ack_count, out.ack_median = median_of({i: int(n or 0) for i, n in enumerate(ack)})
+    claims = {i: int(n or 0) for i, n in enumerate(claim)}
+    acks = {i: int(n or 0) for i, n in enumerate(ack)}
+    out.claim_count, out.claim_median = median_of(claims)
+    out.claim_p90 = quantile_of(claims, 0.9)[1]
+    out.ack_count, out.ack_median = median_of(acks)
+    out.ack_p90 = quantile_of(acks, 0.9)[1]
     return out
 
 
@@ -235,22 +241,27 @@ def bucket_bounds(bucket: int) -> tuple[float, float]:
     return low, high
 
 
-def median_of(histogram: dict[int, int]) -> tuple[int, float | None]:
-    """Count and median, interpolated within the bucket that holds the middle."""
+def quantile_of(histogram: dict[int, int], fraction: float) -> tuple[int, float | None]:
+    """Count and the ``fraction`` quantile, interpolated within the bucket that holds it."""
     total = sum(histogram.values())
     if total <= 0:
         return 0, None
-    half = total / 2
+    rank = total * fraction
     seen = 0
     for bucket in sorted(histogram):
         count = histogram[bucket]
         if count <= 0:
             continue
-        if seen + count >= half:
+        if seen + count >= rank:
             low, high = bucket_bounds(bucket)
-            return total, low + (high - low) * (half - seen) / count
+            return total, low + (high - low) * (rank - seen) / count
         seen += count
     return total, bucket_bounds(max(histogram))[0]
+
+
+def median_of(histogram: dict[int, int]) -> tuple[int, float | None]:
+    """Count and median, interpolated within the bucket that holds the middle."""
+    return quantile_of(histogram, 0.5)
 
 
 # --------------------------------------------------------------------------- series

@@ -1,19 +1,20 @@
 """What the statistics page and the printable report show, read and laid out without a request:
 the panel's views use it, and so does the worker that posts the monthly report to the duty chat
-(:class:`MonthlyReports`, a :class:`handlers.outbox.DocumentRenderer`)."""
+(:class:`MonthlyReports`, a :class:`handlers.outbox.DocumentRenderer`).
+
+The worker builds :class:`MonthlyReports` at start-up but prints a report once a month: the
+templates (Jinja2 and the panel's context), the charts (pygal, lxml) and the map (shapely,
+numpy) are imported when a report or a chart is drawn, not with this module."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-import admin.charts as charts
-from admin.context import PREFIX, page_globals, template_env
 from admin.labels import Labels
 from admin.queries import Period
 from config.catalogue import Catalogue
@@ -37,6 +38,9 @@ from .queries import (
     unit_months,
     year_before,
 )
+
+if TYPE_CHECKING:
+    import jinja2
 
 #: The notice's kinds of citizen-assisted arrest; every other category is "other".
 ARREST_KINDS = ("theft", "robbery", "snatch_theft")
@@ -187,6 +191,8 @@ async def chart_svg(
 ) -> bytes | None:
     """One of the statistics charts as SVG; None for an unknown one (or the map without
     boundaries)."""
+    import admin.charts as charts
+
     last = period_months(period)[1]
     if which in ("trend", "trend_category"):
         series = await monthly_series(db, last, 24, where)
@@ -249,6 +255,8 @@ async def report_pdf(
 ) -> bytes:
     """The printable report page ``html`` as PDF, its charts drawn for ``period`` and handed to
     WeasyPrint in memory (in a thread: it takes a second or two of CPU)."""
+    from admin.context import PREFIX
+
     drawn: dict[str, tuple[bytes, str]] = {}
     async with session_factory() as db:
         for which in REPORT_CHARTS:
@@ -260,6 +268,8 @@ async def report_pdf(
 
 def _to_pdf(html: str, drawn: dict[str, tuple[bytes, str]]) -> bytes:
     # WeasyPrint takes a second and 40 MB to import: only in a process that prints a report.
+    from admin.context import PREFIX
+
     from . import pdf
 
     return pdf.to_pdf(html, {**pdf.stylesheet(PREFIX), **drawn})
@@ -284,7 +294,16 @@ class MonthlyReports:
         self.session_factory = session_factory
         self.catalogue = catalogue
         self.queues = queues
-        self.env = env or template_env()
+        self._env = env
+
+    @property
+    def env(self) -> jinja2.Environment:
+        """The panel's templates, loaded on the first report."""
+        if self._env is None:
+            from admin.context import template_env
+
+            self._env = template_env()
+        return self._env
 
     async def render(self, payload: DocumentPayload, locale: str) -> Document:
         if payload.document != MONTHLY_REPORT:
@@ -296,6 +315,8 @@ class MonthlyReports:
         data = shape(
             await collect(self.session_factory, self.catalogue, period, StatsFilter(), None)
         )
+        from admin.context import page_globals
+
         html = self.env.get_template("stats_report.html").render(**page_globals(labels), **data)
         content = await report_pdf(self.session_factory, labels, html, period, None)
         caption = labels(

@@ -61,11 +61,16 @@ from handlers.outbox import (
 from handlers.outbox import Destination as Dest
 from handlers.render import render
 from handlers.security import Keyring, format_code
+from storage.db import reading
 from storage.models import ContactRoute, Conversation, OutboxMessage, RelayMessage, Report
 from storage.repositories import Media
 from storage.types import utcnow
 
 log = logging.getLogger(__name__)
+
+#: An approved reward's message, and its wording where the status page shows the claim code.
+REWARD_APPROVED = "reward.citizen.approved"
+REWARD_ON_PAGE = "reward.citizen.approved_on_page"
 
 KIND = Kind.CITIZEN_MESSAGE.value
 ANSWER_KIND = Kind.CITIZEN_ANSWER.value
@@ -191,7 +196,7 @@ class CitizenMessenger:
 
     async def _due(self) -> list[int]:
         now = self.clock()
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             found = await session.scalars(
                 select(OutboxMessage.id)
                 .where(OutboxMessage.kind.in_((KIND, ANSWER_KIND)), claimable(now), in_turn())
@@ -204,7 +209,7 @@ class CitizenMessenger:
 
     async def _deliver(self, claim: Claim) -> bool:
         """Send one claimed row; ``True`` when it was settled (sent or failed)."""
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             outgoing = await self._prepare(session, claim)
         if outgoing == HELD:
             await self._hold(claim)
@@ -287,6 +292,9 @@ class CitizenMessenger:
             return reply
         values: dict[str, Any] = dict(payload.values)
         values.setdefault("code", code)
+        if payload.key == REWARD_APPROVED and caps.status_page:
+            # The status page shows the live claim code above the messages: none in here.
+            return Reply(text=t(locale, REWARD_ON_PAGE, **values))
         if payload.secret is not None:
             values.update(self.keyring.decrypt(payload.secret))
         return Reply(text=t(locale, str(payload.key), **values))
@@ -347,7 +355,7 @@ class CitizenMessenger:
 
     async def _hold(self, claim: Claim) -> None:
         """Keep the message until the tipster writes again (which makes it due at once)."""
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             created = await session.scalar(
                 select(OutboxMessage.created_at).where(OutboxMessage.id == claim.row_id)
             )

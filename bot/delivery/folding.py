@@ -66,7 +66,11 @@ class Planner:
         urgent_room, tip_room = big, big
         tips = pacer.tip_bucket(chat_id) if chat_id < 0 else None
         if tips is not None:
-            used = await pacer.group_used(chat_id)
+            # The group's budget as the database has it (every process's sends) matters when
+            # there is a choice to make: several rows (fold them? how many fit?). A lone row's
+            # claim reads it anyway, and its first part is admitted on that; here this
+            # process's own records do (one round trip less before a card).
+            used = await pacer.group_used(chat_id, read=None if len(rows) > 1 else (0, 0))
             urgent_room = limits.group_per_minute - used.total
             tip_room = min(
                 urgent_room, limits.allowance - used.tips, math.floor(tips.available(mono))
@@ -87,25 +91,24 @@ class Planner:
             if tip_room < 1:
                 break  # nothing can go now; they are folded once the budget is back
             cost = sum(r.cost for r in waiting)
-            if relaxed:
-                # a calm chat: a few tips go as full cards, keeping half of what tips can
-                # afford for what follows; more are folded at once
-                if len(waiting) < 2 or (
-                    len(waiting) <= limits.fold_backlog and cost * 2 <= tip_room
-                ):
-                    continue
-            else:
-                # the budget is being spent: full digests go now; a younger rest waits for a
-                # moment to fill one (oldest first: rows come in id order)
-                full = len(waiting) // DIGEST_MAX * DIGEST_MAX
-                rest = waiting[full:]
-                age = (now - min((r.created_at for r in rest), default=now)).total_seconds()
-                if rest and age < limits.digest_hold:
-                    held |= {r.id for r in rest}
-                    retry.append(limits.digest_hold - age)
-                    waiting = waiting[:full]
-                if len(waiting) < 2:
-                    continue  # nothing, or one tip waited alone: its full card
+            # a calm chat: a lone tip goes as its full card (as do up to ``fold_backlog`` at
+            # once, keeping half of what tips can afford for what follows)
+            if relaxed and (
+                len(waiting) < 2 or (len(waiting) <= limits.fold_backlog and cost * 2 <= tip_room)
+            ):
+                continue
+            # the budget is being spent, or tips arrive faster than cards go (a backlog in a
+            # calm chat is the start of a storm): full digests go now; a younger rest waits for
+            # a moment to fill one (oldest first: rows come in id order)
+            full = len(waiting) // DIGEST_MAX * DIGEST_MAX
+            rest = waiting[full:]
+            age = (now - min((r.created_at for r in rest), default=now)).total_seconds()
+            if rest and age < limits.digest_hold:
+                held |= {r.id for r in rest}
+                retry.append(limits.digest_hold - age)
+                waiting = waiting[:full]
+            if len(waiting) < 2:
+                continue  # nothing, or one tip waited alone: its full card
             made, ids = await self.fold(waiting, now)
             digests += made
             folded |= ids

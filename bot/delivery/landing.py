@@ -20,7 +20,7 @@ is known, except the one in doubt.** The delivery keeps it:
   while no other row of its chat is ``sending``, live or lapsed; PostgreSQL claims of one chat
   take turns on an advisory lock);
 - every message id the Bot API gives back is recorded in ``chat_marks`` in the commit that
-  records the part (:func:`note`);
+  records the part (:func:`marking`);
 - a row in doubt holds its chat (``chat_marks.unsure_row_id``) until it is resolved, and a row
   whose worker died mid-send stays ``sending`` until it is taken over and resolved first.
 
@@ -35,20 +35,21 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import and_, case, exists, func, literal, or_, select
+from sqlalchemy import BigInteger, Table, and_, case, exists, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import FromClause
 from telegram import Bot, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest
 
 from handlers.outbox import Status
 from storage.models import ChatMark, OutboxMessage
-from storage.types import utcnow
+from storage.types import UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +74,29 @@ def in_chat(column: Any, chat_id: int) -> ColumnElement[bool]:
     return or_(column == str(chat_id), column.like(f"{chat_id}/%"))
 
 
+_OUTBOX: Final = cast(Table, OutboxMessage.__table__)
+_MARKS: Final = cast(Table, ChatMark.__table__)
+#: Built once: an alias's columns are copied when it is made (a millisecond each time).
+_OTHER: Final = _OUTBOX.alias("other")
+_DOUBT: Final = _OUTBOX.alias("doubt")
+
+
 def claim_terms(chat_id: int, row_id: int) -> ColumnElement[bool]:
     """What must hold for ``row_id`` to be claimed for ``chat_id``: no other row of the chat is
     being sent (a lapsed one is taken over first), and no other row is in doubt there."""
-    other = aliased(OutboxMessage)
-    doubt = aliased(OutboxMessage)
+    other, doubt = _OTHER, _DOUBT
     busy = exists().where(
-        other.id != row_id,
-        other.status == Status.SENDING,
-        in_chat(other.chat_key, chat_id),
+        other.c.id != row_id,
+        other.c.status == Status.SENDING,
+        in_chat(other.c.chat_key, chat_id),
     )
     gated = exists().where(
-        ChatMark.chat_id == chat_id,
-        ChatMark.unsure_row_id.is_not(None),
-        ChatMark.unsure_row_id != row_id,
+        _MARKS.c.chat_id == chat_id,
+        _MARKS.c.unsure_row_id.is_not(None),
+        _MARKS.c.unsure_row_id != row_id,
         exists().where(
-            doubt.id == ChatMark.unsure_row_id,
-            doubt.status.in_((Status.PENDING, Status.SENDING)),
+            doubt.c.id == _MARKS.c.unsure_row_id,
+            doubt.c.status.in_((Status.PENDING, Status.SENDING)),
         ),
     )
     return and_(~busy, ~gated)
@@ -103,15 +110,19 @@ async def last_known(session: AsyncSession, chat_id: int) -> int | None:
     return int(found) if found else None
 
 
-async def note(
-    session: AsyncSession,
+def marking(
+    settled: FromClause,
+    postgres: bool,
+    *,
     chat_id: int,
     row_id: int,
     ids: Sequence[int],
     unsure: dict[str, Any] | None,
-) -> None:
-    """In the commit that records a row's progress: raise the chat's mark to the ids the Bot
-    API gave back, and hold the chat for the row while it is in doubt (or free it)."""
+) -> Insert:
+    """The statement that goes with the record of a row's progress, if it took effect
+    (``settled`` has its id; :data:`bot.delivery.leases.After`): raise the chat's mark to the
+    ids the Bot API gave back, and hold the chat for the row while it is in doubt (or free
+    it)."""
     highest = max(ids, default=0)
     if unsure is not None:
         row: Any = row_id
@@ -119,25 +130,26 @@ async def note(
     else:  # free the chat if this row held it
         row = case((ChatMark.unsure_row_id == row_id, None), else_=ChatMark.unsure_row_id)
         after = case((ChatMark.unsure_row_id == row_id, None), else_=ChatMark.unsure_after)
-    postgres = session.get_bind().dialect.name == "postgresql"
-    insert = (pg_insert if postgres else sqlite_insert)(ChatMark).values(
-        chat_id=chat_id,
-        last_message_id=highest,
-        unsure_row_id=row_id if unsure is not None else None,
-        unsure_after=unsure.get("after") if unsure is not None else None,
-        updated_at=utcnow(),
+    source = select(
+        literal(chat_id, BigInteger),
+        literal(highest, BigInteger),
+        literal(row_id if unsure is not None else None, BigInteger),
+        literal(unsure.get("after") if unsure is not None else None, BigInteger),
+        literal(utcnow(), UTCDateTime()),
+    ).where(settled.c.id.is_not(None))  # (SQLite needs a WHERE before ON CONFLICT)
+    insert = (pg_insert if postgres else sqlite_insert)(ChatMark).from_select(
+        ["chat_id", "last_message_id", "unsure_row_id", "unsure_after", "updated_at"],
+        source.select_from(settled),
     )
     greatest = func.greatest if postgres else func.max
-    await session.execute(
-        insert.on_conflict_do_update(
-            index_elements=[ChatMark.chat_id],
-            set_={
-                "last_message_id": greatest(ChatMark.last_message_id, literal(highest)),
-                "unsure_row_id": row,
-                "unsure_after": after,
-                "updated_at": insert.excluded.updated_at,
-            },
-        )
+    return insert.on_conflict_do_update(
+        index_elements=[ChatMark.chat_id],
+        set_={
+            "last_message_id": greatest(ChatMark.last_message_id, literal(highest, BigInteger)),
+            "unsure_row_id": row,
+            "unsure_after": after,
+            "updated_at": insert.excluded.updated_at,
+        },
     )
 
 
@@ -200,6 +212,6 @@ __all__ = [
     "in_chat",
     "landed",
     "last_known",
+    "marking",
     "message_ids",
-    "note",
 ]

@@ -16,28 +16,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import BigInteger, and_, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import FromClause
 
 from handlers.outbox import Status
-from storage.db import writer
+from storage.db import begin_lone_write, lone_write_done, writer
 from storage.models import OutboxMessage
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Runs inside the transaction that settles a row (records a card post, enqueues an alert).
+#: Runs inside the transaction that settles a row (enqueues an alert, re-routes a card).
 Then = Callable[[AsyncSession], Awaitable[None]]
+#: Builds a statement that goes with a settle and only if it took effect (raises the chat's
+#: mark, records a card post): an ``INSERT ... SELECT ... FROM settled WHERE ...`` over
+#: ``settled``, a FROM with one ``id`` column (the settled row, or no row). The flag says
+#: whether the database is PostgreSQL. There the settle and these run as one statement, a
+#: round trip in all (:meth:`Leases.finish`).
+After = Callable[[FromClause, bool], Insert]
 
 
 @dataclass
@@ -50,6 +58,8 @@ class Claim:
     attempts: int
     #: Taken over from a worker whose lease lapsed while it was sending the row.
     taken_over: bool = False
+    #: What the claim's ``returning`` columns gave, by name.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def rowcount(result: Any) -> int:
@@ -63,7 +73,7 @@ def insert_ignoring(session: AsyncSession, model: type[Any]) -> Any:
     return sqlite_insert(model)
 
 
-def claimable(now: datetime) -> ColumnElement[bool]:
+def claimable(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Due and pending, or sending under a lease that lapsed."""
     return or_(
         and_(OutboxMessage.status == Status.PENDING, OutboxMessage.next_attempt_at <= now),
@@ -84,8 +94,12 @@ class Leases:
         self.clock = clock
         self.lease_seconds = lease_seconds
 
-    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run ``work`` in a transaction, again if the database was busy."""
+    async def write(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, lone: bool = False
+    ) -> T:
+        """Run ``work`` in a transaction, again if the database was busy. ``lone``: ``work``
+        runs one statement and nothing after it; on PostgreSQL that statement runs alone in
+        autocommit (one round trip instead of ``BEGIN``, it and ``COMMIT``)."""
         bind = self.session_factory.kw.get("bind")
         for attempt in range(1, 5):
             try:
@@ -93,7 +107,11 @@ class Leases:
                 # against them in SQLite's sleeping busy handler (answers waited up to ~1 s).
                 lock = writer(bind) if isinstance(bind, AsyncEngine) else contextlib.nullcontext()
                 async with lock, self.session_factory() as session, session.begin():
-                    return await work(session)
+                    alone = lone and await begin_lone_write(session)
+                    result = await work(session)
+                    if alone:
+                        lone_write_done(session)
+                    return result
             except OperationalError:
                 if attempt == 4:
                     raise
@@ -119,78 +137,95 @@ class Leases:
         where: ColumnElement[bool] | None = None,
         lock: int | None = None,
         then: Callable[[AsyncSession, Claim], Awaitable[None]] | None = None,
+        returning: Mapping[str, ColumnElement[Any]] | None = None,
         **values: Any,
     ) -> Claim | None:
         """Take the row if it is still claimable (and ``where`` holds); ``values`` are written
         with the claim. ``lock``: on PostgreSQL, claims with the same key take turns (an
         advisory lock held to the commit), so that ``where`` sees the other claims' commits.
         ``then`` runs in the claim's transaction. With ``where``, the claim says whether it took
-        the row over from a worker whose lease lapsed mid-send (``taken_over``)."""
+        the row over from a worker whose lease lapsed mid-send (``taken_over``). ``returning``:
+        more columns the claim's statement reads (in :attr:`Claim.extra`); they must not
+        depend on the claimed row itself.
+
+        The claim is one ``UPDATE ... RETURNING`` (on PostgreSQL the status it replaced comes
+        from a subquery of the same statement, which sees the row as it was): with the lock,
+        ``BEGIN``, the lock, the claim and ``COMMIT``; without, the claim alone."""
         now = self.clock()
         lease = self._lease()
+        extra = dict(returning or {})
 
         async def claim(session: AsyncSession) -> Claim | None:
-            if lock is not None and session.get_bind().dialect.name == "postgresql":
+            postgres = session.get_bind().dialect.name == "postgresql"
+            if lock is not None and postgres:
                 await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
             terms = [OutboxMessage.id == row_id, claimable(now)]
+            columns: list[Any] = [OutboxMessage.payload, OutboxMessage.attempts]
+            columns += [column.label(f"x_{name}") for name, column in extra.items()]
             before = None
             if where is not None:
                 terms.append(where)
-                before = await session.scalar(
-                    select(OutboxMessage.status).where(OutboxMessage.id == row_id)
-                )
-            result = await session.execute(
-                update(OutboxMessage)
-                .where(*terms)
-                .values(status=Status.SENDING, claimed_until=lease, **values)
-                .execution_options(synchronize_session=False)
-            )
-            if rowcount(result) != 1:
-                return None
+                was = select(OutboxMessage.status).where(OutboxMessage.id == row_id)
+                if postgres:
+                    columns.append(was.scalar_subquery().label("before"))
+                else:  # SQLite's RETURNING would see the row as updated
+                    before = await session.scalar(was)
             found = (
                 await session.execute(
-                    select(OutboxMessage.payload, OutboxMessage.attempts).where(
-                        OutboxMessage.id == row_id
-                    )
+                    update(OutboxMessage)
+                    .where(*terms)
+                    .values(status=Status.SENDING, claimed_until=lease, **values)
+                    .returning(*columns)
+                    .execution_options(synchronize_session=False)
                 )
-            ).one()
+            ).first()
+            if found is None:
+                return None
+            if where is not None and postgres:
+                before = found.before
             taken = Claim(
                 row_id,
                 lease,
                 dict(found.payload or {}),
                 int(found.attempts),
                 taken_over=before == Status.SENDING,
+                extra={name: getattr(found, f"x_{name}") for name in extra},
             )
             if then is not None:
                 await then(session, taken)
             return taken
 
-        return await self.write(claim)
+        # Without a lock or ``then`` the claim is a single statement: on PostgreSQL it runs
+        # alone, in autocommit.
+        return await self.write(claim, lone=lock is None and then is None)
 
-    async def save(self, claim: Claim, *, then: Then | None = None, **values: Any) -> bool:
-        """Record progress and renew the lease; ``then`` runs in the same transaction."""
+    async def save(
+        self,
+        claim: Claim,
+        *,
+        then: Then | None = None,
+        after: Sequence[After] = (),
+        **values: Any,
+    ) -> bool:
+        """Record progress and renew the lease; ``after`` and ``then`` go with it (see
+        :meth:`finish`)."""
         lease = self._lease()
-
-        async def save(session: AsyncSession) -> int:
-            result = await session.execute(
-                update(OutboxMessage)
-                .where(self._mine(claim))
-                .values(claimed_until=lease, **values)
-                .execution_options(synchronize_session=False)
-            )
-            if rowcount(result) != 1:
-                return 0
-            if then is not None:
-                await then(session)
-            return 1
-
-        if await self.write(save) != 1:
+        if not await self._settle(claim, {"claimed_until": lease, **values}, then, after):
             return False
         claim.lease = lease
         return True
 
-    async def finish(self, claim: Claim, *, then: Then | None = None, **values: Any) -> bool:
-        """Mark the row sent; ``then`` runs in the same transaction."""
+    async def finish(
+        self,
+        claim: Claim,
+        *,
+        then: Then | None = None,
+        after: Sequence[After] = (),
+        **values: Any,
+    ) -> bool:
+        """Mark the row sent. The statements ``after`` builds go with it, only if it took
+        effect; without ``then`` they are one statement with it on PostgreSQL (a round trip in
+        all, in autocommit). ``then`` runs in the same transaction, after them."""
         return await self._settle(
             claim,
             {
@@ -201,12 +236,19 @@ class Leases:
                 **values,
             },
             then,
+            after,
         )
 
     async def fail(
-        self, claim: Claim, error: str, *, then: Then | None = None, **values: Any
+        self,
+        claim: Claim,
+        error: str,
+        *,
+        then: Then | None = None,
+        after: Sequence[After] = (),
+        **values: Any,
     ) -> bool:
-        """A permanent failure; ``then`` runs in the same transaction."""
+        """A permanent failure; ``after`` and ``then`` go with it (see :meth:`finish`)."""
         return await self._settle(
             claim,
             {
@@ -217,6 +259,7 @@ class Leases:
                 **values,
             },
             then,
+            after,
         )
 
     async def release(
@@ -227,10 +270,11 @@ class Leases:
         error: str | None,
         failed: bool,
         then: Then | None = None,
+        after: Sequence[After] = (),
         **values: Any,
-    ) -> None:
-        """Back to the queue, due again after ``delay`` seconds; ``then`` runs in the same
-        transaction."""
+    ) -> bool:
+        """Back to the queue, due again after ``delay`` seconds; ``after`` and ``then`` go
+        with it (see :meth:`finish`). ``False``: another worker took the row over."""
         changes: dict[str, Any] = {
             "status": Status.PENDING,
             "claimed_until": None,
@@ -241,23 +285,40 @@ class Leases:
             changes["attempts"] = OutboxMessage.attempts + 1
         if error is not None:
             changes["last_error"] = error
-        await self._settle(claim, changes, then)
+        return await self._settle(claim, changes, then, after)
 
-    async def _settle(self, claim: Claim, values: dict[str, Any], then: Then | None) -> bool:
+    async def _settle(
+        self,
+        claim: Claim,
+        values: dict[str, Any],
+        then: Then | None,
+        after: Sequence[After] = (),
+    ) -> bool:
+        change = (
+            update(OutboxMessage)
+            .where(self._mine(claim))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
         async def settle(session: AsyncSession) -> int:
-            result = await session.execute(
-                update(OutboxMessage)
-                .where(self._mine(claim))
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-            if rowcount(result) != 1:
+            if session.get_bind().dialect.name == "postgresql" and then is None:
+                # One statement: the settle in a CTE, the rest inserting from it.
+                settled = change.returning(OutboxMessage.id).cte("settled")
+                ctes = [build(settled, True).cte(f"after_{i}") for i, build in enumerate(after)]
+                count = select(func.count()).select_from(settled).add_cte(*ctes)
+                return int(await session.scalar(count) or 0)
+            if rowcount(await session.execute(change)) != 1:
                 return 0
+            postgres = session.get_bind().dialect.name == "postgresql"
+            mine = select(literal(claim.row_id, BigInteger).label("id")).subquery("settled")
+            for build in after:
+                await session.execute(build(mine, postgres))
             if then is not None:
                 await then(session)
             return 1
 
-        return await self.write(settle) == 1
+        return await self.write(settle, lone=then is None) == 1
 
     # -------------------------------------------------------------------------- unclaimed rows
 
@@ -279,7 +340,7 @@ class Leases:
                 .execution_options(synchronize_session=False)
             )
 
-        await self.write(park)
+        await self.write(park, lone=True)
 
     async def settle(self, row_id: int, status: Status, error: str | None) -> None:
         """Settle a row that was never claimed (it cannot be sent at all)."""
@@ -293,7 +354,7 @@ class Leases:
                 .execution_options(synchronize_session=False)
             )
 
-        await self.write(settle)
+        await self.write(settle, lone=True)
 
 
 async def enqueue_once(
@@ -328,4 +389,4 @@ async def enqueue_once(
     )
 
 
-__all__ = ["Claim", "Leases", "claimable", "enqueue_once", "insert_ignoring", "rowcount"]
+__all__ = ["After", "Claim", "Leases", "claimable", "enqueue_once", "insert_ignoring", "rowcount"]

@@ -45,6 +45,7 @@ from handlers.outbox import (
     payload_of,
 )
 from handlers.security import Keyring, format_code
+from storage.db import reading
 from storage.models import CardPost, MediaBlob, RelayMessage, Report
 
 #: Telegram's descriptions of a chat the bot can no longer post to (lower case).
@@ -184,14 +185,14 @@ class OfficerSender:
         }
 
     async def _render(self, build: Callable[[AsyncSession], Awaitable[Card]]) -> Card:
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             return await build(session)
 
     async def card_message(self, job: Job, report_id: int | None) -> int | None:
         """The message id of the report's active card in this chat, to reply to."""
         if report_id is None:
             return None
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             found = await session.scalar(
                 select(CardPost.message_id)
                 .where(
@@ -244,6 +245,9 @@ class OfficerSender:
         )
         common = self.common(job)
         keyboard = markup(card.buttons)  # it names the report: no other message has it
+        evidence = media_parts(card.media)
+        last = len(evidence) - 1
+        # The last part's record marks the row sent (one write less after a plain card).
         await parts.part(
             job,
             "card",
@@ -256,6 +260,7 @@ class OfficerSender:
                 **common,
             ),
             markup=keyboard,
+            finish=card.location is None and last < 0,
         )
         reply = ReplyParameters(
             message_id=int(job.payload["msg"]), allow_sending_without_reply=True
@@ -272,12 +277,18 @@ class OfficerSender:
                     reply_parameters=reply,
                     **common,
                 ),
+                finish=last < 0,
             )
-        for index, part in enumerate(media_parts(card.media)):
+        for index, part in enumerate(evidence):
             await parts.part(
-                job, f"m{index}", len(part), self._media_call(part, reply, common), optional=True
+                job,
+                f"m{index}",
+                len(part),
+                self._media_call(part, reply, common),
+                optional=True,
+                finish=index == last,
             )
-        await parts.finish(job)
+        await parts.finish(job)  # (nothing, if the last part did)
 
     def _media_call(
         self, part: list[CardMedia], reply: ReplyParameters, common: dict[str, Any]
@@ -394,7 +405,7 @@ class OfficerSender:
     async def _relay(self, job: Job, payload: RelayPayload, parts: Parts) -> None:
         """A tipster's answer or addition, as a reply to the report's card. Photos are the
         cleaned bytes; nothing in it identifies the tipster."""
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             relay = await session.get(RelayMessage, payload.relay_id)
             if relay is None:
                 raise LookupError("relay row without its message")

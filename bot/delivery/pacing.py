@@ -18,14 +18,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.delivery.rows import Blocked, Target
 from bot.delivery.shared_budget import SharedBudget
 from handlers.outbox import Priority, Status
+from storage.db import reading
 from storage.models import OutboxMessage
 
 if TYPE_CHECKING:
@@ -54,8 +56,9 @@ class FloodLimits:
     group_window: float = 60.0
     #: Part of the group budget only emergencies may use.
     emergency_reserve: int = 4
-    #: Fold the waiting tips of a chat into a digest when more than this many wait.
-    fold_backlog: int = 5
+    #: In a calm chat, up to this many waiting tips go as full cards; more wait to be folded
+    #: into a digest (a backlog there is the start of a storm).
+    fold_backlog: int = 1
     #: Messages tips may spend at once in a group (default: half the allowance); the rest of
     #: the allowance is spread evenly over the window.
     tip_burst: int | None = None
@@ -212,13 +215,9 @@ class Pacer:
             self._group_sent[key] = window
         return window
 
-    async def group_used(
-        self, chat_id: int, *, exclude: int | None = None, extra: int = 0, urgent: bool = False
-    ) -> Usage:
-        """Messages the group has had in the window: rows sent to any of its chats (topics
-        included) by any process, plus rows other workers hold leased right now; in all, and
-        those of non-urgent rows. ``extra`` (sent under the caller's own claim, which
-        ``exclude`` leaves out) is added; this process's own records are a floor."""
+    def _usage(self, chat_id: int, exclude: int | None) -> Select[tuple[Any, Any]]:
+        """Messages of the group in the window, and those of non-urgent rows (see
+        :meth:`group_used`)."""
         now = self.clock()
         since = now - timedelta(seconds=self.limits.group_window + GROUP_WINDOW_MARGIN)
         key = str(chat_id)
@@ -228,15 +227,43 @@ class Pacer:
         routine = case(
             (OutboxMessage.priority < Priority.EMERGENCY, OutboxMessage.message_count), else_=0
         )
-        stmt = select(
+        return select(
             func.coalesce(func.sum(OutboxMessage.message_count), 0),
             func.coalesce(func.sum(routine), 0),
         ).where(
             or_(OutboxMessage.chat_key == key, OutboxMessage.chat_key.like(f"{key}/%")),
             or_(OutboxMessage.sent_at >= since, in_flight),
         )
-        async with self.session_factory() as session:
-            total, tips = (await session.execute(stmt)).one()
+
+    def usage_columns(self, chat_id: int, exclude: int) -> dict[str, ColumnElement[Any]]:
+        """:meth:`group_used`'s reading as two columns (``total``, ``tips``) for the claim of
+        row ``exclude`` to read in its own statement (:meth:`bot.delivery.leases.Leases.claim`),
+        where it sees every claim made before it: the first part is admitted on them."""
+        usage = self._usage(chat_id, exclude)
+        total, tips = usage.selected_columns
+        return {
+            "total": usage.with_only_columns(total).scalar_subquery(),
+            "tips": usage.with_only_columns(tips).scalar_subquery(),
+        }
+
+    async def group_used(
+        self,
+        chat_id: int,
+        *,
+        exclude: int | None = None,
+        extra: int = 0,
+        urgent: bool = False,
+        read: tuple[int, int] | None = None,
+    ) -> Usage:
+        """Messages the group has had in the window: rows sent to any of its chats (topics
+        included) by any process, plus rows other workers hold leased right now; in all, and
+        those of non-urgent rows. ``extra`` (sent under the caller's own claim, which
+        ``exclude`` leaves out) is added; this process's own records are a floor. ``read``:
+        the two sums as the caller's claim already read them (nothing is read again)."""
+        if read is None:
+            async with reading(self.session_factory) as session:
+                read = (await session.execute(self._usage(chat_id, exclude))).one()
+        total, tips = read
         mono = self.mono()
         return Usage(
             total=max(
@@ -299,11 +326,14 @@ class Pacer:
         weight: int,
         stopping: Callable[[], bool],
         nap: Callable[[float], Awaitable[None]],
+        usage: tuple[int, int] | None = None,
     ) -> float:
         """Wait for the chat's and the bot's pacing, then count the message; raise
         :class:`Blocked` when the row must go back to the queue (stop, pause, the group's
-        budget). Returns the moment it was admitted (for :meth:`landed`)."""
+        budget). Returns the moment it was admitted (for :meth:`landed`). ``usage``: the
+        group's sums as the row's claim read them, used for the first look."""
         chat_id = target.chat_id
+        read = usage
         while True:
             if stopping():
                 raise Blocked(0.0, "stopping")
@@ -313,8 +343,9 @@ class Pacer:
                 raise Blocked(pause, "paused")
             if target.is_group:
                 used = await self.group_used(
-                    chat_id, exclude=row_id, extra=sent_now, urgent=urgent
+                    chat_id, exclude=row_id, extra=sent_now, urgent=urgent, read=read
                 )
+                read = None  # after a wait, read afresh
                 mono = self.mono()
                 limit = self.limits.group_per_minute
                 if used.total + min(weight, limit) > limit:

@@ -4,18 +4,39 @@ senders."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    select,
+    true,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.selectable import FromClause
 
 from bot.delivery.leases import Claim, claimable
 from config.queues import QueueMap
 from handlers.domain import REPORT_KIND_EMERGENCY
-from handlers.outbox import OFFICER_KINDS, Destination, Kind, Priority, Where
-from storage.models import OutboxMessage, Report, ReportMedia
+from handlers.outbox import OFFICER_KINDS, Destination, Kind, Priority, Status, Where
+from storage.models import CardPost, OutboxMessage, Report, ReportMedia
+from storage.types import UTCDateTime
 
 #: ``priority`` at or above which a row is urgent (an emergency's card, its reminder); an
 #: emergency's row enqueued lower is raised to it when claimed.
@@ -80,6 +101,13 @@ class Job:
     sent_now: int = 0
     #: Message ids the Bot API gave back since the last record (for the chat's mark).
     fresh_ids: list[int] = field(default_factory=list)
+    #: How many of them the record being written raises the mark to.
+    noting: int = 0
+    #: The group's messages in the window (all, tips) as the claim saw them: what the first
+    #: part is admitted on, instead of reading them again.
+    usage: tuple[int, int] | None = None
+    #: The row is recorded as sent.
+    finished: bool = False
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -148,9 +176,17 @@ def resolve(queue_map: QueueMap, destination: str) -> Target | None:
     return Target(queue.chat_id, queue.thread_id, queue.name, queue.is_duty)
 
 
-async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> list[Row]:
-    """The officers' rows that may be claimed now, most urgent first (at most ``scan_limit``);
-    an emergency's row counts as urgent whatever priority it was enqueued with."""
+_OUTBOX: Final = cast(Table, OutboxMessage.__table__)
+#: Built once: an alias's columns are copied when it is made (a millisecond each time).
+_WAITING: Final = _OUTBOX.alias("waiting")
+_LEASED: Final = _OUTBOX.alias("leased")
+
+
+@functools.cache
+def _scan_statement() -> Select[Any]:
+    """:func:`due_rows`'s statement, built once (a millisecond and more each time), with the
+    parameters ``scan_now`` and ``scan_limit``."""
+    now = bindparam("scan_now", type_=UTCDateTime())
     emergency = and_(
         Report.kind == REPORT_KIND_EMERGENCY, OutboxMessage.priority < EMERGENCY_PRIORITY
     )
@@ -161,7 +197,7 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
         .correlate(OutboxMessage)
         .scalar_subquery()
     )
-    stmt = (
+    found = (
         select(
             OutboxMessage.id,
             OutboxMessage.kind,
@@ -180,10 +216,57 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
         .outerjoin(Report, Report.id == OutboxMessage.report_id)
         .where(claimable(now), OutboxMessage.kind.in_(_OFFICER_KIND_NAMES))
         .order_by(priority.desc(), OutboxMessage.id)
-        .limit(scan_limit)
+        .limit(bindparam("scan_limit", type_=Integer()))
+        .subquery("due")
     )
-    rows: list[Row] = []
-    for r in await session.execute(stmt):
+    waiting, leased = _WAITING, _LEASED
+    next_due = (
+        select(func.min(waiting.c.next_attempt_at))
+        .where(
+            waiting.c.status == Status.PENDING,
+            waiting.c.next_attempt_at > now,
+            waiting.c.kind.in_(_OFFICER_KIND_NAMES),
+        )
+        .scalar_subquery()
+    )
+    next_lapse = (
+        select(func.min(leased.c.claimed_until))
+        .where(leased.c.status == Status.SENDING, leased.c.kind.in_(_OFFICER_KIND_NAMES))
+        .scalar_subquery()
+    )
+    # One row of moments, joined to the due rows (none: one row of NULLs).
+    moments = select(next_due.label("next_due"), next_lapse.label("next_lapse")).subquery(
+        "moments"
+    )
+    return (
+        select(moments, found)
+        .select_from(moments.outerjoin(found, true()))
+        .order_by(found.c.effective_priority.desc(), found.c.id)
+    )
+
+
+@dataclass
+class Scan:
+    """What one look at the outbox found: the due rows, and when to look again."""
+
+    rows: list[Row]
+    #: The first pending row due after the look, and the first lease to lapse (a row another
+    #: worker is sending): the moments to look again at the latest.
+    next_due: datetime | None = None
+    next_lapse: datetime | None = None
+
+
+async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> Scan:
+    """The officers' rows that may be claimed now, most urgent first (at most ``scan_limit``);
+    an emergency's row counts as urgent whatever priority it was enqueued with. And, in the
+    same statement, when the next rows fall due and the first lease lapses."""
+    stmt = _scan_statement()
+    scan = Scan(rows=[])
+    result = await session.execute(stmt, {"scan_now": now, "scan_limit": scan_limit})
+    for r in result:
+        scan.next_due, scan.next_lapse = r.next_due, r.next_lapse
+        if r.id is None:
+            continue
         payload = dict(r.payload or {})
         urgent = (
             r.report_kind == REPORT_KIND_EMERGENCY or r.effective_priority >= EMERGENCY_PRIORITY
@@ -193,7 +276,7 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
             has_pin = r.latitude is not None and r.longitude is not None
             total = 1 + int(has_pin) + int(r.media or 0)
             cost = max(1, total - int(payload.get("sent", 0)))
-        rows.append(
+        scan.rows.append(
             Row(
                 id=r.id,
                 kind=r.kind,
@@ -208,7 +291,42 @@ async def due_rows(session: AsyncSession, now: datetime, scan_limit: int) -> lis
                 created_at=r.created_at,
             )
         )
-    return rows
+    return scan
+
+
+def posting(
+    settled: FromClause, postgres: bool, post: CardPost, report_ids: Sequence[int]
+) -> Insert:
+    """Records where a card or digest was posted (``post``, one row per report), with the
+    settle of its row and only if it took effect (:data:`bot.delivery.leases.After`)."""
+    rows = [
+        select(
+            literal(report_id, BigInteger),
+            literal(post.channel, String()),
+            literal(post.chat_id, BigInteger),
+            literal(post.thread_id, BigInteger),
+            literal(post.message_id, BigInteger),
+            literal(post.kind, String()),
+            literal(True),
+            literal(post.created_at, UTCDateTime()),
+        )
+        .select_from(settled)
+        .where(settled.c.id.is_not(None))  # (SQLite needs a WHERE before ON CONFLICT)
+        for report_id in report_ids
+    ]
+    columns = [
+        "report_id",
+        "channel",
+        "chat_id",
+        "thread_id",
+        "message_id",
+        "kind",
+        "active",
+        "created_at",
+    ]
+    insert = (pg_insert if postgres else sqlite_insert)(CardPost)
+    source = rows[0] if len(rows) == 1 else union_all(*rows)
+    return insert.from_select(columns, source).on_conflict_do_nothing()
 
 
 def error_text(exc: BaseException) -> str:

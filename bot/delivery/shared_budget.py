@@ -24,6 +24,8 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from storage.db import begin_lone_write, lone_write_done
+
 log = logging.getLogger(__name__)
 
 #: Our budgets run a little below Telegram's limits (as the in-process pacing does).
@@ -31,15 +33,22 @@ MARGIN: Final = 0.95
 #: Slots not touched for this long are deleted by the maintenance.
 IDLE_SECONDS: Final = 600.0
 
+#: Takes from the chat's and the bot's budgets in one statement (one round trip, alone in
+#: autocommit): each row's cost is its ``free_at - stamped`` in ``VALUES``. Rows are locked in
+#: ``VALUES`` order, the chat's before the bot's, in every process: no deadlock.
 _TAKE = text(
     """
     INSERT INTO send_slots (key, free_at, stamped)
-    VALUES (:key, extract(epoch FROM clock_timestamp()) + :cost,
-            extract(epoch FROM clock_timestamp()))
+    SELECT key, now + cost, now
+    FROM (VALUES (:chat, CAST(:chat_cost AS double precision), 1),
+                 (:global, CAST(:global_cost AS double precision), 2)) AS wanted (key, cost, n),
+         (SELECT extract(epoch FROM clock_timestamp()) AS now) AS clock
+    ORDER BY n
     ON CONFLICT (key) DO UPDATE
-        SET free_at = GREATEST(send_slots.free_at, EXCLUDED.stamped) + :cost,
+        SET free_at = GREATEST(send_slots.free_at, EXCLUDED.stamped)
+                      + (EXCLUDED.free_at - EXCLUDED.stamped),
             stamped = EXCLUDED.stamped
-    RETURNING free_at, stamped
+    RETURNING key, free_at, stamped
     """
 )
 
@@ -70,24 +79,33 @@ class SharedBudget:
         #: Seconds callers were told to wait in all (for tests and logs).
         self.waited = 0.0
 
-    async def _take(self, session: AsyncSession, key: str, cost: float, burst: float) -> float:
-        free_at, stamped = (await session.execute(_TAKE, {"key": key, "cost": cost})).one()
-        previous = float(free_at) - cost
-        return max(0.0, previous - burst - float(stamped))
-
     async def reserve(self, chat_id: int, weight: int = 1) -> float:
         """Take ``weight`` messages from the chat's and the bot's budgets; returns the seconds
         to wait before sending them."""
         weight = max(1, weight)
+        chat_key = chat_budget_key(chat_id)
+        costs = {chat_key: weight * self.chat_interval, GLOBAL_KEY: weight * self.global_interval}
+        bursts = {chat_key: (self.chat_burst - 1) * self.chat_interval, GLOBAL_KEY: 0.0}
         async with self.session_factory() as session, session.begin():
-            chat = await self._take(
-                session,
-                chat_budget_key(chat_id),
-                weight * self.chat_interval,
-                (self.chat_burst - 1) * self.chat_interval,
-            )
-            overall = await self._take(session, GLOBAL_KEY, weight * self.global_interval, 0.0)
-        wait = max(chat, overall)
+            alone = await begin_lone_write(session)
+            rows = (
+                await session.execute(
+                    _TAKE,
+                    {
+                        "chat": chat_key,
+                        "chat_cost": costs[chat_key],
+                        "global": GLOBAL_KEY,
+                        "global_cost": costs[GLOBAL_KEY],
+                    },
+                )
+            ).all()
+            if alone:
+                lone_write_done(session)
+        wait = 0.0
+        for key, free_at, stamped in rows:
+            # The budget had room from ``free_at - cost`` on: wait until then, less the burst.
+            previous = float(free_at) - costs[key]
+            wait = max(wait, previous - bursts[key] - float(stamped))
         self.waited += wait
         return wait
 

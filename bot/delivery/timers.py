@@ -24,6 +24,7 @@ from bot.delivery.leases import Leases, claimable, rowcount
 from bot.delivery.rows import error_text
 from bot.outage import DatabaseWatch, paused
 from handlers.outbox import TIMER_PREFIX, Status
+from storage.db import reading
 from storage.models import OutboxMessage
 from storage.types import utcnow
 
@@ -86,6 +87,8 @@ class TimerWorker:
         self.fired = 0
         self.leases = Leases(session_factory, clock, lease_seconds=60.0)
         self._wake = asyncio.Event()
+        #: When the loop looks next, while it waits (``None`` while it looks).
+        self._next_look: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -102,6 +105,12 @@ class TimerWorker:
     def kick(self) -> None:
         self._wake.set()
 
+    def expect(self, due: datetime) -> None:
+        """A timer due at ``due`` was committed: look now if it is due before the next look
+        (a reminder due tomorrow wakes nobody)."""
+        if self._next_look is None or due < self._next_look:
+            self._wake.set()
+
     async def stop(self) -> None:
         """Stop after the timer being fired (its transaction is never cut short)."""
         self._stopping = True
@@ -114,6 +123,7 @@ class TimerWorker:
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._next_look = None  # looking now: anything committed meanwhile is looked at
             try:
                 await self.run_once()
                 delay = await self._next_due()
@@ -123,13 +133,14 @@ class TimerWorker:
                 delay = min(self.poll_interval, 2.0)
             if self._stopping:
                 break
+            self._next_look = self.clock() + timedelta(seconds=delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
     async def run_once(self) -> int:
         """Fire every due timer; returns how many fired."""
         now = self.clock()
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             due = (
                 await session.execute(
                     select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.attempts)
@@ -149,7 +160,7 @@ class TimerWorker:
 
     async def _next_due(self) -> float:
         now = self.clock()
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             due = await session.scalar(
                 select(func.min(OutboxMessage.next_attempt_at)).where(
                     OutboxMessage.status == Status.PENDING, is_timer()

@@ -31,12 +31,12 @@ import math
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.selectable import FromClause
 from telegram import Bot, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
 
@@ -48,11 +48,11 @@ from bot.delivery.landing import (
     claim_terms,
     landed,
     last_known,
+    marking,
     message_ids,
 )
-from bot.delivery.landing import note as note_chat
-from bot.delivery.leases import Claim, Leases, enqueue_once, insert_ignoring
-from bot.delivery.officers import SENT_KINDS, Call, OfficerSender, is_chat_gone
+from bot.delivery.leases import After, Claim, Leases, enqueue_once
+from bot.delivery.officers import Call, OfficerSender, is_chat_gone
 from bot.delivery.pacing import FloodLimits, Pacer
 from bot.delivery.rows import (
     EMERGENCY_PRIORITY,
@@ -61,9 +61,11 @@ from bot.delivery.rows import (
     LeaseLost,
     RenderFailed,
     Row,
+    Scan,
     Target,
     due_rows,
     error_text,
+    posting,
     resolve,
 )
 from bot.delivery.timers import TimerHandler, TimerWorker
@@ -78,7 +80,8 @@ from handlers.outbox import (
     Priority,
     Status,
 )
-from storage.models import CardPost, OutboxMessage
+from storage.db import reading
+from storage.models import CardPost
 from storage.types import utcnow
 
 if TYPE_CHECKING:
@@ -185,6 +188,8 @@ class DeliveryWorker:
         self._lanes: dict[int, asyncio.Task[int]] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
         self._warned: dict[str, float] = {}
+        #: Moments the last round found to look again at (see :meth:`_round`).
+        self._look_again: list[datetime] = []
 
     # -------------------------------------------------------------------------- lifecycle
 
@@ -201,9 +206,13 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run(), name="delivery-worker")
 
     def kick(self) -> None:
-        """Look at the outbox now (new rows were committed)."""
+        """Look at the outbox now, and the timers (new rows were committed)."""
         self._wake.set()
         self.timers.kick()
+
+    def wake(self) -> None:
+        """Look at the officers' outbox now (new officers' rows were committed)."""
+        self._wake.set()
 
     def _timers_fired(self, count: int) -> None:
         self.stats.timers_fired += count
@@ -256,18 +265,19 @@ class DeliveryWorker:
 
     # -------------------------------------------------------------------------- scheduling
 
-    @staticmethod
-    def _mine_kinds() -> ColumnElement[bool]:
-        return OutboxMessage.kind.in_(SENT_KINDS)
-
-    async def _due_rows(self, now: datetime) -> list[Row]:
-        async with self.session_factory() as session:
+    async def _due_rows(self, now: datetime) -> Scan:
+        async with reading(self.session_factory) as session:
             return await due_rows(session, now, self.scan_limit)
 
     async def _round(self, *, wait: bool) -> int:
         now = self.clock()
         self._lanes = {c: task for c, task in self._lanes.items() if not task.done()}
-        rows = await self._due_rows(now)
+        scan = await self._due_rows(now)
+        rows = scan.rows
+        # When to look again, as the same statement saw it: the next row due, the first lease
+        # to lapse. What the round itself changes wakes the loop (a lane's end) or is added
+        # (a parked row, a paused or blocked chat).
+        self._look_again = [m for m in (scan.next_due, scan.next_lapse) if m is not None]
         settled = 0
         by_chat: dict[int, list[Row]] = {}
         for row in rows:
@@ -310,30 +320,17 @@ class DeliveryWorker:
         return settled
 
     async def _next_wake(self) -> float:
+        """Seconds until the loop looks again (nothing read: :meth:`_round` noted when)."""
         now = self.clock()
         delays = [self.poll_interval]
-        async with self.session_factory() as session:
-            due = await session.scalar(
-                select(func.min(OutboxMessage.next_attempt_at)).where(
-                    OutboxMessage.status == Status.PENDING,
-                    OutboxMessage.next_attempt_at > now,
-                    self._mine_kinds(),
-                )
-            )
-            lease = await session.scalar(
-                select(func.min(OutboxMessage.claimed_until)).where(
-                    OutboxMessage.status == Status.SENDING, self._mine_kinds()
-                )
-            )
-        for moment in (due, lease):
-            if moment is not None:
-                delays.append((moment - now).total_seconds() + 0.01)
+        delays += [(moment - now).total_seconds() + 0.01 for moment in self._look_again]
         delays += self.pacer.wake_delays()
         return max(0.02, min(delays))
 
     async def _park(self, row: Row, error: str) -> None:
         """Nowhere to send it yet: keep it pending and look again later."""
         await self.leases.park(row.id, self.park_seconds, error)
+        self._look_again.append(self.clock() + timedelta(seconds=self.park_seconds))
         mono = self._mono()
         if self._warned.get(row.destination, -math.inf) < mono - 300:
             self._warned[row.destination] = mono
@@ -371,11 +368,13 @@ class DeliveryWorker:
         cannot take more now)."""
         assert row.target is not None
         target = row.target
+        usage = self.pacer.usage_columns(target.chat_id, exclude=row.id) if target.is_group else {}
         claim = await self.leases.claim(
             row.id,
             where=claim_terms(target.chat_id, row.id),
             lock=claim_lock_key(target.chat_id),
             then=lambda session, claim: self._taken_over(session, claim, target.chat_id),
+            returning=usage,
             chat_key=target.chat_key,
             message_count=row.cost,
             priority=row.priority,
@@ -383,6 +382,8 @@ class DeliveryWorker:
         if claim is None:
             return "skipped"
         job = Job(row=row, target=target, claim=claim)
+        if usage:  # the group's budget as the claim saw it: the first part's admission
+            job.usage = (int(claim.extra["total"] or 0), int(claim.extra["tips"] or 0))
         try:
             await self.sender.send(job, self)
         except Blocked as blocked:
@@ -481,6 +482,7 @@ class DeliveryWorker:
         if await self._resolve(job, name, weight, markup if probeable else False, finish):
             return
         target, urgent = job.target, job.row.urgent
+        usage, job.usage = job.usage, None
         admitted = await self.pacer.admit(
             target,
             row_id=job.row.id,
@@ -489,6 +491,7 @@ class DeliveryWorker:
             weight=weight,
             stopping=lambda: self._stopping,
             nap=self._nap,
+            usage=usage,
         )
 
         async def send_and_record() -> None:
@@ -571,34 +574,50 @@ class DeliveryWorker:
         return True
 
     async def _mark(self, target: Target) -> int | None:
-        async with self.session_factory() as session:
+        async with reading(self.session_factory) as session:
             return await last_known(session, target.chat_id)
 
-    def _noting(self, job: Job, *, settled: bool = False) -> Callable[[AsyncSession], Any]:
+    def _noting(self, job: Job, *, settled: bool = False) -> After:
         """Raise the chat's mark to the ids just sent, and hold the chat while the row is in
-        doubt (free it otherwise, and always once the row is ``settled``)."""
+        doubt (free it otherwise, and always once the row is ``settled``); with the record of
+        the row, and only if it took effect (:func:`~bot.delivery.landing.marking`). Once it
+        did, :meth:`_noted` forgets those ids."""
         ids = list(job.fresh_ids)
         unsure = None if settled else job.payload.get(UNSURE)
+        job.noting = len(ids)
 
-        async def note(session: AsyncSession) -> None:
-            await note_chat(session, job.target.chat_id, job.row.id, ids, unsure)
-            del job.fresh_ids[: len(ids)]
+        def build(settled_row: FromClause, postgres: bool) -> Insert:
+            return marking(
+                settled_row,
+                postgres,
+                chat_id=job.target.chat_id,
+                row_id=job.row.id,
+                ids=ids,
+                unsure=unsure,
+            )
 
-        return note
+        return build
+
+    @staticmethod
+    def _noted(job: Job) -> None:
+        del job.fresh_ids[: job.noting]
+        job.noting = 0
 
     async def _save(self, job: Job) -> None:
         saved = await self.leases.save(
             job.claim,
-            then=self._noting(job),
+            after=[self._noting(job)],
             payload=job.payload,
             message_count=max(job.row.cost, job.sent_now),
         )
         if not saved:
             raise LeaseLost()
+        self._noted(job)
 
     async def finish(self, job: Job) -> None:
         """Mark the row sent and record where its card or digest was posted."""
-        await self._shielded(self._finish(job))
+        if not job.finished:
+            await self._shielded(self._finish(job))
 
     async def _finish(self, job: Job) -> None:
         now = self.clock()
@@ -615,51 +634,42 @@ class DeliveryWorker:
             # Presses on its buttons (a yes/no, a reward decision) are checked against it.
             reports = [job.row.report_id]
             kind = "note"
-        target = job.target
-        note = self._noting(job, settled=True)
-
-        async def record_posts(session: AsyncSession) -> None:
-            await note(session)
-            if not isinstance(message_id, int):
-                return
-            for report_id in reports:
-                await session.execute(
-                    insert_ignoring(session, CardPost)
-                    .values(
-                        report_id=report_id,
-                        channel="telegram",
-                        chat_id=target.chat_id,
-                        thread_id=target.thread_id,
-                        message_id=message_id,
-                        kind=kind,
-                        active=True,
-                        created_at=now,
-                    )
-                    .on_conflict_do_nothing()
-                )
-
+        after = [self._noting(job, settled=True)]
+        if isinstance(message_id, int) and reports:
+            post = CardPost(
+                channel="telegram",
+                chat_id=job.target.chat_id,
+                thread_id=job.target.thread_id,
+                message_id=message_id,
+                kind=kind,
+                created_at=now,
+            )
+            after.append(lambda settled, postgres: posting(settled, postgres, post, reports))
         finished = await self.leases.finish(
-            job.claim, then=record_posts, payload=job.payload, message_count=job.sent
+            job.claim, after=after, payload=job.payload, message_count=job.sent
         )
         if not finished:
             raise LeaseLost()
+        self._noted(job)
+        job.finished = True
         self.stats.rows_sent += 1
         if job.row.kind == Kind.DIGEST:
             self.stats.digests += 1
 
     async def _release(self, job: Job, delay: float, *, error: str | None, failed: bool) -> None:
         """Back to the queue, progress kept; due again after ``delay`` seconds."""
-        await self._shielded(
+        if await self._shielded(
             self.leases.release(
                 job.claim,
                 delay,
                 error=error,
                 failed=failed,
-                then=self._noting(job),
+                after=[self._noting(job)],
                 payload=job.payload,
                 message_count=job.sent,
             )
-        )
+        ):
+            self._noted(job)
 
     async def _fail(self, job: Job, exc: BaseException, *, chat_gone: bool) -> None:
         """A permanent error: the row fails; a gone chat alerts the duty queue (once an hour
@@ -674,12 +684,7 @@ class DeliveryWorker:
             elif job.row.kind == Kind.DIGEST:
                 reroute = [i for i in job.payload.get("report_ids", []) if isinstance(i, int)]
 
-        note = self._noting(job, settled=True)
-
         async def alert_and_reroute(session: AsyncSession) -> None:
-            await note(session)
-            if not chat_gone or target.is_duty:
-                return
             duty = str(Destination.duty())
             hour = int(now.timestamp() // 3600)
             alert = AlertPayload(
@@ -712,13 +717,15 @@ class DeliveryWorker:
             self.leases.fail(
                 job.claim,
                 error_text(exc),
-                then=alert_and_reroute,
+                after=[self._noting(job, settled=True)],
+                then=alert_and_reroute if chat_gone and not target.is_duty else None,
                 payload=job.payload,
                 message_count=job.sent,
             )
         )
         if not failed:
             raise LeaseLost()
+        self._noted(job)
         self.stats.rows_failed += 1
         self._log_failure(job, exc, chat_gone=chat_gone, rerouted=len(reroute))
         self._wake.set()

@@ -2,6 +2,9 @@
 
 Pages (``report_pages``, ``status_pages``), their safety (``guard``), form reading (``forms``),
 evidence (``evidence``) and the channel's sender, the anonymous inbox (``inbox``).
+
+Only the inbox is imported with the package: a process that serves no page (a worker, or
+``TINBAO_WEB_ENABLED=false``) does not load the pages, Jinja2 or the panel's context.
 """
 
 from __future__ import annotations
@@ -10,11 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from admin.clients import Clients
-from admin.security import UPLOAD_PATHS
-from bot.web.guard import Challenges, ClientKeys
 from bot.web.inbox import WebInbox
-from bot.web.site import HERE, SITE_KEY, Site, build_env, page
 
 if TYPE_CHECKING:
     from bot.runtime import Service
@@ -29,8 +28,12 @@ async def no_icon(request: web.Request) -> web.StreamResponse:
 
 def add_citizen_routes(app: web.Application, service: Service) -> None:
     """Serve the citizen pages on ``app`` (at ``/``, beside ``/admin`` and the webhooks)."""
+    from admin.clients import Clients
+    from admin.security import UPLOAD_PATHS
     from bot.web import report_pages as reports
     from bot.web import status_pages as status
+    from bot.web.guard import Challenges, ClientKeys
+    from bot.web.site import HERE, SITE_KEY, Site, build_env, page
 
     assert service.keyring is not None
     app[SITE_KEY] = Site(

@@ -34,6 +34,11 @@ CSRF_FIELD = "csrf"
 DAY = 24 * 3600
 #: How long a challenge question stays answerable.
 CHALLENGE_TTL = 3 * 3600
+#: Why a challenge is refused (message keys): a wrong answer, a question whose time ran out,
+#: a question already used by a form sent before (a second press, the back button, a script).
+CHALLENGE_WRONG = "web.err.challenge"
+CHALLENGE_EXPIRED = "web.err.challenge_expired"
+CHALLENGE_USED = "web.err.challenge_used"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: A CSRF token made for this request (set as a cookie with the response).
@@ -136,13 +141,19 @@ class Challenges:
         )
         return Challenge(question, token)
 
-    def nonce(self, token: str, answer: str) -> str | None:
-        """The challenge's single-use nonce if ``answer`` is right and in time, else ``None``."""
+    def nonce(self, token: str, answer: str) -> tuple[str | None, str | None]:
+        """The challenge's single-use nonce if ``answer`` is right and in time, else ``None``
+        and the refusal's message key: a question whose time ran out is told apart from a
+        wrong answer (a forged or garbled token counts as wrong). Whether the nonce was used
+        already is the caller's check, in the database."""
         try:
             data = self.keyring.decrypt(token)
         except ValueError:
-            return None
-        digits = "".join(ch for ch in answer if ch.isdigit())[:3]
-        if not digits or int(digits) != data.get("s") or int(data.get("x", 0)) < time.time():
-            return None
-        return str(data.get("n"))
+            return None, CHALLENGE_WRONG
+        if not isinstance(data.get("x"), int) or data["x"] < time.time():
+            return None, CHALLENGE_EXPIRED
+        # Any script's decimal digits (int() reads them all); not "²", which int() refuses.
+        digits = "".join(ch for ch in answer if ch.isdecimal())[:3]
+        if not digits or int(digits) != data.get("s"):
+            return None, CHALLENGE_WRONG
+        return str(data.get("n")), None

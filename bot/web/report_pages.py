@@ -25,13 +25,14 @@ from bot.web.forms import (
     short_text_error,
     text,
 )
-from bot.web.guard import FORM_LANG, csrf_ok, locale_of
+from bot.web.guard import CHALLENGE_USED, CHALLENGE_WRONG, FORM_LANG, csrf_ok, locale_of
 from bot.web.inbox import inbox_key, new_inbox_id
 from bot.web.site import DATABASE_ERRORS, Site, database_failed, render, site_of
 from handlers.channels import ChannelName
 from handlers.citizen.accident import INJURED, PLACE_MATCH_SURE
 from handlers.citizen.draft import (
     DESCRIPTION_MAX,
+    DESCRIPTION_MIN,
     PLACE_QUERY_MAX,
     SHORT_TEXT_MAX,
     DraftInput,
@@ -131,9 +132,9 @@ async def read_checked(request: web.Request, *, max_files: int) -> tuple[Form, C
     if not csrf_ok(request, form.get("csrf")):
         return None
     checked = Checked(locale, {k: v for k, v in form.fields.items() if k not in ("csrf", "kept")})
-    nonce = site.challenges.nonce(form.get("challenge_token"), form.get("challenge"))
+    nonce, refusal = site.challenges.nonce(form.get("challenge_token"), form.get("challenge"))
     if nonce is None:
-        checked.errors["challenge"] = t(locale, "web.err.challenge")
+        checked.errors["challenge"] = t(locale, refusal or CHALLENGE_WRONG)
     else:
         checked.nonce = nonce
     return form, checked
@@ -211,7 +212,13 @@ async def _tip(request: web.Request, form: Form, checked: Checked) -> web.Stream
         errors["occurred_text"] = t(locale, problem, limit=SHORT_TEXT_MAX)
     description = text(form, "description", FIELD_MAX)
     if problem := check_description(description):
-        errors["description"] = t(locale, problem, limit=DESCRIPTION_MAX)
+        errors["description"] = t(
+            locale,
+            problem,
+            limit=DESCRIPTION_MAX,
+            length=len(description),
+            minimum=DESCRIPTION_MIN,
+        )
     contact = form.get("contact")
     phone = phone_number(form.get("phone")) if contact == "phone" else None
     if contact not in CONTACT_MODES:
@@ -317,7 +324,7 @@ async def submit(
             used = site.keyring.keyed_hash("challenge", checked.nonce)
             if await limits.count(RATE_CHALLENGE, used, CHALLENGE_WINDOW):
                 checked.nonce = None
-                checked.errors["challenge"] = t(checked.locale, "web.err.challenge")
+                checked.errors["challenge"] = t(checked.locale, CHALLENGE_USED)
                 return form_page(request, template, checked, status=400)
             limits.hit(RATE_CHALLENGE, used)
             submitted = await submit_report(

@@ -6,7 +6,10 @@ first locks the row (an ``UPDATE`` takes the row lock on PostgreSQL and the writ
 SQLite), so only one process refreshes at a time; a process that waited sees the pair another
 one saved and uses it instead of spending the old refresh token again. The new pair is saved in
 that transaction before the new access token is used. If Zalo answered and the save failed,
-the refresh token is spent and lost: that is logged as an error naming the setting to renew.
+the refresh token is spent and lost: that is logged as an error naming the setting to renew,
+and the refresh fails like any other (``/healthz`` says why until a refresh works). The pair
+keeps a keyed hash of the ``TINBAO_ZALO_OA_REFRESH_TOKEN`` it started from, so that a new value
+(the operator authorised the app again) replaces the stored refresh token at the next start.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Refresh this long before the access token expires.
 REFRESH_AHEAD = timedelta(hours=1)
+_LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+_SEED_SCOPE = "zalo-oa-refresh-token"
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,8 @@ class TokenStore:
         self._lock = asyncio.Lock()
         #: Why the last refresh failed, for ``/healthz``; ``None`` when it worked.
         self.failure: str | None = None
+        #: A new pair was lost (not saved): that stays the reason until a refresh works.
+        self._lost = False
 
     def _writer(self) -> contextlib.AbstractAsyncContextManager[object]:
         return writer(self._engine) if self._engine is not None else contextlib.nullcontext()
@@ -106,13 +113,16 @@ class TokenStore:
             issued: list[TokenPair] = []
             try:
                 pair = await self._refresh_locked(stale, issued)
-            except Exception:
-                if issued:  # Zalo answered, the save did not happen
-                    self._lost_pair()
-                raise
+            except Exception as exc:
+                if not issued:  # Zalo was not asked, or refused: nothing is lost
+                    raise
+                # Zalo answered and the save did not happen: a failed refresh like any other
+                # for the caller (a send fails with SendError, the answer waits in the outbox).
+                self._lost_pair()
+                raise TokenRefreshError("new tokens could not be saved", refused=False) from exc
             self._cached = pair
             if issued:
-                self.failure = None
+                self.failure, self._lost = None, False
                 log.info("Zalo OA access token refreshed; valid until %s", pair.expires_at)
             return pair
 
@@ -127,12 +137,20 @@ class TokenStore:
             row = await session.get(ZaloToken, self.key, populate_existing=True)
             assert row is not None
             stored = self._decode(row)
+            seed = self.keyring.decrypt(row.tokens).get("seed")
+            if self._reauthorised(seed):
+                log.warning(
+                    "Zalo OA: TINBAO_ZALO_OA_REFRESH_TOKEN was changed; it replaces the stored "
+                    "refresh token"
+                )
+                stored = TokenPair("", self.initial_refresh_token or "", _LONG_AGO)
             if stored.access_token and self._fresh(stored) and stored.access_token != stale:
                 return stored  # another process refreshed meanwhile
             try:
                 pair = await self.refresher(stored.refresh_token)
             except TokenRefreshError as exc:
-                self.failure = f"token refresh failing: {exc.reason}"
+                if not self._lost:  # Zalo refusing the spent token says less than the loss
+                    self.failure = f"token refresh failing: {exc.reason}"
                 if exc.refused:
                     log.error(
                         "Zalo refused the OA refresh token (%s): authorise the app again "
@@ -142,7 +160,11 @@ class TokenStore:
                 raise
             issued.append(pair)
             row.tokens = self.keyring.encrypt(
-                {"access_token": pair.access_token, "refresh_token": pair.refresh_token}
+                {
+                    "access_token": pair.access_token,
+                    "refresh_token": pair.refresh_token,
+                    "seed": self._seed() or seed,
+                }
             )
             row.expires_at = pair.expires_at
             row.refreshed_at = utcnow()
@@ -154,6 +176,22 @@ class TokenStore:
             "spent. Authorise the app again and set TINBAO_ZALO_OA_REFRESH_TOKEN."
         )
         self.failure = "token refresh failing: new tokens could not be saved"
+        self._lost = True
+
+    def _seed(self) -> str | None:
+        """A keyed hash of ``TINBAO_ZALO_OA_REFRESH_TOKEN``, kept with the pair it started."""
+        configured = self.initial_refresh_token
+        return self.keyring.keyed_hash(_SEED_SCOPE, configured) if configured else None
+
+    def _reauthorised(self, seed: object) -> bool:
+        """Whether the operator set a new ``TINBAO_ZALO_OA_REFRESH_TOKEN`` (authorised the app
+        again) since the stored pair started: then it replaces the stored refresh token. A pair
+        stored without the hash (before it was kept) adopts the configured token's at its next
+        save."""
+        configured = self.initial_refresh_token
+        if not configured or not isinstance(seed, str):
+            return False
+        return seed not in self.keyring.keyed_hashes(_SEED_SCOPE, configured)
 
     def _decode(self, row: ZaloToken) -> TokenPair:
         data = self.keyring.decrypt(row.tokens)
@@ -173,7 +211,7 @@ class TokenStore:
             self.failure = "no refresh token: set TINBAO_ZALO_OA_REFRESH_TOKEN"
             raise TokenRefreshError("no refresh token", refused=False)
         tokens = self.keyring.encrypt(
-            {"access_token": "", "refresh_token": self.initial_refresh_token}
+            {"access_token": "", "refresh_token": self.initial_refresh_token, "seed": self._seed()}
         )
         with contextlib.suppress(IntegrityError):  # another process seeded it first
             async with self._writer(), self.session_factory() as session, session.begin():
@@ -181,7 +219,7 @@ class TokenStore:
                     ZaloToken(
                         key=self.key,
                         tokens=tokens,
-                        expires_at=datetime(2000, 1, 1, tzinfo=utcnow().tzinfo),
+                        expires_at=_LONG_AGO,
                         refreshed_at=utcnow(),
                     )
                 )

@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 
 from handlers.citizen.base import Turn
 from handlers.outbox import Kind, Status
+from storage.db import enqueued
 from storage.models import ContactRoute, OutboxMessage
-from storage.repositories import OUTBOX_ENQUEUED
 
 #: Set on a tipster's conversation (``data``) by the delivery when it marks one of their routes
 #: unreachable; only then does their next message look for held messages.
@@ -51,5 +51,5 @@ async def wake_held(turn: Turn) -> bool:
         .values(next_attempt_at=turn.now, last_error=None)
         .execution_options(synchronize_session=False)
     )
-    turn.session.info[OUTBOX_ENQUEUED] = True
+    enqueued(turn.session).citizens = True  # held messages are due: wake the messenger
     return True

@@ -43,8 +43,6 @@ from handlers.text import clean_text, substance
 from storage.models import ContactRoute, OutboxMessage, RelayMessage, Report
 from storage.repositories import Media, Reports
 
-#: The outbox kind of a message to a tipster (see ``bot/delivery/citizens.py``).
-CITIZEN_MESSAGE = "citizen_message"
 #: Where the delivery keeps the channel's id of a sent question, in the row's payload.
 SENT_MESSAGE_ID = "sent_message_id"
 CLOSED = ("resolved", "rejected")
@@ -81,7 +79,7 @@ async def replied_question(turn: Turn, reply_to: str) -> Report | None:
         .join(ContactRoute, ContactRoute.report_id == OutboxMessage.report_id)
         .where(
             ContactRoute.sender_key == turn.sender_key,
-            OutboxMessage.kind == CITIZEN_MESSAGE,
+            OutboxMessage.kind == outbox.Kind.CITIZEN_MESSAGE,
             OutboxMessage.status == "sent",
         )
         .order_by(OutboxMessage.id.desc())

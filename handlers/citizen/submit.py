@@ -3,7 +3,8 @@
 The chat calls it when a citizen confirms a draft; a web form calls it with a
 :class:`~handlers.citizen.draft.DraftInput`, the sender's keyed hash, the locale and the contact
 mode. Either way the sender's report allowance is checked, and the report, its media, its audit
-event, the route back and the officers' outbox message are written in the caller's transaction.
+event, the route back, the officers' outbox message and the sender's hit on the allowance are
+written in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handlers.citizen.base import RATE_REPORT
 from handlers.citizen.draft import DraftInput
 from handlers.domain import CONTACT_MODES, REPORT_KIND_EMERGENCY
-from handlers.intake import IntakeSettings, Origin, store_report
+from handlers.intake import AllowanceSpent, IntakeSettings, Origin, store_report
 from handlers.security import Keyring, PinHasher, format_code
-from storage.repositories import RateLimits
+from storage.repositories import Allowance as SenderAllowance
 
 
 @dataclass(frozen=True)
@@ -75,19 +76,19 @@ async def submit_report(
             stored_draft["contact_mode"] = contact_mode
     kind = "emergency" if stored_draft.get("kind") == "emergency" else "tip"
     limit = allowance.limit * 2 if kind == REPORT_KIND_EMERGENCY else allowance.limit
-    limits = RateLimits(session)
-    if await limits.count(RATE_REPORT, rate_key, allowance.window) >= limit:
-        raise RateLimited(int(allowance.window.total_seconds() // 60))
-    stored = await store_report(
-        session,
-        kind=kind,
-        draft=stored_draft,
-        origin=origin,
-        keyring=keyring,
-        pins=pins,
-        settings=intake,
-        now=now,
-        pin=pin,
-    )
-    limits.hit(RATE_REPORT, rate_key)
+    try:
+        stored = await store_report(
+            session,
+            kind=kind,
+            draft=stored_draft,
+            origin=origin,
+            keyring=keyring,
+            pins=pins,
+            settings=intake,
+            now=now,
+            pin=pin,
+            allowance=SenderAllowance(RATE_REPORT, rate_key, allowance.window, limit),
+        )
+    except AllowanceSpent:
+        raise RateLimited(int(allowance.window.total_seconds() // 60)) from None
     return Submitted(stored.report.id, format_code(stored.report.code), stored.pin)

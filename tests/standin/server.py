@@ -40,7 +40,8 @@ Behaviour that mirrors Telegram (so tests catch real bugs):
 
 A response can be held back (``delay_response``): the call is carried out at once (a message is
 created and recorded) and only its answer waits, as when Telegram did the work and the answer
-was lost or came after the client's read timeout.
+was lost or came after the client's read timeout. Or the connection can be closed instead of
+answering (``drop_connection``): the work was done, the client sees the connection lost.
 
 Choices that are deliberately lenient: chats the server has never seen are synthesised (positive
 id = private chat, ``-100...`` = supergroup, other negative = group) unless
@@ -451,6 +452,7 @@ class StandInStats:
     rate_limited: int = 0
     injected_failures: int = 0
     delayed_responses: int = 0
+    dropped_connections: int = 0
     sent_per_chat: Counter[ChatKey] = field(default_factory=Counter)
 
 
@@ -483,6 +485,8 @@ class _Delay:
     seconds: float
     remaining: int
     chat_id: ChatKey | None
+    #: Instead of answering, close the connection (the work was done).
+    drop: bool = False
 
     def matches(self, call: ApiCall) -> bool:
         if self.method not in ("*", call.method):
@@ -1201,6 +1205,15 @@ class BotAPIStandIn:
         shorter read timeout gives up although the message was created."""
         self._delays.append(_Delay(method, seconds, count, chat_id))
 
+    def drop_connection(
+        self, method: str, count: int = 1, *, chat_id: ChatKey | None = None
+    ) -> None:
+        """Carry out the next ``count`` calls of ``method`` ("*" = any), optionally only those
+        to ``chat_id``, then close the connection instead of answering: the client sees the
+        connection lost after its request went out (a reset, a proxy that died), although the
+        message was created."""
+        self._delays.append(_Delay(method, 0.0, count, chat_id, drop=True))
+
     def block_chat(
         self, chat_id: ChatKey, description: str = "Forbidden: bot was blocked by the user"
     ) -> None:
@@ -1346,18 +1359,23 @@ class BotAPIStandIn:
         call.response = body
         self._record(call)
         delay = self._take_delay(call)
-        if delay > 0:
+        if delay is not None and delay.drop:
+            self.stats.dropped_connections += 1
+            if request.transport is not None:
+                request.transport.abort()  # what follows is written nowhere
+            return web.Response(status=204)
+        if delay is not None and delay.seconds > 0:
             self.stats.delayed_responses += 1
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay.seconds)
         return web.json_response(body, status=status)
 
-    def _take_delay(self, call: ApiCall) -> float:
+    def _take_delay(self, call: ApiCall) -> _Delay | None:
         for delay in self._delays:
             if delay.remaining > 0 and delay.matches(call):
                 delay.remaining -= 1
                 self._delays = [d for d in self._delays if d.remaining > 0]
-                return delay.seconds
-        return 0.0
+                return delay
+        return None
 
     def _serve_file(self, token: str, file_path: str) -> web.StreamResponse:
         stored = self._files_by_path.get(file_path)
